@@ -1,0 +1,317 @@
+"""The Probabilistic Demand Graph (PDGraph) of one application type.
+
+Nodes are stages (functional units) with their backend; edges carry empirical transition
+counts, including loops and the end. Each node keeps sliding windows of what its visits
+showed: fan-out per visit and, per call, prompt and completion tokens or tool seconds. Each
+sample carries the sequence number of the run it came from, so that a later stage can be
+conditioned on what earlier stages of the same application showed (``refinement``).
+
+Learning is online: ``observe(run)`` folds one finished run in. Sampling lives in
+``demand_sampler``; persistence is ``to_dict`` / ``from_dict`` (pure; files are the shell's).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermes.core.runs import AppRun, LLMCall, Stage, StageKind
+
+START = "<start>"
+END = "<end>"
+DEFAULT_WINDOW = 1000
+DEFAULT_CORRELATION_THRESHOLD = 0.5
+FORMAT = "hermes-pdgraph/1"
+
+
+class PDGraphFormatError(ValueError):
+    """A persisted PDGraph does not have the expected shape; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageFeatures:
+    """What one stage showed in one run, summed over its visits."""
+
+    calls: int
+    tokens: int  # prompt + completion over llm calls; 0 for tool stages
+    first: int  # position of its first and last visit in the run
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    seq: int
+    stages: Mapping[str, StageFeatures]
+
+
+@dataclass(slots=True)
+class Node:
+    """A stage and the sliding windows of its observed demand."""
+
+    name: str
+    kind: StageKind
+    backend: str
+    window: int
+    model: str | None = None
+    # (run seq, fan-out) per visit; (run seq, prompt tokens, completion tokens) per llm call or
+    # (run seq, duration s, 0.0) per tool call.
+    fanouts: deque[tuple[int, int]] = field(init=False)
+    calls: deque[tuple[int, float, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fanouts = deque(maxlen=self.window)
+        self.calls = deque(maxlen=self.window)
+
+
+def stage_features(stages: Iterable[Stage]) -> dict[str, StageFeatures]:
+    """Per stage name: calls and tokens summed over visits, and first and last position."""
+    calls: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for pos, stage in enumerate(stages):
+        calls[stage.name] += stage.fanout
+        tokens[stage.name] += sum(c.prompt_tokens + c.completion_tokens for c in stage.llm_calls())
+        first.setdefault(stage.name, pos)
+        last[stage.name] = pos
+    return {
+        name: StageFeatures(calls[name], tokens[name], first[name], last[name]) for name in first
+    }
+
+
+class PDGraph:
+    """The demand graph of one application type, learned online from finished runs."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        window: int = DEFAULT_WINDOW,
+        correlation_threshold: float = DEFAULT_CORRELATION_THRESHOLD,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if not 0.0 <= correlation_threshold < 1.0:
+            raise ValueError(
+                f"correlation_threshold must be in [0, 1), got {correlation_threshold}"
+            )
+        self.app = app
+        self.window = window
+        self.correlation_threshold = correlation_threshold
+        self.nodes: dict[str, Node] = {}
+        self.edges: dict[str, Counter[str]] = {}
+        self.runs: deque[RunRecord] = deque(maxlen=window)
+        self.runs_seen = 0
+        self.longest_run = 0
+        # Bumped on every change; samplers and caches built from the graph key on it.
+        self.version = 0
+
+    # ---- learning ------------------------------------------------------------------------------
+
+    def observe(self, run: AppRun) -> None:
+        """Fold one finished run into the graph."""
+        if run.app != self.app:
+            raise ValueError(f"run {run.run_id!r} is of app {run.app!r}, not {self.app!r}")
+        seq = self.runs_seen
+        prev = START
+        for stage in run.stages:
+            node = self.nodes.get(stage.name)
+            if node is None:
+                node = Node(stage.name, stage.kind, stage.backend, self.window, stage.model)
+                self.nodes[stage.name] = node
+            elif node.kind != stage.kind:
+                raise ValueError(
+                    f"run {run.run_id!r}: stage {stage.name!r} is {stage.kind!r} here but"
+                    f" {node.kind!r} in earlier runs of {self.app!r}"
+                )
+            node.backend = stage.backend
+            node.model = stage.model or node.model
+            node.fanouts.append((seq, stage.fanout))
+            for call in stage.calls:
+                if isinstance(call, LLMCall):
+                    node.calls.append(
+                        (seq, float(call.prompt_tokens), float(call.completion_tokens))
+                    )
+                else:
+                    node.calls.append((seq, call.duration_s, 0.0))
+            self.edges.setdefault(prev, Counter())[stage.name] += 1
+            prev = stage.name
+        self.edges.setdefault(prev, Counter())[END] += 1
+        self.runs.append(RunRecord(seq, stage_features(run.stages)))
+        self.runs_seen += 1
+        self.longest_run = max(self.longest_run, len(run.stages))
+        self.version += 1
+
+    def observe_all(self, runs: Iterable[AppRun]) -> None:
+        for run in runs:
+            self.observe(run)
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def transition_probabilities(self, src: str) -> dict[str, float]:
+        """Empirical P(next stage | current stage ``src``), ``END`` included."""
+        counts = self.edges.get(src)
+        if not counts:
+            return {}
+        total = sum(counts.values())
+        return {dst: n / total for dst, n in counts.items()}
+
+    def successors(self) -> dict[str, dict[str, float]]:
+        return {src: self.transition_probabilities(src) for src in self.edges}
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "window": self.window,
+            "correlation_threshold": self.correlation_threshold,
+            "runs_seen": self.runs_seen,
+            "longest_run": self.longest_run,
+            "nodes": {
+                name: {
+                    "kind": n.kind,
+                    "backend": n.backend,
+                    "model": n.model,
+                    "fanouts": [list(v) for v in n.fanouts],
+                    "calls": [list(v) for v in n.calls],
+                }
+                for name, n in self.nodes.items()
+            },
+            "edges": {src: dict(dsts) for src, dsts in self.edges.items()},
+            "runs": [
+                {
+                    "seq": r.seq,
+                    "stages": {
+                        name: [f.calls, f.tokens, f.first, f.last] for name, f in r.stages.items()
+                    },
+                }
+                for r in self.runs
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str = "pdgraph") -> PDGraph:
+        """Rebuild a graph from ``to_dict`` output; a malformed object raises PDGraphFormatError."""
+        d = _mapping(obj, where)
+        g = cls(
+            _str(d, "app", where),
+            window=_int(d, "window", where, minimum=1),
+            correlation_threshold=_float(d, "correlation_threshold", where),
+        )
+        g.runs_seen = _int(d, "runs_seen", where)
+        g.longest_run = _int(d, "longest_run", where)
+        for name, raw in _mapping(d.get("nodes"), f"{where}.nodes").items():
+            at = f"{where}.nodes.{name}"
+            n = _mapping(raw, at)
+            kind = n.get("kind")
+            if kind not in ("llm", "tool"):
+                raise PDGraphFormatError(f"{at}.kind: expected 'llm' or 'tool', got {kind!r}")
+            model = n.get("model")
+            if model is not None and not isinstance(model, str):
+                raise PDGraphFormatError(f"{at}.model: expected a string or null")
+            node = Node(name, kind, _str(n, "backend", at), g.window, model)
+            node.fanouts.extend(
+                (int(s), int(f)) for s, f in _rows(n.get("fanouts"), 2, f"{at}.fanouts")
+            )
+            node.calls.extend(
+                (int(s), float(a), float(b)) for s, a, b in _rows(n.get("calls"), 3, f"{at}.calls")
+            )
+            g.nodes[name] = node
+        for src, raw in _mapping(d.get("edges"), f"{where}.edges").items():
+            dsts = _mapping(raw, f"{where}.edges.{src}")
+            counts: Counter[str] = Counter()
+            for dst, count in dsts.items():
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise PDGraphFormatError(
+                        f"{where}.edges.{src}.{dst}: expected a count, got {count!r}"
+                    )
+                if dst != END and dst not in g.nodes:
+                    raise PDGraphFormatError(f"{where}.edges.{src}.{dst}: no such node")
+                counts[dst] = count
+            g.edges[src] = counts
+        runs = d.get("runs")
+        if not isinstance(runs, list):
+            raise PDGraphFormatError(f"{where}.runs: expected a list")
+        for i, raw in enumerate(runs):
+            at = f"{where}.runs[{i}]"
+            r = _mapping(raw, at)
+            stages = {
+                name: StageFeatures(*(int(v) for v in vals))
+                for name, vals in _mapping(r.get("stages"), f"{at}.stages").items()
+                for vals in [_row(vals, 4, f"{at}.stages.{name}")]
+            }
+            g.runs.append(RunRecord(_int(r, "seq", at), stages))
+        g.version = 1
+        return g
+
+
+# ---- validation helpers for persisted graphs ---------------------------------------------------
+
+
+def _mapping(obj: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise PDGraphFormatError(f"{where}: expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def _str(d: Mapping[str, Any], key: str, where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v:
+        raise PDGraphFormatError(f"{where}.{key}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise PDGraphFormatError(f"{where}.{key}: expected an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _float(d: Mapping[str, Any], key: str, where: str) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise PDGraphFormatError(f"{where}.{key}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _row(obj: Any, width: int, where: str) -> list[float]:
+    if (
+        not isinstance(obj, list)
+        or len(obj) != width
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in obj)
+    ):
+        raise PDGraphFormatError(f"{where}: expected a list of {width} numbers, got {obj!r}")
+    return obj
+
+
+def _rows(obj: Any, width: int, where: str) -> list[list[float]]:
+    if not isinstance(obj, list):
+        raise PDGraphFormatError(f"{where}: expected a list")
+    return [_row(v, width, f"{where}[{i}]") for i, v in enumerate(obj)]
+
+
+def graphs_to_dict(graphs: Mapping[str, PDGraph]) -> dict[str, Any]:
+    return {"format": FORMAT, "apps": {app: g.to_dict() for app, g in sorted(graphs.items())}}
+
+
+def graphs_from_dict(obj: Any, where: str = "pdgraphs") -> dict[str, PDGraph]:
+    d = _mapping(obj, where)
+    if d.get("format") != FORMAT:
+        raise PDGraphFormatError(f"{where}.format: expected {FORMAT!r}, got {d.get('format')!r}")
+    apps = _mapping(d.get("apps"), f"{where}.apps")
+    return {app: PDGraph.from_dict(g, f"{where}.apps.{app}") for app, g in apps.items()}
+
+
+def learn(runs: Iterable[AppRun], **kwargs: Any) -> dict[str, PDGraph]:
+    """One PDGraph per application type found in ``runs``, learned in the order given."""
+    graphs: dict[str, PDGraph] = {}
+    for run in runs:
+        graph = graphs.get(run.app)
+        if graph is None:
+            graph = graphs[run.app] = PDGraph(run.app, **kwargs)
+        graph.observe(run)
+    return graphs
