@@ -12,7 +12,7 @@ from hermes import gittins_index
 from hermes.core.gittins import DemandDistribution
 
 demands = st.lists(
-    st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_subnormal=False),
     min_size=1,
     max_size=40,
 )

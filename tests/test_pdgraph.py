@@ -96,7 +96,7 @@ def test_deterministic_app_has_exact_demand() -> None:
 
 def test_loop_visits_follow_the_learned_probability() -> None:
     # A loop that repeats with probability 3/4: mean visits 4.
-    runs = [AppRun("l", str(i), tuple(llm("x", (0, 1)) for _ in range(1 + i % 7))) for i in range(7)]
+    runs = [AppRun("l", str(i), tuple(llm("x", (0, 1)) for _ in range(1 + i))) for i in range(7)]
     g = learn(runs)["l"]
     p_repeat = g.transition_probabilities("x")["x"]
     assert p_repeat == pytest.approx(21 / 28)
@@ -211,8 +211,11 @@ def test_damaged_files_are_named(tmp_path: Path, text: str, message: str) -> Non
 
 
 def test_damaged_node_is_named(tmp_path: Path) -> None:
-    d = json.loads(json.dumps({"format": "hermes-pdgraph/1",
-                               "apps": {"c": learn(claims_runs(3))["claims"].to_dict()}}))
+    d = json.loads(
+        json.dumps(
+            {"format": "hermes-pdgraph/1", "apps": {"c": learn(claims_runs(3))["claims"].to_dict()}}
+        )
+    )
     d["apps"]["c"]["nodes"]["query"]["calls"][1] = [1, "x", 2]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(d))

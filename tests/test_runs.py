@@ -11,7 +11,7 @@ import pytest
 from hermes import AppRun, LLMCall, RunFormatError, Stage, ToolCall, read_runs, write_runs
 from hermes.core.runs import run_from_dict, run_to_dict
 
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "app": "factool_kbqa",
     "run_id": "factool_kbqa-17",
     "stages": [
@@ -55,7 +55,7 @@ def test_backend_defaults() -> None:
 
 def test_optional_fields_and_unknown_keys() -> None:
     obj = dict(EXAMPLE, arrival_s=3.5, deadline_s=20, slo_class="rt", notes={"any": "thing"})
-    obj["stages"] = [dict(EXAMPLE["stages"][0], model="llama-2-7b", extra=1)]  # type: ignore[call-overload]
+    obj["stages"] = [dict(EXAMPLE["stages"][0], model="llama-2-7b", extra=1)]
     run = run_from_dict(obj)
     assert (run.arrival_s, run.deadline_s, run.slo_class) == (3.5, 20.0, "rt")
     assert run.stages[0].model == "llama-2-7b"
@@ -86,7 +86,7 @@ def test_blank_lines_are_not_runs(tmp_path: Path) -> None:
 
 def _break(path: str, value: Any) -> dict[str, Any]:
     """EXAMPLE with the field at a dotted path replaced (or deleted when value is ...)."""
-    obj = json.loads(json.dumps(EXAMPLE))
+    obj: dict[str, Any] = json.loads(json.dumps(EXAMPLE))
     *parents, last = path.split(".")
     target: Any = obj
     for p in parents:
@@ -108,10 +108,10 @@ def _break(path: str, value: Any) -> dict[str, Any]:
         ("stages", {}, "'stages' must be a non-empty list"),
         ("stages.1", "x", "stages[1]: a stage must be an object"),
         ("stages.1.name", ..., "stages[1]: missing required field 'name'"),
-        ("stages.1.kind", "gpu", "stages[1]: 'kind' must be \"llm\" or \"tool\""),
+        ("stages.1.kind", "gpu", 'stages[1]: \'kind\' must be "llm" or "tool"'),
         ("stages.1.calls", [], "stages[1]: 'calls' must be a non-empty list"),
         ("stages.1.calls.1", 5, "stages[1].calls[1]: a call must be an object"),
-        ("stages.1.calls.1.prompt_tokens", -1, "stages[1].calls[1]: 'prompt_tokens' must be a non-negative"),
+        ("stages.1.calls.1.prompt_tokens", -1, "stages[1].calls[1]: 'prompt_tokens' must be"),
         ("stages.1.calls.1.prompt_tokens", 3.5, "'prompt_tokens' must be a non-negative integer"),
         ("stages.1.calls.1.completion_tokens", True, "'completion_tokens' must be a non-negative"),
         ("stages.1.calls.1.completion_tokens", ..., "missing required field 'completion_tokens'"),
@@ -121,7 +121,7 @@ def _break(path: str, value: Any) -> dict[str, Any]:
         ("stages.2.model", "m", "'model' is only allowed on llm stages"),
         ("arrival_s", -1, "'arrival_s' must be non-negative"),
         ("deadline_s", 0, "'deadline_s' must be positive"),
-        ("slo_class", "gold", "'slo_class' must be \"rt\" or \"be\""),
+        ("slo_class", "gold", '\'slo_class\' must be "rt" or "be"'),
     ],
 )
 def test_a_bad_line_names_file_line_and_rule(
@@ -156,7 +156,8 @@ def test_non_finite_seconds_are_rejected(tmp_path: Path) -> None:
 
 def test_duplicate_run_id_names_both_lines(tmp_path: Path) -> None:
     path = write_lines(tmp_path, EXAMPLE, dict(EXAMPLE, run_id="b"), EXAMPLE)
-    with pytest.raises(RunFormatError, match=r":3: run_id 'factool_kbqa-17' repeats the one on line 1"):
+    repeated = r":3: run_id 'factool_kbqa-17' repeats the one on line 1"
+    with pytest.raises(RunFormatError, match=repeated):
         read_runs(path)
 
 

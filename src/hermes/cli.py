@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -93,8 +93,14 @@ def _fmt(stats: dict[str, float], keys: tuple[str, ...] = ("mean", "p50", "p90")
 def _print_summary(s: dict[str, Any]) -> None:
     out.rule(f"[bold]{s['app']}[/] · {s['runs_seen']} runs")
     nodes = Table(title="stages", title_justify="left", expand=False)
-    for col in ("stage", "kind (backend)", "fan-out mean/max", "prompt mean/p50/p90",
-                "completion mean/p50/p90", "tool s mean/p50/p90"):
+    nodes.add_column("stage", no_wrap=True)
+    for col in (
+        "kind (backend)",
+        "fan-out mean/max",
+        "prompt tok mean/p50/p90",
+        "completion tok mean/p50/p90",
+        "tool s mean/p50/p90",
+    ):
         nodes.add_column(col)
     for name, n in s["nodes"].items():
         nodes.add_row(
@@ -148,7 +154,7 @@ def inspect(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write runs and PDGraphs.")] = Path(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where runs and PDGraphs go.")] = Path(
         "out/demo"
     ),
     runs: Annotated[int, typer.Option(min=1, help="Runs per application.")] = 200,

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from hermes.core.demand_cost import DemandCost, FloatArray, LinearCost
 from hermes.core.pdgraph import END, START, PDGraph
-from hermes.core.refinement import Correlation, conditioning, correlations
+from hermes.core.refinement import Correlation, Refiner
 from hermes.core.runs import Stage
 
 IntArray = NDArray[np.int64]
@@ -130,26 +130,29 @@ class DemandModel:
         self.cost: DemandCost = cost if cost is not None else LinearCost()
         self._version = -1
         self._snap: _Snapshot | None = None
-        self._corr: dict[str, list[Correlation]] = {}
+        self._refiner: Refiner | None = None
 
     def _fresh(self) -> _Snapshot:
         if self._snap is None or self._version != self.graph.version:
             self._snap = _snapshot(self.graph, self.cost)
-            self._corr = correlations(self.graph)
+            self._refiner = Refiner(self.graph)
             self._version = self.graph.version
         return self._snap
 
+    def _refiner_now(self) -> Refiner:
+        self._fresh()
+        assert self._refiner is not None
+        return self._refiner
+
     @property
     def correlations(self) -> dict[str, list[Correlation]]:
-        self._fresh()
-        return self._corr
+        return self._refiner_now().table
 
     def conditioning(self, progress: Progress, refine: bool = True) -> dict[str, frozenset[int]]:
         """Stages to come whose demand refinement restricts to some runs (empty if off)."""
         if not refine:
             return {}
-        self._fresh()
-        return conditioning(self.graph, self._corr, progress.finished)
+        return self._refiner_now().conditioning(progress.finished)
 
     def state(self, progress: Progress, refine: bool = True) -> DemandState:
         """Two progresses with equal states have the same remaining-demand distribution."""

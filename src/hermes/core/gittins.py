@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 class DemandDistribution:
     """Weighted support points of a demand, sorted once so that each rank costs O(n) numpy."""
 
-    __slots__ = ("_cum_w", "_cum_wx", "_total_w", "_x")
+    __slots__ = ("_cum_w", "_cum_wx", "_q", "_total_w", "_x")
 
     def __init__(self, samples: ArrayLike, weights: ArrayLike | None = None) -> None:
         x = np.asarray(samples, dtype=np.float64).ravel()
@@ -45,6 +45,13 @@ class DemandDistribution:
         self._cum_w: NDArray[np.float64] = np.concatenate(([0.0], np.cumsum(w)))
         self._cum_wx: NDArray[np.float64] = np.concatenate(([0.0], np.cumsum(w * self._x)))
         self._total_w = float(self._cum_w[-1])
+        # With Δ = x_k − a and j the first support point above a, the defining ratio times the
+        # surviving weight is  Σ_{j<=i<=k} w_i (x_i − a) + (x_k − a) Σ_{i>k} w_i , which
+        # rearranges to  q_k − (cum_wx_j + a · surviving weight)  with q_k independent of a
+        # and j; the denominator is  cum_w_{k+1} − cum_w_j . Two vector operations a rank.
+        self._q: NDArray[np.float64] = self._cum_wx[1:] + self._x * (
+            self._total_w - self._cum_w[1:]
+        )
 
     @property
     def support(self) -> NDArray[np.float64]:
@@ -70,17 +77,11 @@ class DemandDistribution:
         rank is 0, the limit of the rank as attained service approaches the largest sample.
         """
         j = int(np.searchsorted(self._x, attained, side="right"))
-        n = self._x.size
-        if j >= n:
+        if j >= self._x.size:
             return 0.0
-        base_w = self._cum_w[j]
-        total = self._total_w - base_w
-        f = self._cum_w[j + 1 :] - base_w  # P(X - a <= x_k - a) * total, for k >= j
-        x = self._x[j:]
-        # E[min(X - a, Δ)] * total with Δ = x_k - a: the mass up to x_k plus Δ for the tail.
-        served = (self._cum_wx[j + 1 :] - self._cum_wx[j]) - attained * f
-        num = served + (x - attained) * (total - f)
-        return float(np.min(num / f))
+        surviving = self._total_w - self._cum_w[j]
+        num = self._q[j:] - (self._cum_wx[j] + attained * surviving)
+        return float(np.min(num / (self._cum_w[j + 1 :] - self._cum_w[j])))
 
 
 def gittins_index(

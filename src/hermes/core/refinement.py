@@ -10,7 +10,7 @@ refined fan-out of ``verifies`` is exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,50 +71,62 @@ def correlations(graph: PDGraph) -> dict[str, list[Correlation]]:
     return out
 
 
-def nearest_runs(
-    graph: PDGraph,
-    corr: Correlation,
-    value: float,
-    *,
-    min_neighbours: int = 10,
-    fraction: float = 0.1,
-) -> frozenset[int]:
-    """Sequence numbers of the runs whose source stage was nearest ``value`` (ties included)."""
-    seqs: list[int] = []
-    diffs: list[float] = []
-    for r in graph.runs:
-        if corr.source in r.stages and corr.target in r.stages:
-            seqs.append(r.seq)
-            diffs.append(abs(_value(r.stages[corr.source], corr.source_feature) - value))
-    if not seqs:
-        return frozenset()
-    k = min(len(seqs), max(min_neighbours, int(fraction * len(seqs))))
-    d = np.asarray(diffs)
-    cutoff = np.partition(d, k - 1)[k - 1]
-    return frozenset(s for s, diff in zip(seqs, diffs, strict=True) if diff <= cutoff)
+class Refiner:
+    """The correlations of one graph version, with the neighbour lookups they need cached."""
 
+    def __init__(self, graph: PDGraph, *, min_neighbours: int = 10, fraction: float = 0.1) -> None:
+        self.table = correlations(graph)
+        self._min_neighbours = min_neighbours
+        self._fraction = fraction
+        # Per correlation: the runs that have both stages, and the source's feature in each.
+        self._index: dict[Correlation, tuple[np.ndarray, np.ndarray]] = {}
+        for corrs in self.table.values():
+            for c in corrs:
+                rows = [
+                    (r.seq, _value(r.stages[c.source], c.source_feature))
+                    for r in graph.runs
+                    if c.source in r.stages and c.target in r.stages
+                ]
+                arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+                self._index[c] = (arr[:, 0], arr[:, 1].astype(np.float64))
+        self._memo: dict[tuple[Correlation, int], frozenset[int]] = {}
 
-def conditioning(
-    graph: PDGraph,
-    table: Mapping[str, list[Correlation]],
-    finished: Sequence[Stage],
-) -> dict[str, frozenset[int]]:
-    """For each stage still to come, the runs its demand should be drawn from (if refined).
+    def nearest_runs(self, corr: Correlation, value: int) -> frozenset[int]:
+        """Sequence numbers of the runs whose source stage was nearest ``value`` (ties
+        included): at least ``min_neighbours`` or ``fraction`` of the runs."""
+        key = (corr, value)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        seqs, values = self._index[corr]
+        if seqs.size == 0:
+            runs: frozenset[int] = frozenset()
+        else:
+            k = min(seqs.size, max(self._min_neighbours, int(self._fraction * seqs.size)))
+            diffs = np.abs(values - value)
+            cutoff = np.partition(diffs, k - 1)[k - 1]
+            runs = frozenset(seqs[diffs <= cutoff].tolist())
+        self._memo[key] = runs
+        return runs
 
-    ``finished`` are the stages this application has completed, in order. A target is refined
-    by its strongest correlated source among them; targets already visited are left alone.
-    """
-    if not finished:
-        return {}
-    seen = stage_features(finished)
-    out: dict[str, frozenset[int]] = {}
-    for target, corrs in table.items():
-        if target in seen:
-            continue
-        for corr in corrs:
-            if corr.source in seen:
-                runs = nearest_runs(graph, corr, _value(seen[corr.source], corr.source_feature))
-                if runs:
-                    out[target] = runs
-                break
-    return out
+    def conditioning(self, finished: Sequence[Stage]) -> dict[str, frozenset[int]]:
+        """For each stage still to come, the runs its demand should be drawn from (if refined).
+
+        ``finished`` are the stages this application has completed, in order. A target is
+        refined by its strongest correlated source among them; targets already visited are
+        left alone.
+        """
+        if not finished or not self.table:
+            return {}
+        seen = stage_features(finished)
+        out: dict[str, frozenset[int]] = {}
+        for target, corrs in self.table.items():
+            if target in seen:
+                continue
+            for corr in corrs:
+                if corr.source in seen:
+                    runs = self.nearest_runs(corr, _value(seen[corr.source], corr.source_feature))
+                    if runs:
+                        out[target] = runs
+                    break
+        return out
