@@ -90,6 +90,11 @@ def test_deterministic_app_has_exact_demand() -> None:
     # In stage `a` with one call left: that call, the tool and stage b remain.
     rest = model.remaining(Progress("a", unfinished_calls=1), 50, np.random.default_rng(0))
     assert rest == pytest.approx(np.full(50, per_call + 2.0 + 0.1))
+    left = model.remaining_given_attained(Progress("b", 1), 0.04, 20, np.random.default_rng(0))
+    assert left == pytest.approx(np.full(20, 0.1 - 0.04))
+    assert (
+        model.remaining_given_attained(Progress("b", 1), 0.2, 5, np.random.default_rng(0)).size == 0
+    )
     done = model.remaining(Progress("b", unfinished_calls=0), 10, np.random.default_rng(0))
     assert done == pytest.approx(np.zeros(10))
 

@@ -168,6 +168,21 @@ class DemandModel:
         """Samples of the total demand of a fresh application."""
         return self.remaining(Progress(), n, rng)
 
+    def remaining_given_attained(
+        self,
+        progress: Progress,
+        attained: float,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        refine: bool = True,
+    ) -> FloatArray:
+        """Samples of the demand left once the unfinished calls have had ``attained`` seconds:
+        X − a given X > a. Empty when every sample is already exceeded."""
+        demand = self.remaining(progress, n, rng, refine=refine)
+        alive = demand[demand > attained]
+        return alive - attained
+
     def remaining(
         self, progress: Progress, n: int, rng: np.random.Generator, *, refine: bool = True
     ) -> FloatArray:
