@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
@@ -43,25 +44,31 @@ def test_demo_runs_the_main_job(tmp_path: Path) -> None:
         assert name in res.output
 
 
-def test_bad_inputs_exit_2_with_a_message(tmp_path: Path) -> None:
+def test_a_malformed_run_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"app": "a", "run_id": "1", "stages": [{"name": "x", "kind": "llm"}]}\n')
     res = runner.invoke(app, ["learn", str(bad)])
     assert res.exit_code == 2
     assert f"{bad}:1: stages[0]: missing required field 'calls'" in res.output
-    res = runner.invoke(app, ["learn", str(tmp_path / "missing.jsonl")])
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "message"),
+    [
+        (["learn", "{missing}"], None, "no such file"),
+        (["learn", "{file}"], "", "hold no runs"),
+        (["generate", "nope"], None, "unknown application 'nope'"),
+        (["inspect", "{file}"], "{}", "pdgraphs.format"),
+        (["inspect", "{missing}"], None, "no such file"),
+    ],
+)
+def test_bad_inputs_exit_2_with_a_message(
+    tmp_path: Path, command: list[str], content: str | None, message: str
+) -> None:
+    file = tmp_path / "input"
+    if content is not None:
+        file.write_text(content)
+    args = [a.format(file=file, missing=tmp_path / "missing") for a in command]
+    res = runner.invoke(app, args)
     assert res.exit_code == 2
-    assert "no such file" in res.output
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    res = runner.invoke(app, ["learn", str(empty)])
-    assert res.exit_code == 2
-    assert "hold no runs" in res.output
-    res = runner.invoke(app, ["generate", "nope"])
-    assert res.exit_code == 2
-    assert "unknown application 'nope'" in res.output
-    broken = tmp_path / "g.json"
-    broken.write_text("{}")
-    res = runner.invoke(app, ["inspect", str(broken)])
-    assert res.exit_code == 2
-    assert "pdgraphs.format" in res.output
+    assert message in res.output

@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from hermes.engine.cost_model import StepCostModel
+from hermes.engine.cost_model import (
+    INT_FIELDS,
+    POSITIVE_FIELDS,
+    PROFILEPROFILE_NON_NEGATIVE_FIELDS,
+    StepCostModel,
+)
 
 __all__ = ["list_profiles", "load_profile", "load_profile_file"]
 
@@ -30,17 +35,7 @@ _DATA = resources.files("hermes") / "data"
 _VIDUR_CSV = "vidur_nonattention_iteration_ms.csv"
 
 _STR_FIELDS = ("name", "model", "gpu", "vidur_model", "vidur_device", "sources")
-_INT_FIELDS = ("tp", "num_layers", "num_kv_heads", "head_dim", "num_q_heads", "hidden_size")
-_POSITIVE_FIELDS = (
-    "weight_bytes",
-    "gpu_memory_bytes",
-    "hbm_bytes_per_s",
-    "peak_flops",
-    "attention_bandwidth_efficiency",
-    "prefill_attention_mfu",
-)
-_NON_NEGATIVE_FIELDS = ("per_step_s", "per_output_token_s")
-_REQUIRED = frozenset(_STR_FIELDS + _INT_FIELDS + _POSITIVE_FIELDS + _NON_NEGATIVE_FIELDS)
+_REQUIRED = frozenset(_STR_FIELDS + INT_FIELDS + POSITIVE_FIELDS + PROFILE_NON_NEGATIVE_FIELDS)
 _OPTIONAL = frozenset({"vidur_scaled_from"})
 _SCALED_FROM_FIELDS = frozenset({"device", "reference_model"})
 
@@ -103,15 +98,15 @@ def _validate(obj: object, source: str) -> dict[str, Any]:
     for key in _STR_FIELDS:
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise _err(source, key, f"expected a non-empty string, got {obj[key]!r}")
-    for key in _INT_FIELDS:
+    for key in INT_FIELDS:
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _err(source, key, f"expected an integer >= 1, got {v!r}")
-    for key in _POSITIVE_FIELDS + _NON_NEGATIVE_FIELDS:
+    for key in POSITIVE_FIELDS + PROFILE_NON_NEGATIVE_FIELDS:
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _err(source, key, f"expected a finite number, got {v!r}")
-        if v < 0 or (v == 0 and key in _POSITIVE_FIELDS):
+        if v < 0 or (v == 0 and key in POSITIVE_FIELDS):
             raise _err(source, key, f"expected a number {'>' if v == 0 else '>='} 0, got {v!r}")
     if obj["num_q_heads"] % obj["num_kv_heads"]:
         raise _err(source, "num_kv_heads", "must divide num_q_heads")

@@ -35,8 +35,8 @@ KV_ELEMENT_BYTES = 2
 # max_num_batched_tokens this lands at 1-3 GB per GPU, so 2 GB is a middle figure.
 DEFAULT_ACTIVATION_RESERVE_BYTES_PER_GPU = 2.0e9
 
-_INT_FIELDS = ("tp", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "hidden_size")
-_POSITIVE_FIELDS = (
+INT_FIELDS = ("tp", "num_layers", "num_q_heads", "num_kv_heads", "head_dim", "hidden_size")
+POSITIVE_FIELDS = (
     "weight_bytes",
     "gpu_memory_bytes",
     "hbm_bytes_per_s",
@@ -44,7 +44,9 @@ _POSITIVE_FIELDS = (
     "attention_bandwidth_efficiency",
     "prefill_attention_mfu",
 )
-_NON_NEGATIVE_FIELDS = ("per_step_s", "per_output_token_s", "nonattention_ms_per_token_tail")
+# Profile fields; a profile file supplies all but the table-derived tail.
+PROFILE_NON_NEGATIVE_FIELDS = ("per_step_s", "per_output_token_s")
+_NON_NEGATIVE_FIELDS = (*PROFILE_NON_NEGATIVE_FIELDS, "nonattention_ms_per_token_tail")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -89,16 +91,16 @@ class StepCostModel:
     _prefill_s_per_pair: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in _INT_FIELDS:
+        for name in INT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"StepCostModel.{name} must be an integer >= 1, got {value!r}")
-        for name in _POSITIVE_FIELDS + _NON_NEGATIVE_FIELDS:
+        for name in POSITIVE_FIELDS + _NON_NEGATIVE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"StepCostModel.{name} must be a finite number, got {value!r}")
-            if value < 0 or (value == 0 and name in _POSITIVE_FIELDS):
-                bound = "> 0" if name in _POSITIVE_FIELDS else ">= 0"
+            if value < 0 or (value == 0 and name in POSITIVE_FIELDS):
+                bound = "> 0" if name in POSITIVE_FIELDS else ">= 0"
                 raise ValueError(f"StepCostModel.{name} must be {bound}, got {value!r}")
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(
