@@ -25,7 +25,7 @@ import numpy as np
 from hermes.engine.cost_model import (
     INT_FIELDS,
     POSITIVE_FIELDS,
-    PROFILEPROFILE_NON_NEGATIVE_FIELDS,
+    PROFILE_NON_NEGATIVE_FIELDS,
     StepCostModel,
 )
 
