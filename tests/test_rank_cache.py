@@ -83,3 +83,15 @@ def test_bad_arguments() -> None:
         GittinsRanker(ms, samples=0)
     with pytest.raises(ValueError, match="quantum_s"):
         GittinsRanker(ms, quantum_s=-1)
+
+
+def test_learning_replaces_stale_states() -> None:
+    ms = models([fixed("s", 100)])
+    ranker = GittinsRanker(ms, quantum_s=0)
+    assert ranker.rank("s", Progress()) == pytest.approx(3.0)
+    ranker.rank("s", Progress("b", 1))
+    assert ranker.cached_states == 2
+    ms["s"].graph.observe(AppRun("s", "2", (Stage("a", "llm", "llm", (LLMCall(0, 100),)),)))
+    # Now half the runs end after stage a: demand 1 s or 3 s, and the old states are gone.
+    assert ranker.rank("s", Progress()) == pytest.approx(gittins_index([1.0, 3.0]), rel=0.1)
+    assert ranker.cached_states == 1

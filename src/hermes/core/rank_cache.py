@@ -68,6 +68,7 @@ class GittinsRanker:
         self.quantum_s = quantum_s
         self.refine = refine
         self._states: dict[tuple[str, DemandState], RankState] = {}
+        self._versions: dict[str, int] = {}
 
     def state(self, app: str, progress: Progress) -> RankState:
         """The rank state of an application of type ``app`` at ``progress`` (cached)."""
@@ -75,6 +76,11 @@ class GittinsRanker:
         if model is None:
             raise KeyError(f"no PDGraph for application type {app!r}")
         demand_state = model.state(progress, self.refine)
+        if self._versions.get(app) != demand_state.graph_version:
+            # The graph learned since: states of its older versions can never be asked again.
+            self._versions[app] = demand_state.graph_version
+            for stale in [k for k in self._states if k[0] == app]:
+                del self._states[stale]
         key = (app, demand_state)
         state = self._states.get(key)
         if state is None:
@@ -101,5 +107,6 @@ class GittinsRanker:
         return len(self._states)
 
     def clear(self) -> None:
-        """Forget cached states (e.g. after the graphs learned new runs)."""
+        """Forget every cached state."""
         self._states.clear()
+        self._versions.clear()
