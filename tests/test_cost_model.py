@@ -308,3 +308,13 @@ def test_llama3_8b_tpot_near_vllm_figures() -> None:
     report: dict[str, Any] = fidelity_module().compare_8b_tpot()
     for profile in ("llama-3-8b@a100", "llama-3-8b@h100"):
         assert abs(report[profile]["error_pct"]) < 10.0
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 300])
+def test_decode_step_terms_match_step_time(models: dict[str, StepCostModel], n: int) -> None:
+    for m in models.values():
+        fixed, per_kv = m.decode_step_terms(n)
+        for kv in (n, 1000 * n, 4096 * n):
+            assert fixed + per_kv * kv == pytest.approx(m.step_time_s(n, n, kv, 0.0, n), rel=1e-12)
+    with pytest.raises(ValueError, match="num_decode"):
+        next(iter(models.values())).decode_step_terms(0)

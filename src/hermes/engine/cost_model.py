@@ -255,6 +255,19 @@ class StepCostModel:
             + num_output_tokens * self.per_output_token_s
         )
 
+    def decode_step_terms(self, num_decode: int) -> tuple[float, float]:
+        """(fixed_s, s_per_kv_token) of a pure-decode iteration of `num_decode` sequences.
+
+        `step_time_s(n, n, kv, 0, n) == fixed_s + s_per_kv_token * kv`: during a run of decode
+        iterations only the KV read grows, so the simulator can time many steps in closed form.
+        """
+        if num_decode < 1:
+            raise ValueError(f"decode_step_terms: num_decode must be >= 1, got {num_decode}")
+        fixed = (
+            self.per_step_s + self.nonattention_s(num_decode) + num_decode * self.per_output_token_s
+        )
+        return fixed, self._decode_s_per_kv_token
+
     # Vectorised forms, for demand costing over many calls at once --------------------------
 
     def nonattention_s_array(self, num_tokens: FloatArray) -> FloatArray:
