@@ -26,6 +26,7 @@ from hermes.engine.cost_model import (
     INT_FIELDS,
     POSITIVE_FIELDS,
     PROFILE_NON_NEGATIVE_FIELDS,
+    PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS,
     StepCostModel,
 )
 
@@ -36,7 +37,8 @@ _VIDUR_CSV = "vidur_nonattention_iteration_ms.csv"
 
 _STR_FIELDS = ("name", "model", "gpu", "vidur_model", "vidur_device", "sources")
 _REQUIRED = frozenset(_STR_FIELDS + INT_FIELDS + POSITIVE_FIELDS + PROFILE_NON_NEGATIVE_FIELDS)
-_OPTIONAL = frozenset({"vidur_scaled_from"})
+# Optional numbers default to 0 (see cost_model.PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS).
+_OPTIONAL = frozenset({"vidur_scaled_from", *PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS})
 _SCALED_FROM_FIELDS = frozenset({"device", "reference_model"})
 
 
@@ -102,7 +104,8 @@ def _validate(obj: object, source: str) -> dict[str, Any]:
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _err(source, key, f"expected an integer >= 1, got {v!r}")
-    for key in POSITIVE_FIELDS + PROFILE_NON_NEGATIVE_FIELDS:
+    numbers = POSITIVE_FIELDS + PROFILE_NON_NEGATIVE_FIELDS + PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS
+    for key in (k for k in numbers if k in obj):
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _err(source, key, f"expected a finite number, got {v!r}")
@@ -194,6 +197,9 @@ def _build(obj: dict[str, Any], source: str) -> StepCostModel:
             nonattention_tokens=np.array(row.tokens, dtype=np.float64),
             nonattention_ms=ms,
             nonattention_ms_per_token_tail=row.ms_per_token_tail,
+            per_sequence_s=float(obj.get("per_sequence_s", 0.0)),
+            allreduce_latency_s=float(obj.get("allreduce_latency_s", 0.0)),
+            interconnect_bytes_per_s=float(obj.get("interconnect_bytes_per_s", 0.0)),
         )
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None

@@ -5,8 +5,13 @@ decoding sequence. Its time is split the way the calibration data is split
 (shared/docs/CALIBRATION.md):
 
 - a fixed per-step overhead (scheduler, sampling, launch; BLIS ~126 µs);
+- a per-sequence overhead for each sequence in the batch (sampling, block tables and the
+  engine's per-sequence Python work: large in 2023-era vLLM; the tp=1 profiles, calibrated
+  against vLLM 0.6, leave it at 0);
 - the non-attention forward (projections, MLP, norms) as a function of the number of tokens,
   interpolated from Vidur's profiled table;
+- under tensor parallelism, two all-reduces of the hidden states per layer, which Vidur's
+  table leaves out: a latency each plus the ring's bytes over the interconnect;
 - decode attention, bound by reading each decoding sequence's KV cache from HBM;
 - prefill attention, bound by the quadratic query-key FLOPs of the chunk;
 - a per-output-token streaming overhead (detokenise and send; BLIS ~46 µs).
@@ -27,8 +32,9 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 
-# fp16/bf16 KV cache: two bytes per element.
+# fp16/bf16 KV cache and activations: two bytes per element.
 KV_ELEMENT_BYTES = 2
+ACTIVATION_ELEMENT_BYTES = 2
 
 # Memory kept back per GPU for activations, CUDA graphs, NCCL and cuBLAS workspaces when sizing
 # the KV pool. vLLM measures its peak with a dummy forward; for 7-70B models at the default
@@ -46,7 +52,19 @@ POSITIVE_FIELDS = (
 )
 # Profile fields; a profile file supplies all but the table-derived tail.
 PROFILE_NON_NEGATIVE_FIELDS = ("per_step_s", "per_output_token_s")
-_NON_NEGATIVE_FIELDS = (*PROFILE_NON_NEGATIVE_FIELDS, "nonattention_ms_per_token_tail")
+# Optional profile fields, 0 when absent: profiles calibrated before they existed (and tp=1
+# ones, which have no all-reduce) keep their meaning. interconnect_bytes_per_s = 0 means the
+# all-reduce bandwidth term is not modelled (not "infinitely slow").
+PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS = (
+    "per_sequence_s",
+    "allreduce_latency_s",
+    "interconnect_bytes_per_s",
+)
+_NON_NEGATIVE_FIELDS = (
+    *PROFILE_NON_NEGATIVE_FIELDS,
+    *PROFILE_OPTIONAL_NON_NEGATIVE_FIELDS,
+    "nonattention_ms_per_token_tail",
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -57,6 +75,12 @@ class StepCostModel:
     token counts, strictly increasing tokens and non-decreasing times (so the model is
     monotonic in every argument); beyond the last point it grows by
     `nonattention_ms_per_token_tail` ms per token. Bandwidths and FLOP/s are per GPU.
+
+    `per_sequence_s` is charged per sequence in the batch (each decoding sequence and each
+    prefill chunk). With tp > 1 every layer all-reduces its hidden states twice (after the
+    attention output and the MLP down projections, Megatron-style), each costing
+    `allreduce_latency_s` plus a ring's 2 (tp-1)/tp of the message bytes over
+    `interconnect_bytes_per_s` (per-direction link bandwidth; 0 leaves that part out).
 
     Equality and hashing are by value (arrays compared element-wise), so a model can key a
     cache and two loads of the same profile compare equal.
@@ -82,6 +106,9 @@ class StepCostModel:
     nonattention_tokens: FloatArray
     nonattention_ms: FloatArray
     nonattention_ms_per_token_tail: float
+    per_sequence_s: float = 0.0
+    allreduce_latency_s: float = 0.0
+    interconnect_bytes_per_s: float = 0.0
     # Hot-path copies as Python floats: bisect on a tuple beats np.interp on a scalar ~10x.
     _tokens: tuple[float, ...] = field(init=False, repr=False)
     _seconds: tuple[float, ...] = field(init=False, repr=False)
@@ -89,6 +116,8 @@ class StepCostModel:
     _tail_s_per_token: float = field(init=False, repr=False)
     _decode_s_per_kv_token: float = field(init=False, repr=False)
     _prefill_s_per_pair: float = field(init=False, repr=False)
+    _comm_fixed_s: float = field(init=False, repr=False)
+    _comm_s_per_token: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in INT_FIELDS:
@@ -143,6 +172,17 @@ class StepCostModel:
         # element, query head and layer.
         prefill_flops_per_pair = 4.0 * self.num_q_heads * self.head_dim * self.num_layers / self.tp
         prefill_s_per_pair = prefill_flops_per_pair / (self.prefill_attention_mfu * self.peak_flops)
+        # Tensor-parallel all-reduces: 2 per layer of hidden_size bf16 values per token; a ring
+        # moves 2 (tp-1)/tp of the message through each GPU's link. One GPU needs none.
+        comm_fixed_s = comm_s_per_token = 0.0
+        if self.tp > 1:
+            allreduces = 2 * self.num_layers
+            comm_fixed_s = allreduces * self.allreduce_latency_s
+            if self.interconnect_bytes_per_s > 0:
+                ring_bytes_per_token = (
+                    self.hidden_size * ACTIVATION_ELEMENT_BYTES * 2.0 * (self.tp - 1) / self.tp
+                )
+                comm_s_per_token = allreduces * ring_bytes_per_token / self.interconnect_bytes_per_s
 
         set_ = object.__setattr__
         set_(self, "nonattention_tokens", tokens)
@@ -153,6 +193,8 @@ class StepCostModel:
         set_(self, "_tail_s_per_token", self.nonattention_ms_per_token_tail / 1e3)
         set_(self, "_decode_s_per_kv_token", decode_s_per_kv_token)
         set_(self, "_prefill_s_per_pair", prefill_s_per_pair)
+        set_(self, "_comm_fixed_s", comm_fixed_s)
+        set_(self, "_comm_s_per_token", comm_s_per_token)
 
     # Identity by value --------------------------------------------------------------------
 
@@ -218,6 +260,12 @@ class StepCostModel:
             return self._seconds[0]
         return self._seconds[i] + (num_tokens - tokens[i]) * self._slopes_s[i]
 
+    def tp_comm_s(self, num_tokens: float) -> float:
+        """Tensor-parallel all-reduce time of an iteration over `num_tokens` tokens (0 -> 0)."""
+        if num_tokens <= 0:
+            return 0.0
+        return self._comm_fixed_s + num_tokens * self._comm_s_per_token
+
     def step_time_s(
         self,
         num_tokens: int,
@@ -225,6 +273,7 @@ class StepCostModel:
         decode_kv_tokens: int,
         prefill_attn_pairs: float,
         num_output_tokens: int,
+        num_prefill_seqs: int = 0,
     ) -> float:
         """Seconds one iteration takes.
 
@@ -232,7 +281,9 @@ class StepCostModel:
             sequence); num_decode: decoding sequences (counted within num_tokens);
         decode_kv_tokens: sum of the decoding sequences' context lengths (KV tokens read);
         prefill_attn_pairs: sum over prefill chunks of chunk_len * (cached_len + chunk_len / 2),
-            the causal query-key pairs; num_output_tokens: tokens emitted this step.
+            the causal query-key pairs; num_output_tokens: tokens emitted this step;
+        num_prefill_seqs: sequences with a prefill chunk in this step (each has >= 1 token of
+            the num_tokens - num_decode), charged `per_sequence_s` like a decoding sequence.
         """
         if (
             num_decode < 0
@@ -240,18 +291,30 @@ class StepCostModel:
             or decode_kv_tokens < 0
             or prefill_attn_pairs < 0
             or num_output_tokens < 0
+            or num_prefill_seqs < 0
+            or num_prefill_seqs > num_tokens - num_decode
         ):
             raise ValueError(
-                "step_time_s: need 0 <= num_decode <= num_tokens and non-negative work, got "
+                "step_time_s: need 0 <= num_decode <= num_tokens, "
+                "0 <= num_prefill_seqs <= num_tokens - num_decode and non-negative work, got "
                 f"num_tokens={num_tokens}, num_decode={num_decode}, "
                 f"decode_kv_tokens={decode_kv_tokens}, prefill_attn_pairs={prefill_attn_pairs}, "
-                f"num_output_tokens={num_output_tokens}"
+                f"num_output_tokens={num_output_tokens}, num_prefill_seqs={num_prefill_seqs}"
             )
+        # Summed as in decode_step_terms, so a pure-decode step equals its closed form exactly.
+        return (
+            self._fixed_s(num_tokens, num_decode + num_prefill_seqs, num_output_tokens)
+            + decode_kv_tokens * self._decode_s_per_kv_token
+            + prefill_attn_pairs * self._prefill_s_per_pair
+        )
+
+    def _fixed_s(self, num_tokens: float, num_seqs: float, num_output_tokens: float) -> float:
+        """Everything but attention: per step, per sequence, per token and per output token."""
         return (
             self.per_step_s
             + self.nonattention_s(num_tokens)
-            + decode_kv_tokens * self._decode_s_per_kv_token
-            + prefill_attn_pairs * self._prefill_s_per_pair
+            + self.tp_comm_s(num_tokens)
+            + num_seqs * self.per_sequence_s
             + num_output_tokens * self.per_output_token_s
         )
 
@@ -263,10 +326,7 @@ class StepCostModel:
         """
         if num_decode < 1:
             raise ValueError(f"decode_step_terms: num_decode must be >= 1, got {num_decode}")
-        fixed = (
-            self.per_step_s + self.nonattention_s(num_decode) + num_decode * self.per_output_token_s
-        )
-        return fixed, self._decode_s_per_kv_token
+        return self._fixed_s(num_decode, num_decode, num_decode), self._decode_s_per_kv_token
 
     # Vectorised forms, for demand costing over many calls at once --------------------------
 
@@ -282,12 +342,15 @@ class StepCostModel:
     def prefill_time_s_array(self, prompt_tokens: FloatArray) -> FloatArray:
         """Time of one iteration prefilling each prompt whole, alone, from an empty cache.
 
-        No output token is counted; a zero-token prompt needs no iteration and costs 0.
+        One sequence and no output token are counted; a zero-token prompt needs no iteration
+        and costs 0.
         """
         p = np.asarray(prompt_tokens, dtype=np.float64)
         t = (
             self.per_step_s
             + self.nonattention_s_array(p)
+            + (self._comm_fixed_s + p * self._comm_s_per_token)
+            + self.per_sequence_s
             + p * (p / 2.0) * self._prefill_s_per_pair
         )
         out: FloatArray = np.where(p > 0, t, 0.0)
@@ -296,10 +359,6 @@ class StepCostModel:
     def decode_step_s_array(self, batch_size: int, context_tokens: FloatArray) -> FloatArray:
         """Time of a pure-decode iteration of `batch_size` sequences, each `context_tokens` long."""
         ctx = np.asarray(context_tokens, dtype=np.float64)
-        out: FloatArray = (
-            self.per_step_s
-            + self.nonattention_s(batch_size)
-            + batch_size * ctx * self._decode_s_per_kv_token
-            + batch_size * self.per_output_token_s
-        )
+        fixed, s_per_kv_token = self.decode_step_terms(batch_size)
+        out: FloatArray = fixed + batch_size * ctx * s_per_kv_token
         return out

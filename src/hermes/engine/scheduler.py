@@ -62,6 +62,7 @@ class Step:
     end_s: float
     chunks: list[tuple[EngineRequest, int, int]]
     iterations: int = 1
+    decode_run: bool = False  # blocks are allocated at completion, for the iterations run
     first_s: float = 0.0
     growth_s: float = 0.0
 
@@ -253,6 +254,7 @@ class Engine:
             end_s=now,
             chunks=[(r, 1, 0) for r in running],
             iterations=iterations,
+            decode_run=True,
             first_s=fixed + per_kv * (kv + n),
             growth_s=per_kv * n,
         )
@@ -348,7 +350,14 @@ class Engine:
                 outputs += 1
         duration = swap_blocks * self._swap_s_per_block
         if chunks:
-            duration += self.cost.step_time_s(num_tokens, num_decode, kv, pairs, outputs)
+            duration += self.cost.step_time_s(
+                num_tokens,
+                num_decode,
+                kv,
+                pairs,
+                outputs,
+                num_prefill_seqs=len(chunks) - num_decode,
+            )
         self.stats.swapped_blocks += swap_blocks
         return Step(start_s=now, end_s=now + duration, chunks=chunks, first_s=duration)
 
@@ -378,7 +387,7 @@ class Engine:
         """End a decode run at the first iteration boundary at or after `now`; the new end."""
         if step is not self._in_flight:
             raise RuntimeError("Engine.shorten: not the step in flight")
-        if step.iterations <= 1 or now >= step.end_s:
+        if not step.decode_run or now >= step.end_s:
             return step.end_s
         x = now - step.start_s
         a, b = step.first_s, step.growth_s
@@ -412,7 +421,7 @@ class Engine:
         tokens = 0
         stats.busy_s += end - step.start_s
         stats.kv_block_s += gpu.used * (end - step.start_s)
-        if step.iterations > 1:
+        if step.decode_run:
             j = step.iterations
             first_end = step.start_s + step.first_s
             for r, _, _ in step.chunks:
@@ -428,7 +437,8 @@ class Engine:
                 if r.generated >= r.output_tokens:
                     finished.append(r)
             n = len(step.chunks)
-            stats.itl_runs.append((step.first_s, step.growth_s, j - 1, n))
+            if j > 1:
+                stats.itl_runs.append((step.first_s, step.growth_s, j - 1, n))
             stats.iterations += j
             stats.decode_tokens += j * n
             tokens = j * n

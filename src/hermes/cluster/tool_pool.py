@@ -1,0 +1,305 @@
+"""Pools of tool backend instances: docker sandboxes, search APIs, DNN models, environments.
+
+One ``ToolPool`` per backend type. An instance is warming (started, ready ``cold_start_s``
+later), busy, or idle; an idle instance is removed ``keepalive_s`` after its last call ended
+unless a call arrives first (a call arriving exactly then finds it gone). A call takes a free
+slot on a warm instance, else a spare slot on a warming one, else a new instance; with
+``max_instances`` reached it queues FIFO until a slot frees.
+
+The pool is pure: time is an argument to every method and effects are returned, not performed.
+Each mutating call first catches up on everything due at or before its ``now``. A shell that
+calls ``advance(t)`` at ``t = next_wake()`` after every call sees each effect exactly once, in
+non-decreasing time order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ToolBackendSpec:
+    """A backend type and how its instances behave."""
+
+    name: str  # e.g. "docker", "search", "vit"
+    cold_start_s: float = 0.0  # 0: always warm, e.g. a search API
+    keepalive_s: float = 60.0  # idle seconds before removal; math.inf: never removed
+    concurrency: int = 1  # calls one instance serves at once
+    max_instances: int | None = None  # None: unlimited; otherwise calls beyond capacity queue
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError(f"name must not be empty, got {self.name!r}")
+        if not 0 <= self.cold_start_s < math.inf:
+            raise ValueError(f"cold_start_s must be finite and >= 0, got {self.cold_start_s!r}")
+        if not self.keepalive_s >= 0:
+            raise ValueError(f"keepalive_s must be >= 0, got {self.keepalive_s!r}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency!r}")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError(f"max_instances must be None or >= 1, got {self.max_instances!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    call_id: Hashable
+    at: float
+    waited_s: float  # since submission: queueing plus warm-up
+    cold_wait_s: float  # the part of waited_s spent waiting for an instance to warm up
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallFinished:
+    call_id: Hashable
+    at: float
+    instance: int
+
+
+Effect = CallStarted | CallFinished
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    id: Hashable
+    duration_s: float
+    submitted_at: float
+
+
+@dataclass(slots=True)
+class _Instance:
+    id: int
+    ready: bool
+    running: int = 0
+    waiting: list[tuple[_Call, float]] = field(default_factory=list)  # (call, placed at)
+    expires_at: float | None = None  # set while idle
+
+
+# Order of events at one instant: calls end (freeing slots), instances become ready, idle ones
+# expire; then the sequence number keeps it deterministic.
+_FINISH, _READY, _EXPIRE = 0, 1, 2
+_Event = tuple[float, int, int, int, _Call | None]  # (time, kind, seq, instance id, call)
+
+
+class ToolPool:
+    """The instances of one tool backend type, and the calls on them."""
+
+    def __init__(self, spec: ToolBackendSpec) -> None:
+        self.spec = spec
+        self.cold_starts = 0  # instances launched that had to warm up (prewarmed ones included)
+        self.calls_started = 0
+        self.calls_finished = 0
+        self._now = -math.inf
+        self._instances: dict[int, _Instance] = {}  # in id order, which breaks placement ties
+        self._next_id = 0
+        self._busy = 0  # ready instances running at least one call
+        self._queue: deque[_Call] = deque()
+        self._live: set[Hashable] = set()  # ids of calls submitted and not finished
+        self._events: list[_Event] = []
+        self._seq = 0
+        self._outbox: list[Effect] = []  # effects known but not yet handed over
+        self._warm_s = 0.0
+        self._busy_s = 0.0
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def submit(self, call_id: Hashable, duration_s: float, now: float) -> list[Effect]:
+        """Submit a call of ``duration_s`` warm seconds. Returns the effects due up to ``now``,
+        ending with this call's ``CallStarted`` if it starts right away."""
+        if not 0 <= duration_s < math.inf:
+            raise ValueError(f"duration_s must be finite and >= 0, got {duration_s!r}")
+        self._run_until(now)
+        if call_id in self._live:
+            raise ValueError(f"call {call_id!r} is already in the pool")
+        self._live.add(call_id)
+        call = _Call(call_id, duration_s, now)
+        if self._queue or not self._place(call, now):
+            self._queue.append(call)
+        return self._take()
+
+    def prewarm(self, now: float, instances: int = 1) -> int:
+        """Start warming instances until ``instances`` are idle or warming with a spare slot,
+        within ``max_instances``. Returns how many it started."""
+        if instances < 0:
+            raise ValueError(f"instances must be >= 0, got {instances!r}")
+        self._run_until(now)
+        if self.spec.cold_start_s == 0:
+            return 0  # no warm-up to hide: an early instance would only cost
+        c = self.spec.concurrency
+        spare = sum(
+            i.running == 0 if i.ready else len(i.waiting) < c for i in self._instances.values()
+        )
+        started = 0
+        while started < instances - spare and self._room():
+            self._launch(now)
+            started += 1
+        return started
+
+    def advance(self, now: float) -> list[Effect]:
+        """Process everything due at or before ``now``; its effects in time order."""
+        self._run_until(now)
+        return self._take()
+
+    def next_wake(self) -> float | None:
+        """When the pool next needs ``advance``: the earliest pending event, or the pool's time
+        if a ``prewarm`` caught up on effects not handed over yet. None if nothing is pending."""
+        if self._outbox:
+            return self._now
+        self._prune()
+        return self._events[0][0] if self._events else None
+
+    # --- statistics (as of ``now``, which must not pass an event not yet processed) -----------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def warm_instance_seconds(self, now: float) -> float:
+        """Seconds summed over instances while they existed, warming or warm: the cost."""
+        return self._areas(now)[0]
+
+    def busy_instance_seconds(self, now: float) -> float:
+        """Seconds summed over instances while they ran at least one call."""
+        return self._areas(now)[1]
+
+    def instances(self, now: float) -> dict[str, int]:
+        self._check_query(now)
+        counts = {"warming": 0, "busy": 0, "idle": 0}
+        for i in self._instances.values():
+            counts["busy" if i.running else "idle" if i.ready else "warming"] += 1
+        return counts
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _run_until(self, now: float) -> None:
+        if not self._now <= now < math.inf:
+            raise ValueError(f"now must be finite and not before {self._now!r}, got {now!r}")
+        events = self._events
+        while events and events[0][0] <= now:
+            event = heapq.heappop(events)
+            if self._stale(event):
+                continue
+            t, kind, _, inst_id, call = event
+            self._tick(t)
+            if kind == _EXPIRE:
+                del self._instances[inst_id]
+            elif call is None:
+                self._on_ready(self._instances[inst_id], t)
+            else:
+                self._on_finish(self._instances[inst_id], call, t)
+        self._tick(now)
+
+    def _tick(self, t: float) -> None:
+        """Move the clock to ``t``, integrating the instance counts held since."""
+        if self._instances:  # none before the first call, while the clock is still -inf
+            dt = t - self._now
+            self._warm_s += len(self._instances) * dt
+            self._busy_s += self._busy * dt
+        self._now = t
+
+    def _on_finish(self, inst: _Instance, call: _Call, t: float) -> None:
+        inst.running -= 1
+        if inst.running == 0:
+            self._busy -= 1
+        self._live.remove(call.id)
+        self.calls_finished += 1
+        self._outbox.append(CallFinished(call.id, t, inst.id))
+        while self._queue and self._place(self._queue[0], t):
+            self._queue.popleft()
+        if inst.running == 0:
+            self._idle(inst, t)
+
+    def _on_ready(self, inst: _Instance, t: float) -> None:
+        inst.ready = True
+        for call, placed_at in inst.waiting:
+            self._start(inst, call, t, placed_at)
+        inst.waiting.clear()
+        if inst.running == 0:  # prewarmed, nothing to do yet
+            self._idle(inst, t)
+
+    def _place(self, call: _Call, t: float) -> bool:
+        """Give ``call`` a slot if one is free or can be made; False if it must queue."""
+        c = self.spec.concurrency
+        warm = [i for i in self._instances.values() if i.ready and i.running < c]
+        if warm:
+            # The busiest (first, so lowest id, among equals), to let the others expire.
+            self._start(max(warm, key=lambda i: i.running), call, t, t)
+            return True
+        # Instances warm up in id order, so the lowest id with a spare slot is ready first.
+        inst = next(
+            (i for i in self._instances.values() if not i.ready and len(i.waiting) < c), None
+        )
+        if inst is None:
+            if not self._room():
+                return False
+            inst = self._launch(t)
+        if inst.ready:
+            self._start(inst, call, t, t)
+        else:
+            inst.waiting.append((call, t))
+        return True
+
+    def _start(self, inst: _Instance, call: _Call, t: float, placed_at: float) -> None:
+        if inst.running == 0:
+            self._busy += 1
+        inst.running += 1
+        inst.expires_at = None
+        self.calls_started += 1
+        self._push(t + call.duration_s, _FINISH, inst.id, call)
+        self._outbox.append(CallStarted(call.id, t, t - call.submitted_at, t - placed_at, inst.id))
+
+    def _launch(self, t: float) -> _Instance:
+        inst = _Instance(self._next_id, ready=self.spec.cold_start_s == 0)
+        self._next_id += 1
+        self._instances[inst.id] = inst
+        if not inst.ready:
+            self.cold_starts += 1
+            self._push(t + self.spec.cold_start_s, _READY, inst.id, None)
+        return inst
+
+    def _idle(self, inst: _Instance, t: float) -> None:
+        inst.expires_at = t + self.spec.keepalive_s
+        if inst.expires_at < math.inf:
+            self._push(inst.expires_at, _EXPIRE, inst.id, None)
+
+    def _room(self) -> bool:
+        m = self.spec.max_instances
+        return m is None or len(self._instances) < m
+
+    def _push(self, t: float, kind: int, inst_id: int, call: _Call | None) -> None:
+        heapq.heappush(self._events, (t, kind, self._seq, inst_id, call))
+        self._seq += 1
+
+    def _stale(self, event: _Event) -> bool:
+        """An expiry made moot because the instance was used again (or already removed)."""
+        t, kind, _, inst_id, _ = event
+        if kind != _EXPIRE:
+            return False
+        inst = self._instances.get(inst_id)
+        return inst is None or inst.expires_at != t
+
+    def _prune(self) -> None:
+        while self._events and self._stale(self._events[0]):
+            heapq.heappop(self._events)
+
+    def _check_query(self, now: float) -> None:
+        if not now >= self._now:
+            raise ValueError(f"now must not be before {self._now!r}, got {now!r}")
+        self._prune()
+        if self._events and self._events[0][0] < now:
+            raise ValueError(f"an event is due at {self._events[0][0]!r}: advance the pool first")
+
+    def _areas(self, now: float) -> tuple[float, float]:
+        self._check_query(now)
+        if not self._instances:
+            return self._warm_s, self._busy_s
+        dt = now - self._now
+        return self._warm_s + len(self._instances) * dt, self._busy_s + self._busy * dt
+
+    def _take(self) -> list[Effect]:
+        out, self._outbox = self._outbox, []
+        return out

@@ -1,0 +1,151 @@
+"""From a validated `SimConfig` to a ready `Simulation`, and from there to the result JSON.
+
+One seed spawns every random generator (arrivals, application mix, template sampling), so the
+same config gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from hermes.cluster.tool_pool import ToolBackendSpec
+from hermes.core.runs import AppRun
+from hermes.engine.cost_model import StepCostModel
+from hermes.policies.registry import make_policy
+from hermes.profiles import load_profile, load_profile_file
+from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
+from hermes.sim.metrics import SLO
+from hermes.sim.simulation import Simulation
+from hermes.workloads.arrivals import compress_to_window, gamma_arrivals, poisson_arrivals, rescale
+from hermes.workloads.mix import sample_mix
+from hermes.workloads.request_traces import TraceRequest, read_azure_csv, read_trace
+from hermes.workloads.run_files import read_runs
+from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
+
+DEFAULT_TRACE = "AzureLLMInferenceTrace_conv.csv"
+
+
+def _profile(group: InstanceGroup) -> StepCostModel:
+    if group.profile is not None:
+        return load_profile_file(group.profile)
+    return load_profile(group.model, group.gpu, group.tp)
+
+
+def _times(arrivals: Arrivals, n: int, own: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times for n items; `own` are the items' recorded times (for process=trace)."""
+    if arrivals.process == "trace":
+        return rescale(own, arrivals.time_scale) if n else own
+    rate = arrivals.rate_per_s if arrivals.rate_per_s is not None else 1.0
+    if arrivals.process == "poisson":
+        t = poisson_arrivals(rate, n, rng)
+    else:
+        t = gamma_arrivals(rate, arrivals.cv, n, rng)
+    if arrivals.window_s is not None:
+        t = compress_to_window(t - t[0], arrivals.window_s) if n else t
+    return t
+
+
+def request_trace(work: RequestWorkload, rng: np.random.Generator) -> list[TraceRequest]:
+    if work.trace is None:
+        with resources.as_file(resources.files("hermes.data") / DEFAULT_TRACE) as path:
+            trace = read_azure_csv(path)
+    else:
+        trace = read_trace(work.trace)
+    if work.limit is not None:
+        trace = trace[: work.limit]
+    if work.repeat > 1 and trace:
+        # Back to back: each copy starts one mean gap after the previous one ends.
+        span = trace[-1].arrival_s - trace[0].arrival_s
+        gap = span / max(1, len(trace) - 1)
+        trace = [
+            TraceRequest(
+                t.arrival_s + k * (span + gap), t.prompt_tokens, t.output_tokens, t.prefix_blocks
+            )
+            for k in range(work.repeat)
+            for t in trace
+        ]
+    own = np.array([t.arrival_s for t in trace], dtype=np.float64)
+    times = _times(work.arrivals, len(trace), own, rng)
+    return [
+        TraceRequest(float(s), t.prompt_tokens, t.output_tokens, t.prefix_blocks)
+        for t, s in zip(trace, times.tolist(), strict=True)
+    ]
+
+
+def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tuple[float, AppRun]]:
+    if work.templates is not None:
+        unknown = sorted(set(work.templates) - set(TEMPLATE_NAMES))
+        if unknown:
+            raise ValueError(
+                f"apps.templates: unknown application {unknown[0]!r}; "
+                f"known: {', '.join(TEMPLATE_NAMES)}"
+            )
+        names = sample_mix(work.templates, work.count, rng)
+        pools = {
+            app: iter(generate_runs(app, names.count(app), seed=seed * 1000 + k))
+            for k, app in enumerate(sorted(set(names)))
+        }
+        runs = [next(pools[app]) for app in names]
+        own = np.zeros(len(runs))
+    else:
+        assert work.runs is not None
+        recorded = [run for path in work.runs for run in read_runs(Path(path))]
+        if not recorded:
+            raise ValueError("apps.runs: the files hold no runs")
+        if work.arrivals.process == "trace":
+            missing = [r.run_id for r in recorded if r.arrival_s is None]
+            if missing:
+                raise ValueError(
+                    f"apps.arrivals.process is 'trace' but run {missing[0]!r} has no arrival_s"
+                )
+            runs = sorted(recorded, key=lambda r: r.arrival_s or 0.0)[: work.count]
+            own = np.array([r.arrival_s for r in runs], dtype=np.float64)
+        else:
+            picks = rng.choice(len(recorded), size=work.count, replace=True)
+            runs = [recorded[int(i)] for i in picks]
+            own = np.zeros(len(runs))
+    times = _times(work.arrivals, len(runs), own, rng)
+    return list(zip(times.tolist(), runs, strict=True))
+
+
+def build(config: SimConfig) -> Simulation:
+    slo = (
+        None if config.slo is None else SLO(config.slo.ttft_s, config.slo.tpot_s, config.slo.e2e_s)
+    )
+    sim = Simulation(make_policy(config.policy), slo)
+    for group in config.instances:
+        cost = _profile(group)
+        name = group.model if group.profile is None else cost.model
+        sim.add_model(name, cost, group.engine_config(), group.count, config.router)
+    for tool in config.tools:
+        sim.add_tool_backend(
+            ToolBackendSpec(
+                tool.name, tool.cold_start_s, tool.keepalive_s, tool.concurrency, tool.max_instances
+            )
+        )
+    requests_rng, apps_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2)
+    )
+    if config.requests is not None:
+        sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)
+    if config.apps is not None:
+        sim.add_apps(app_runs(config.apps, apps_rng, config.seed))
+    return sim
+
+
+def simulate(
+    config: SimConfig, progress: Callable[[float], None] | None = None
+) -> dict[str, object]:
+    """Build, run and summarise; `wall_s` covers building and running."""
+    start = time.perf_counter()
+    sim = build(config)
+    sim.run(config.until, progress)
+    out = sim.results()
+    out["wall_s"] = time.perf_counter() - start
+    out["config"] = config.model_dump(mode="json")
+    return out

@@ -1,0 +1,210 @@
+"""The simulation configuration: validated data, read from YAML or built in code.
+
+Unknown fields are errors, and every error names the field path and what it expected, e.g.
+`sim.yaml: instances[0].max_num_seqs: Input should be greater than or equal to 1 (got 0)`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
+
+
+class ConfigError(ValueError):
+    """A configuration breaks a rule; the message says where and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstanceGroup(_Strict):
+    """`count` identical engine replicas of one model on one GPU type."""
+
+    model: str = "llama-2-7b"
+    gpu: str = "a100"
+    tp: int | None = Field(default=None, ge=1)
+    profile: str | None = None  # a profile JSON file; overrides model/gpu/tp
+    count: int = Field(default=1, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    max_model_len: int = Field(default=4096, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    num_gpu_blocks: int | None = Field(default=None, ge=0)
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+    swap_space_gb: float = Field(default=4.0, ge=0, allow_inf_nan=False)
+    swap_bytes_per_s: float = Field(default=DEFAULT_SWAP_BYTES_PER_S, gt=0, allow_inf_nan=False)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            num_gpu_blocks=self.num_gpu_blocks,
+            preemption_mode=self.preemption_mode,
+            swap_space_bytes_per_gpu=self.swap_space_gb * 2**30,
+            swap_bytes_per_s=self.swap_bytes_per_s,
+        )
+
+
+class ToolBackend(_Strict):
+    name: str = Field(min_length=1)
+    cold_start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    keepalive_s: float = Field(default=60.0, ge=0)
+    concurrency: int = Field(default=1, ge=1)
+    max_instances: int | None = Field(default=None, ge=1)
+
+
+class Arrivals(_Strict):
+    """How arrival times are made: a trace's own timestamps, or a Poisson or gamma process."""
+
+    process: Literal["trace", "poisson", "gamma"] = "trace"
+    rate_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    cv: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    # trace: multiply timestamps by this (0.5 = twice the load)
+    time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    # poisson/gamma: squeeze the arrivals into this window instead of giving a rate
+    window_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _rate_or_window(self) -> Arrivals:
+        if self.process != "trace" and (self.rate_per_s is None) == (self.window_s is None):
+            raise ValueError(f"process {self.process!r} needs exactly one of rate_per_s, window_s")
+        return self
+
+
+class RequestWorkload(_Strict):
+    """Plain requests from an Azure LLM CSV or a Mooncake JSONL trace."""
+
+    trace: str | None = None  # None: the packaged Azure conversation trace
+    limit: int | None = Field(default=None, ge=1)
+    repeat: int = Field(default=1, ge=1)  # the trace back to back this many times
+    model: str | None = None  # which instance group serves them; default the first
+    arrivals: Arrivals = Arrivals()
+
+
+class AppWorkload(_Strict):
+    """Multi-step applications from templates (weighted) or from recorded runs (format v1)."""
+
+    templates: dict[str, float] | None = None
+    runs: list[str] | None = None
+    count: int = Field(default=200, ge=1)
+    arrivals: Arrivals = Arrivals(process="poisson", window_s=1800.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AppWorkload:
+        if (self.templates is None) == (self.runs is None):
+            raise ValueError("give exactly one of templates, runs")
+        if self.arrivals.process == "trace" and self.templates is not None:
+            raise ValueError("templates have no timestamps: use poisson or gamma arrivals")
+        return self
+
+
+class SLOConfig(_Strict):
+    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: float | None = Field(default=None, gt=0)
+    e2e_s: float | None = Field(default=None, gt=0)
+
+
+class SimConfig(_Strict):
+    seed: int = 0
+    policy: str = "vllm"
+    router: Literal["round-robin", "least-outstanding", "least-kv"] = "round-robin"
+    instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(count=2)])
+    tools: list[ToolBackend] = Field(default_factory=list)
+    requests: RequestWorkload | None = None
+    apps: AppWorkload | None = None
+    slo: SLOConfig | None = None
+    until_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SimConfig:
+        if not self.instances:
+            raise ValueError("instances: at least one instance group is needed")
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: backend names must be unique, got {names}")
+        if self.requests is None and self.apps is None:
+            raise ValueError("no workload: give requests, apps or both")
+        return self
+
+    @property
+    def until(self) -> float:
+        return math.inf if self.until_s is None else self.until_s
+
+
+DEFAULT_CONFIG = SimConfig(requests=RequestWorkload())
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("function-after",) and not str(part).startswith("function-"):
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _messages(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{_where(e['loc'])}: unknown field")
+            continue
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        lines.append(f"{_where(e['loc'])}: {msg}{got if e['type'] != 'value_error' else ''}")
+    return "; ".join(lines)
+
+
+def config_from_dict(data: Any, source: str = "config") -> SimConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_messages(err)}") from None
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a YAML config file; paths inside it are taken relative to the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    config = config_from_dict({} if data is None else data, str(p))
+    return _relative_to(config, p.parent)
+
+
+def _relative_to(config: SimConfig, base: Path) -> SimConfig:
+    def fix(path: str) -> str:
+        return path if Path(path).is_absolute() else str(base / path)
+
+    update: dict[str, Any] = {}
+    if config.requests is not None and config.requests.trace is not None:
+        update["requests"] = config.requests.model_copy(
+            update={"trace": fix(config.requests.trace)}
+        )
+    if config.apps is not None and config.apps.runs is not None:
+        update["apps"] = config.apps.model_copy(update={"runs": [fix(r) for r in config.apps.runs]})
+    groups = [
+        g.model_copy(update={"profile": fix(g.profile)}) if g.profile is not None else g
+        for g in config.instances
+    ]
+    update["instances"] = groups
+    return config.model_copy(update=update)

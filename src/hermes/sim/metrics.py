@@ -1,0 +1,130 @@
+"""Summaries of a simulation: latency distributions, throughput, goodput and SLO attainment.
+
+Percentiles use the inverted empirical CDF (the smallest observed value with at least q of the
+mass at or below it), with or without weights, so a reported p99 is a latency that happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from hermes.engine.request import EngineRequest, RequestState
+
+QUANTILES = (50, 90, 95, 99)
+
+Distribution = dict[str, float | int | None]
+
+
+def distribution(values: ArrayLike, weights: ArrayLike | None = None) -> Distribution:
+    """count, mean, p50, p90, p95, p99 and max of `values` (None for each when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if w is not None and w.shape != v.shape:
+        raise ValueError(f"distribution: {w.shape} weights for {v.shape} values")
+    total = float(v.size if w is None else w.sum())
+    out: Distribution = {"count": int(v.size if w is None else round(total))}
+    if v.size == 0 or total <= 0:
+        out.update({"mean": None, **{f"p{q}": None for q in QUANTILES}, "max": None})
+        return out
+    out["mean"] = float(np.average(v, weights=w))
+    qs = np.percentile(v, QUANTILES, weights=w, method="inverted_cdf")
+    out.update({f"p{q}": float(x) for q, x in zip(QUANTILES, qs, strict=True)})
+    out["max"] = float(v.max())
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Per-request latency objectives; None means not part of the objective."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+    def met(self, r: EngineRequest) -> bool:
+        if r.state is not RequestState.FINISHED:
+            return False
+        assert r.first_token_s is not None
+        assert r.finish_s is not None
+        if self.ttft_s is not None and r.first_token_s - r.arrival_s > self.ttft_s:
+            return False
+        if self.e2e_s is not None and r.finish_s - r.arrival_s > self.e2e_s:
+            return False
+        return not (self.tpot_s is not None and _tpot(r) > self.tpot_s)
+
+
+def _tpot(r: EngineRequest) -> float:
+    assert r.finish_s is not None
+    assert r.first_token_s is not None
+    return (r.finish_s - r.first_token_s) / (r.generated - 1) if r.generated > 1 else 0.0
+
+
+def request_summary(
+    requests: Sequence[EngineRequest],
+    itl: tuple[ArrayLike, ArrayLike],
+    slo: SLO | None = None,
+) -> dict[str, object]:
+    """Counts and latency distributions over every request a simulation saw.
+
+    `itl` is (gap values, weights) over all inter-token gaps; tpot is per request
+    (decode time / (output tokens - 1), requests of one output token excluded).
+    """
+    done = [r for r in requests if r.state is RequestState.FINISHED]
+    rejected = [r for r in requests if r.state is RequestState.REJECTED]
+    ttft = [r.first_token_s - r.arrival_s for r in done if r.first_token_s is not None]
+    e2e = [r.finish_s - r.arrival_s for r in done if r.finish_s is not None]
+    queued = [r.first_scheduled_s - r.arrival_s for r in done if r.first_scheduled_s is not None]
+    tpot = [_tpot(r) for r in done if r.generated > 1]
+    start = min((r.arrival_s for r in requests), default=0.0)
+    end = max((r.finish_s for r in done if r.finish_s is not None), default=start)
+    span = end - start
+    output_tokens = sum(r.generated for r in done)
+    out: dict[str, object] = {
+        "requests": len(requests),
+        "completed": len(done),
+        "rejected": len(rejected),
+        "unfinished": len(requests) - len(done) - len(rejected),
+        "rejected_reasons": _reason_counts(rejected),
+        "ttft": distribution(ttft),
+        "tpot": distribution(tpot),
+        "itl": distribution(*itl),
+        "e2e": distribution(e2e),
+        "queueing": distribution(queued),
+        "preemptions": sum(r.preemptions for r in requests),
+        "preempted_requests": sum(1 for r in requests if r.preemptions),
+        "makespan_s": span,
+        "throughput_rps": len(done) / span if span > 0 else None,
+        "output_tokens_per_s": output_tokens / span if span > 0 else None,
+    }
+    if slo is not None:
+        met = sum(1 for r in done if slo.met(r))
+        judged = len(done) + len(rejected)
+        out["slo"] = {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "e2e_s": slo.e2e_s}
+        out["slo_attainment"] = met / judged if judged else None
+        out["goodput_rps"] = met / span if span > 0 else None
+    return out
+
+
+def _reason_counts(rejected: Sequence[EngineRequest]) -> dict[str, int]:
+    """Rejections grouped by the rule they broke (the text before the numbers)."""
+    counts: dict[str, int] = {}
+    for r in rejected:
+        reason = r.reason or "unknown"
+        key = (
+            "exceeds max_model_len"
+            if "max_model_len" in reason
+            else "larger than the KV pool"
+            if "KV blocks" in reason
+            else reason
+        )
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

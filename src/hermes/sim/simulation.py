@@ -1,0 +1,282 @@
+"""The simulator's composition root: engines, routers, tool pools and workloads on one loop.
+
+An application issues its stages in order and each stage's calls in parallel: LLM calls go to
+a replica of their model (chosen by the router), tool calls to the pool of their backend. A
+stage ends when its last call does. An LLM call the engine rejects fails its application,
+which is reported with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hermes.cluster.router import Router, make_router
+from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
+from hermes.core.runs import AppRun, LLMCall, ToolCall
+from hermes.engine.cost_model import StepCostModel
+from hermes.engine.engine_config import EngineConfig
+from hermes.engine.request import EngineRequest, RequestState
+from hermes.engine.scheduler import Engine
+from hermes.policies.base import CallInfo, Policy
+from hermes.sim.engine_runner import EngineRunner
+from hermes.sim.kernel import EventLoop
+from hermes.sim.metrics import SLO, distribution, request_summary
+from hermes.sim.tool_runner import ToolRunner
+from hermes.workloads.request_traces import TraceRequest
+
+
+@dataclass(slots=True)
+class _ModelGroup:
+    runners: list[EngineRunner]
+    router: Router
+
+
+@dataclass(slots=True, eq=False)
+class AppState:
+    app_id: int
+    run: AppRun
+    arrival_s: float
+    stage: int = 0
+    pending: int = 0
+    finish_s: float | None = None
+    failed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolCallId:
+    app_id: int
+    stage: int
+    index: int
+
+
+@dataclass(slots=True)
+class Simulation:
+    policy: Policy
+    slo: SLO | None = None
+    loop: EventLoop = field(default_factory=EventLoop)
+    groups: dict[str, _ModelGroup] = field(default_factory=dict)
+    tools: dict[str, ToolRunner] = field(default_factory=dict)
+    apps: dict[int, AppState] = field(default_factory=dict)
+    requests: list[EngineRequest] = field(default_factory=list)
+    arrivals: int = 0
+    _default_model: str | None = None
+
+    # Construction ---------------------------------------------------------------------------
+
+    def add_model(
+        self,
+        name: str,
+        cost: StepCostModel,
+        config: EngineConfig,
+        replicas: int,
+        router: str = "round-robin",
+    ) -> None:
+        if name in self.groups:
+            raise ValueError(f"model {name!r} is configured twice")
+        runners = [
+            EngineRunner(self.loop, Engine(cost, config), f"{name}/{i}", self._llm_done)
+            for i in range(replicas)
+        ]
+        self.groups[name] = _ModelGroup(runners, make_router(router))
+        if self._default_model is None:
+            self._default_model = name
+
+    def add_tool_backend(self, spec: ToolBackendSpec) -> None:
+        if spec.name in self.tools:
+            raise ValueError(f"tool backend {spec.name!r} is configured twice")
+        self.tools[spec.name] = ToolRunner(self.loop, ToolPool(spec), self._tool_done)
+
+    # Workloads ------------------------------------------------------------------------------
+
+    def add_requests(self, trace: Sequence[TraceRequest], model: str | None = None) -> None:
+        """Plain requests, each arriving at its `arrival_s`."""
+        group = self._group(model, "requests")
+        for i, t in enumerate(trace):
+            rid = ("req", self.arrivals + i)
+            self.loop.at(t.arrival_s, self._arrival_callback(group, rid, t))
+        self.arrivals += len(trace)
+
+    def _arrival_callback(
+        self, group: _ModelGroup, rid: Hashable, t: TraceRequest
+    ) -> Callable[[float], None]:
+        def arrive(now: float) -> None:
+            self._submit(group, rid, t.prompt_tokens, t.output_tokens, now, None)
+
+        return arrive
+
+    def add_apps(self, runs: Sequence[tuple[float, AppRun]]) -> None:
+        """Applications, each (arrival time, run); runs name their models and tool backends."""
+        for arrival, run in runs:
+            for k, stage in enumerate(run.stages):
+                where = f"run {run.run_id!r} stages[{k}] ({stage.name})"
+                if stage.kind == "llm":
+                    self._group(stage.model, where)
+                elif stage.backend not in self.tools:
+                    # An unconfigured backend is always warm and unlimited: pure latency.
+                    self.add_tool_backend(ToolBackendSpec(stage.backend, cold_start_s=0.0))
+            app = AppState(len(self.apps), run, arrival)
+            self.apps[app.app_id] = app
+            self.loop.at(arrival, self._app_start(app))
+        self.arrivals += len(runs)
+
+    def _app_start(self, app: AppState) -> Callable[[float], None]:
+        return lambda now: self._issue_stage(app, now)
+
+    def _group(self, model: str | None, where: str) -> _ModelGroup:
+        name = model or self._default_model
+        if name is None or name not in self.groups:
+            known = ", ".join(self.groups) or "none"
+            raise ValueError(f"{where}: model {name!r} is not configured (configured: {known})")
+        return self.groups[name]
+
+    # The application state machine --------------------------------------------------------
+
+    def _issue_stage(self, app: AppState, now: float) -> None:
+        stage = app.run.stages[app.stage]
+        app.pending = len(stage.calls)
+        if app.pending == 0:
+            self._stage_done(app, now)
+            return
+        if stage.kind == "llm":
+            group = self._group(stage.model, "")
+            for k, call in enumerate(stage.calls):
+                assert isinstance(call, LLMCall)
+                rid = ("app", app.app_id, app.stage, k)
+                self._submit(group, rid, call.prompt_tokens, call.completion_tokens, now, app)
+        else:
+            pool = self.tools[stage.backend]
+            for k, call in enumerate(stage.calls):
+                assert isinstance(call, ToolCall)
+                pool.submit(_ToolCallId(app.app_id, app.stage, k), call.duration_s, now)
+
+    def _submit(
+        self,
+        group: _ModelGroup,
+        rid: Hashable,
+        prompt: int,
+        output: int,
+        now: float,
+        app: AppState | None,
+    ) -> None:
+        info = CallInfo(
+            rid,
+            now,
+            prompt,
+            None if app is None else app.app_id,
+            None if app is None else app.arrival_s,
+        )
+        req = EngineRequest(rid, prompt, output, now, priority=self.policy.priority(info, now))
+        self.requests.append(req)
+        runners = group.runners
+        i = 0 if len(runners) == 1 else group.router.choose([r.load() for r in runners])
+        runners[i].submit(req, now)
+
+    def _llm_done(self, req: EngineRequest, now: float) -> None:
+        rid = req.id
+        if not (isinstance(rid, tuple) and rid[0] == "app"):
+            return
+        app = self.apps[rid[1]]
+        if req.state is RequestState.REJECTED and app.failed is None:
+            app.failed = f"stages[{rid[2]}].calls[{rid[3]}]: {req.reason}"
+        self._call_done(app, now)
+
+    def _tool_done(self, call_id: Hashable, now: float) -> None:
+        assert isinstance(call_id, _ToolCallId)
+        self._call_done(self.apps[call_id.app_id], now)
+
+    def _call_done(self, app: AppState, now: float) -> None:
+        app.pending -= 1
+        if app.pending == 0:
+            self._stage_done(app, now)
+
+    def _stage_done(self, app: AppState, now: float) -> None:
+        app.stage += 1
+        if app.failed is not None or app.stage == len(app.run.stages):
+            app.finish_s = now
+            return
+        self._issue_stage(app, now)
+
+    # Running --------------------------------------------------------------------------------
+
+    def run(
+        self, until: float = float("inf"), progress: Callable[[float], None] | None = None
+    ) -> float:
+        """Run to the end (or `until`); `progress(fraction of arrivals issued)` now and then."""
+        if progress is None:
+            return self.loop.run(until)
+        horizon = min(self.loop.horizon(), until)  # the last arrival known in advance
+        slices = 100
+        for k in range(1, slices + 1):
+            self.loop.run(horizon * k / slices)
+            progress(k / slices)
+        return self.loop.run(until)
+
+    # Results --------------------------------------------------------------------------------
+
+    def results(self) -> dict[str, object]:
+        runners = [r for g in self.groups.values() for r in g.runners]
+        values = [r.engine.itl_samples() for r in runners]
+        itl = (
+            np.concatenate([v for v, _ in values]) if values else np.empty(0),
+            np.concatenate([w for _, w in values]) if values else np.empty(0),
+        )
+        out = request_summary(self.requests, itl, self.slo)
+        span = float(out["makespan_s"])  # type: ignore[arg-type]
+        out["instances"] = [_instance_summary(r, span) for r in runners]
+        if self.apps:
+            out["apps"] = _app_summary(list(self.apps.values()))
+        if self.tools:
+            out["tools"] = {
+                name: _tool_summary(t, self.loop.now) for name, t in sorted(self.tools.items())
+            }
+        out["events"] = self.loop.processed
+        return out
+
+
+def _instance_summary(runner: EngineRunner, span: float) -> dict[str, object]:
+    e = runner.engine
+    s = e.stats
+    return {
+        "name": runner.name,
+        "model": e.cost.name,
+        "requests": len(runner.requests),
+        "iterations": s.iterations,
+        "utilisation": s.busy_s / span if span > 0 else None,
+        "kv_mean_use": s.kv_block_s / (e.gpu.total * span) if span > 0 and e.gpu.total else None,
+        "kv_peak_use": s.peak_blocks / e.gpu.total if e.gpu.total else None,
+        "kv_blocks": e.gpu.total,
+        "prefill_tokens": s.prefill_tokens,
+        "decode_tokens": s.decode_tokens,
+        "preemptions": s.preemptions,
+    }
+
+
+def _app_summary(apps: list[AppState]) -> dict[str, object]:
+    done = [a for a in apps if a.finish_s is not None and a.failed is None]
+    failed = [a for a in apps if a.failed is not None]
+    by_type: dict[str, list[float]] = {}
+    for a in done:
+        assert a.finish_s is not None
+        by_type.setdefault(a.run.app, []).append(a.finish_s - a.arrival_s)
+    return {
+        "apps": len(apps),
+        "completed": len(done),
+        "failed": len(failed),
+        "failures": [f"{a.run.run_id}: {a.failed}" for a in failed[:20]],
+        "act": distribution([a.finish_s - a.arrival_s for a in done if a.finish_s is not None]),
+        "act_by_app": {k: distribution(v) for k, v in sorted(by_type.items())},
+    }
+
+
+def _tool_summary(t: ToolRunner, now: float) -> dict[str, object]:
+    pool = t.pool
+    return {
+        "calls": pool.calls_started,
+        "cold_starts": pool.cold_starts,
+        "cold_wait_s": t.cold_wait_s,
+        "warm_instance_s": pool.warm_instance_seconds(now),
+        "busy_instance_s": pool.busy_instance_seconds(now),
+    }

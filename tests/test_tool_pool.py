@@ -1,0 +1,268 @@
+"""Tool backend pools: cold starts, keepalive, concurrency, queueing, prewarming, accounting."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hermes.cluster.tool_pool import (
+    CallFinished,
+    CallStarted,
+    Effect,
+    ToolBackendSpec,
+    ToolPool,
+)
+
+
+def drain(pool: ToolPool) -> list[Effect]:
+    """The simulator shell's loop: advance at every wake until nothing is pending."""
+    effects: list[Effect] = []
+    while (t := pool.next_wake()) is not None:
+        effects += pool.advance(t)
+    return effects
+
+
+def test_cold_start_then_warm_reuse_within_keepalive() -> None:
+    pool = ToolPool(ToolBackendSpec("docker", cold_start_s=2.0, keepalive_s=10.0))
+    assert pool.submit("a", 1.0, now=0.0) == []
+    assert pool.instances(0.0) == {"warming": 1, "busy": 0, "idle": 0}
+    assert pool.next_wake() == 2.0
+    assert pool.advance(2.0) == [CallStarted("a", 2.0, 2.0, 2.0, 0)]
+    assert pool.advance(3.0) == [CallFinished("a", 3.0, 0)]
+    assert pool.next_wake() == 13.0  # idle from 3, expires 10 s later
+    assert pool.submit("b", 1.0, now=5.0) == [CallStarted("b", 5.0, 0.0, 0.0, 0)]
+    assert drain(pool) == [CallFinished("b", 6.0, 0)]
+    assert pool.cold_starts == 1
+    assert pool.instances(16.0) == {"warming": 0, "busy": 0, "idle": 0}  # expired at 16
+
+
+def test_expiry_after_keepalive_then_cold_again() -> None:
+    pool = ToolPool(ToolBackendSpec("docker", cold_start_s=1.0, keepalive_s=5.0))
+    pool.submit("a", 1.0, now=0.0)
+    assert drain(pool)[-1] == CallFinished("a", 2.0, 0)
+    assert pool.instances(7.0) == {"warming": 0, "busy": 0, "idle": 0}
+    # A call exactly at the expiry instant finds the instance gone.
+    assert pool.submit("b", 1.0, now=7.0) == []
+    assert drain(pool) == [
+        CallStarted("b", 8.0, 1.0, 1.0, 1),
+        CallFinished("b", 9.0, 1),
+    ]
+    assert pool.cold_starts == 2
+
+
+def test_catch_up_without_advance_returns_due_effects_first() -> None:
+    pool = ToolPool(ToolBackendSpec("docker", cold_start_s=1.0))
+    pool.submit("a", 1.0, now=0.0)
+    assert pool.submit("b", 1.0, now=5.0) == [
+        CallStarted("a", 1.0, 1.0, 1.0, 0),
+        CallFinished("a", 2.0, 0),
+        CallStarted("b", 5.0, 0.0, 0.0, 0),
+    ]
+    # prewarm keeps what it caught up on for the next advance, which next_wake asks for now.
+    assert pool.prewarm(7.0) == 0  # instance 0 is idle
+    assert pool.next_wake() == 7.0
+    assert pool.advance(7.0) == [CallFinished("b", 6.0, 0)]
+
+
+def test_concurrency_fills_the_busiest_instance_first() -> None:
+    pool = ToolPool(ToolBackendSpec("vit", concurrency=3))
+    started = pool.submit("a", 1.0, 0.0) + pool.submit("b", 5.0, 0.0) + pool.submit("c", 5.0, 0.0)
+    assert [e.instance for e in started] == [0, 0, 0]
+    assert pool.submit("d", 5.0, 0.0) == [CallStarted("d", 0.0, 0.0, 0.0, 1)]
+    assert pool.advance(1.0) == [CallFinished("a", 1.0, 0)]
+    # Instance 0 runs 2 calls, instance 1 runs 1: the busier one takes the next call.
+    assert pool.submit("e", 1.0, 2.0) == [CallStarted("e", 2.0, 0.0, 0.0, 0)]
+    assert pool.instances(2.0) == {"warming": 0, "busy": 2, "idle": 0}
+    assert pool.cold_starts == 0
+
+
+def test_max_instances_queues_fifo() -> None:
+    pool = ToolPool(ToolBackendSpec("env", cold_start_s=1.0, max_instances=1))
+    assert pool.submit("a", 2.0, 0.0) == []
+    assert pool.submit("b", 1.0, 0.5) == []
+    assert pool.submit("c", 1.0, 0.6) == []
+    assert pool.queued == 2
+    assert pool.prewarm(0.7, instances=3) == 0  # at max_instances
+    effects = drain(pool)
+    assert effects == [
+        CallStarted("a", 1.0, 1.0, 1.0, 0),
+        CallFinished("a", 3.0, 0),
+        CallStarted("b", 3.0, 2.5, 0.0, 0),
+        CallFinished("b", 4.0, 0),
+        CallStarted("c", 4.0, 4.0 - 0.6, 0.0, 0),
+        CallFinished("c", 5.0, 0),
+    ]
+    assert pool.queued == 0
+
+
+def test_prewarm_early_enough_removes_the_cold_wait() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0, keepalive_s=10.0))
+    assert pool.prewarm(0.0) == 1
+    assert pool.prewarm(0.5) == 0  # a warming instance with a spare slot already exists
+    assert pool.prewarm(0.5, instances=2) == 1
+    assert pool.advance(2.5) == []
+    assert pool.instances(2.5) == {"warming": 0, "busy": 0, "idle": 2}
+    assert pool.submit("a", 1.0, 3.0) == [CallStarted("a", 3.0, 0.0, 0.0, 0)]
+    assert pool.cold_starts == 2
+
+
+def test_prewarm_late_removes_part_of_the_cold_wait() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0))
+    assert pool.prewarm(0.0) == 1
+    assert pool.submit("a", 1.0, 1.5) == []
+    assert pool.advance(2.0) == [CallStarted("a", 2.0, 0.5, 0.5, 0)]
+    assert pool.cold_starts == 1
+
+
+def test_prewarm_counts_toward_warm_instance_seconds() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0, keepalive_s=10.0))
+    pool.prewarm(0.0)
+    assert pool.warm_instance_seconds(1.0) == 1.0
+    with pytest.raises(ValueError, match="advance the pool first"):
+        pool.warm_instance_seconds(5.0)  # it became ready at 2
+    assert drain(pool) == []  # ready at 2, idle, expired at 12
+    assert pool.warm_instance_seconds(20.0) == 12.0
+    assert pool.busy_instance_seconds(20.0) == 0.0
+
+
+def test_cold_start_zero_never_waits() -> None:
+    pool = ToolPool(ToolBackendSpec("search", keepalive_s=0.0, concurrency=2))
+    assert pool.prewarm(0.0, instances=4) == 0
+    effects: list[Effect] = []
+    for i in range(6):
+        effects += pool.submit(i, 1.0, now=i * 0.4)
+    effects += drain(pool)
+    starts = [e for e in effects if isinstance(e, CallStarted)]
+    assert [(e.waited_s, e.cold_wait_s) for e in starts] == [(0.0, 0.0)] * 6
+    assert pool.cold_starts == 0
+    assert pool.busy_instance_seconds(10.0) == pool.warm_instance_seconds(10.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", ""),
+        ("cold_start_s", -1.0),
+        ("cold_start_s", math.inf),
+        ("cold_start_s", math.nan),
+        ("keepalive_s", -0.5),
+        ("keepalive_s", math.nan),
+        ("concurrency", 0),
+        ("max_instances", 0),
+    ],
+)
+def test_spec_validation_names_the_field(field: str, value: Any) -> None:
+    kwargs: dict[str, Any] = {"name": "docker", field: value}
+    with pytest.raises(ValueError, match=rf"^{field} must .*{value!r}"):
+        ToolBackendSpec(**kwargs)
+
+
+def test_call_validation() -> None:
+    pool = ToolPool(ToolBackendSpec("docker", keepalive_s=math.inf))
+    with pytest.raises(ValueError, match="duration_s"):
+        pool.submit("a", -1.0, 0.0)
+    with pytest.raises(ValueError, match="instances"):
+        pool.prewarm(0.0, instances=-1)
+    pool.submit("a", 5.0, 1.0)
+    with pytest.raises(ValueError, match="already in the pool"):
+        pool.submit("a", 1.0, 2.0)
+    with pytest.raises(ValueError, match="now must"):
+        pool.advance(0.5)
+    with pytest.raises(ValueError, match="now must"):
+        pool.submit("b", 1.0, math.nan)
+    with pytest.raises(ValueError, match="now must"):
+        pool.warm_instance_seconds(0.0)
+    assert drain(pool) == [CallFinished("a", 6.0, 0)]
+    assert pool.submit("a", 1.0, 6.0) == [CallStarted("a", 6.0, 0.0, 0.0, 0)]  # id free again
+
+
+# --- property: a random workload through the shell's loop -------------------------------------
+
+times = st.one_of(st.integers(0, 6).map(lambda k: k / 2), st.floats(0, 3))  # ties are likely
+specs = st.builds(
+    ToolBackendSpec,
+    name=st.just("tool"),
+    cold_start_s=times,
+    keepalive_s=st.one_of(times, st.just(math.inf)),
+    concurrency=st.integers(1, 3),
+    max_instances=st.one_of(st.none(), st.integers(1, 3)),
+)
+
+
+@dataclass(frozen=True)
+class Op:
+    gap: float  # after the previous operation
+    duration: float | None  # a call of this duration, or (None) a prewarm
+    prewarm: int
+    drive: bool  # advance through wakes before it, as the shell would; else catch up late
+
+
+ops = st.lists(
+    st.builds(Op, times, st.one_of(st.none(), times, times), st.integers(0, 3), st.booleans()),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, ops)
+def test_shell_loop_starts_and_finishes_every_call_once(
+    spec: ToolBackendSpec, script: list[Op]
+) -> None:
+    pool = ToolPool(spec)
+    effects: list[Effect] = []
+    submitted: dict[int, tuple[float, float]] = {}
+
+    def check_instances(now: float) -> None:
+        assert sum(pool.instances(now).values()) <= (spec.max_instances or math.inf)
+
+    now = 0.0
+    for op in script:
+        now += op.gap
+        while op.drive and (t := pool.next_wake()) is not None and t < now:
+            effects += pool.advance(t)
+            check_instances(t)
+        if op.duration is None:
+            pool.prewarm(now, op.prewarm)
+        else:
+            submitted[len(submitted)] = (now, op.duration)
+            effects += pool.submit(len(submitted) - 1, op.duration, now)
+        check_instances(now)
+    while (t := pool.next_wake()) is not None:
+        effects += pool.advance(t)
+        check_instances(t)
+        now = t
+
+    assert [e.at for e in effects] == sorted(e.at for e in effects)
+    starts = {e.call_id: e for e in effects if isinstance(e, CallStarted)}
+    finishes = {e.call_id: e for e in effects if isinstance(e, CallFinished)}
+    assert len(starts) + len(finishes) == len(effects)  # no call started or finished twice
+    assert starts.keys() == finishes.keys() == submitted.keys()
+    for call_id, (submit_at, duration) in submitted.items():
+        start, finish = starts[call_id], finishes[call_id]
+        assert start.at >= submit_at
+        assert start.waited_s == pytest.approx(start.at - submit_at)
+        assert 0 <= start.cold_wait_s <= start.waited_s + 1e-9
+        assert start.cold_wait_s <= spec.cold_start_s + 1e-9
+        assert finish.at == start.at + duration
+        assert finish.instance == start.instance
+
+    running: Counter[int] = Counter()
+    for e in effects:
+        running[e.instance] += 1 if isinstance(e, CallStarted) else -1
+        assert running[e.instance] <= spec.concurrency
+        assert sum(n > 0 for n in running.values()) <= (spec.max_instances or math.inf)
+
+    assert pool.calls_started == pool.calls_finished == len(submitted)
+    assert pool.queued == 0
+    warm, busy = pool.warm_instance_seconds(now), pool.busy_instance_seconds(now)
+    call_seconds = sum(d for _, d in submitted.values())
+    assert warm >= busy - 1e-9
+    assert busy >= call_seconds / spec.concurrency - 1e-9
+    if spec.keepalive_s < math.inf:
+        assert pool.instances(now) == {"warming": 0, "busy": 0, "idle": 0}
