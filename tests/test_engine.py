@@ -224,7 +224,7 @@ requests_strategy = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     requests_strategy,
     st.sampled_from([24, 60, 200, 5000]),

@@ -113,7 +113,8 @@ def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tup
     return list(zip(times.tolist(), runs, strict=True))
 
 
-def build(config: SimConfig) -> Simulation:
+def build(config: SimConfig, decode_runs: bool = True) -> Simulation:
+    """`decode_runs=False` steps engines one iteration at a time (for checks and benchmarks)."""
     slo = (
         None if config.slo is None else SLO(config.slo.ttft_s, config.slo.tpot_s, config.slo.e2e_s)
     )
@@ -121,7 +122,7 @@ def build(config: SimConfig) -> Simulation:
     for group in config.instances:
         cost = _profile(group)
         name = group.model if group.profile is None else cost.model
-        sim.add_model(name, cost, group.engine_config(), group.count, config.router)
+        sim.add_model(name, cost, group.engine_config(), group.count, config.router, decode_runs)
     for tool in config.tools:
         sim.add_tool_backend(
             ToolBackendSpec(
@@ -139,11 +140,13 @@ def build(config: SimConfig) -> Simulation:
 
 
 def simulate(
-    config: SimConfig, progress: Callable[[float], None] | None = None
+    config: SimConfig,
+    progress: Callable[[float], None] | None = None,
+    decode_runs: bool = True,
 ) -> dict[str, object]:
     """Build, run and summarise; `wall_s` covers building and running."""
     start = time.perf_counter()
-    sim = build(config)
+    sim = build(config, decode_runs)
     sim.run(config.until, progress)
     out = sim.results()
     out["wall_s"] = time.perf_counter() - start

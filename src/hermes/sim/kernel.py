@@ -44,10 +44,6 @@ class EventLoop:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def horizon(self) -> float:
-        """The latest time any pending event is due (now when none is)."""
-        return max((e.time for e in self._heap if not e.cancelled), default=self._now)
-
     def at(self, time: float, callback: Callback, priority: int = 0) -> Event:
         """Run ``callback(time)`` at virtual ``time`` (not before now)."""
         if not time >= self._now or math.isinf(time):

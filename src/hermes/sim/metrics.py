@@ -34,7 +34,7 @@ def distribution(values: ArrayLike, weights: ArrayLike | None = None) -> Distrib
     out["mean"] = float(np.average(v, weights=w))
     qs = np.percentile(v, QUANTILES, weights=w, method="inverted_cdf")
     out.update({f"p{q}": float(x) for q, x in zip(QUANTILES, qs, strict=True)})
-    out["max"] = float(v.max())
+    out["max"] = float(v.max() if w is None else v[w > 0].max())  # zero weight: never seen
     return out
 
 

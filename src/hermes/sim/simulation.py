@@ -62,6 +62,7 @@ class Simulation:
     apps: dict[int, AppState] = field(default_factory=dict)
     requests: list[EngineRequest] = field(default_factory=list)
     arrivals: int = 0
+    last_arrival_s: float = 0.0
     _default_model: str | None = None
 
     # Construction ---------------------------------------------------------------------------
@@ -73,11 +74,17 @@ class Simulation:
         config: EngineConfig,
         replicas: int,
         router: str = "round-robin",
+        decode_runs: bool = True,
     ) -> None:
         if name in self.groups:
             raise ValueError(f"model {name!r} is configured twice")
         runners = [
-            EngineRunner(self.loop, Engine(cost, config), f"{name}/{i}", self._llm_done)
+            EngineRunner(
+                self.loop,
+                Engine(cost, config, decode_runs=decode_runs),
+                f"{name}/{i}",
+                self._llm_done,
+            )
             for i in range(replicas)
         ]
         self.groups[name] = _ModelGroup(runners, make_router(router))
@@ -92,24 +99,38 @@ class Simulation:
     # Workloads ------------------------------------------------------------------------------
 
     def add_requests(self, trace: Sequence[TraceRequest], model: str | None = None) -> None:
-        """Plain requests, each arriving at its `arrival_s`."""
+        """Plain requests, each arriving at its `arrival_s` (the trace must be in time order)."""
         group = self._group(model, "requests")
-        for i, t in enumerate(trace):
-            rid = ("req", self.arrivals + i)
-            self.loop.at(t.arrival_s, self._arrival_callback(group, rid, t))
+        base = self.arrivals
+
+        def arrive(i: int, now: float) -> None:
+            t = trace[i]
+            self._submit(group, ("req", base + i), t.prompt_tokens, t.output_tokens, now, None)
+
+        self._feed([t.arrival_s for t in trace], arrive)
         self.arrivals += len(trace)
 
-    def _arrival_callback(
-        self, group: _ModelGroup, rid: Hashable, t: TraceRequest
-    ) -> Callable[[float], None]:
-        def arrive(now: float) -> None:
-            self._submit(group, rid, t.prompt_tokens, t.output_tokens, now, None)
+    def _feed(self, times: Sequence[float], arrive: Callable[[int, float], None]) -> None:
+        """Schedule arrivals one at a time, each scheduling the next, to keep the heap small."""
+        for k in range(1, len(times)):
+            if times[k] < times[k - 1]:
+                raise ValueError(f"arrivals must be in time order: [{k}] comes before [{k - 1}]")
 
-        return arrive
+        def step(i: int) -> Callable[[float], None]:
+            def fire(now: float) -> None:
+                if i + 1 < len(times):
+                    self.loop.at(times[i + 1], step(i + 1))
+                arrive(i, now)
+
+            return fire
+
+        if times:
+            self.loop.at(times[0], step(0))
+            self.last_arrival_s = max(self.last_arrival_s, times[-1])
 
     def add_apps(self, runs: Sequence[tuple[float, AppRun]]) -> None:
         """Applications, each (arrival time, run); runs name their models and tool backends."""
-        for arrival, run in runs:
+        for _, run in runs:
             for k, stage in enumerate(run.stages):
                 where = f"run {run.run_id!r} stages[{k}] ({stage.name})"
                 if stage.kind == "llm":
@@ -117,13 +138,15 @@ class Simulation:
                 elif stage.backend not in self.tools:
                     # An unconfigured backend is always warm and unlimited: pure latency.
                     self.add_tool_backend(ToolBackendSpec(stage.backend, cold_start_s=0.0))
+        first = len(self.apps)
+        for arrival, run in runs:
             app = AppState(len(self.apps), run, arrival)
             self.apps[app.app_id] = app
-            self.loop.at(arrival, self._app_start(app))
+        self._feed(
+            [arrival for arrival, _ in runs],
+            lambda i, now: self._issue_stage(self.apps[first + i], now),
+        )
         self.arrivals += len(runs)
-
-    def _app_start(self, app: AppState) -> Callable[[float], None]:
-        return lambda now: self._issue_stage(app, now)
 
     def _group(self, model: str | None, where: str) -> _ModelGroup:
         name = model or self._default_model
@@ -207,7 +230,7 @@ class Simulation:
         """Run to the end (or `until`); `progress(fraction of arrivals issued)` now and then."""
         if progress is None:
             return self.loop.run(until)
-        horizon = min(self.loop.horizon(), until)  # the last arrival known in advance
+        horizon = min(self.last_arrival_s, until)
         slices = 100
         for k in range(1, slices + 1):
             self.loop.run(horizon * k / slices)
