@@ -18,7 +18,10 @@ import platform
 import time
 from typing import Any
 
-from hermes.sim.build import simulate
+import numpy as np
+
+from hermes.profiles import load_profile
+from hermes.sim.build import request_trace, simulate
 from hermes.sim.config import DEFAULT_CONFIG, RequestWorkload, SimConfig
 
 # BLIS on the same scenario, as reported in the Hermes issue tracker (issue 3): its own model
@@ -51,6 +54,16 @@ def timed(cfg: SimConfig, repeats: int, decode_runs: bool = True) -> tuple[float
     return best, out
 
 
+def ttft_floor() -> float:
+    """Mean TTFT no A100 can beat: each accepted prompt's dense FLOPs (2 per parameter per
+    token) at 100 % of peak, with no queueing and no attention."""
+    profile = load_profile("llama-2-7b@a100")
+    params = profile.weight_bytes / 2  # bf16
+    trace = request_trace(RequestWorkload(), np.random.default_rng(0))
+    prompts = [t.prompt_tokens for t in trace if t.prompt_tokens + t.output_tokens <= 4096]
+    return float(np.mean(prompts)) * 2 * params / profile.peak_flops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
@@ -67,12 +80,14 @@ def main() -> None:
         "e2e_p90_s": full["e2e"]["p90"],
         "e2e_p99_s": full["e2e"]["p99"],
         "itl_mean_s": full["itl"]["mean"],
+        "queueing_mean_s": full["queueing"]["mean"],
         "rejected": full["rejected"],
         "wall_s_this_machine": wall,
     }
+    hermes["ttft_floor_s"] = ttft_floor()
     print(f"full trace: {full['requests']} requests in {wall:.2f} s wall (best of {args.repeats})")
     for key, value in hermes.items():
-        print(f"  {key:22s} hermes {value:10.4f}   blis {BLIS[key]:10.4f}")
+        print(f"  {key:22s} hermes {value:10.4f}   blis {BLIS.get(key, float('nan')):10.4f}")
 
     scaling = []
     for k in (int(s) for s in args.scales.split(",")):

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hermes.core.demand_sampler import DemandModel
@@ -29,7 +30,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message quotes paths and values, whose brackets are not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -160,8 +162,7 @@ def demo(
     runs: Annotated[int, typer.Option(min=1, help="Runs per application.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """The main job on its embedded default: generate runs of the six applications, learn their
-    PDGraphs and inspect them."""
+    """Generate runs of the six applications, learn their PDGraphs and inspect them."""
     from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,9 @@ def _sim_config(
             work["repeat"] = repeat
         data["requests"] = work
     try:
-        return config_from_dict(data, str(config) if config else "command line")
+        changed = bool(overrides) or trace is not None or limit is not None or repeat is not None
+        source = str(config) if config else "default config"
+        return config_from_dict(data, f"{source} with command-line options" if changed else source)
     except ConfigError as e:
         raise _fail(str(e)) from None
 
@@ -269,7 +272,7 @@ def sim(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        out.print(f"results written to {json_out}")
+        out.print(f"results written to {escape(str(json_out))}")
 
 
 def _ms(d: Any) -> str:
