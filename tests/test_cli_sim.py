@@ -153,7 +153,7 @@ BAD_CSV = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,abc,10
     ("args", "files", "message"),
     [
         pytest.param(
-            ["--limit", "10", "--policy", "nope"], {}, "unknown policy 'nope'; known: vllm",
+            ["--limit", "10", "--policy", "nope"], {}, "unknown policy 'nope'; known: edf, gittins",
             id="unknown-policy",
         ),
         pytest.param(

@@ -1,14 +1,23 @@
 """The scheduling-policy interface shared by the simulator and the gateway.
 
-A policy turns what it knows about a call (and the application it belongs to) into an engine
-priority: lower runs first. It is pure: time arrives as `now`.
+A policy turns what it knows about a call and its application into an engine priority: lower
+runs first. The shell keeps an `AppView` per application up to date and asks for priorities
+when something changes, and every `rank_interval_s` for policies whose ranks move with
+attained service (`dynamic`). Policies are pure: time arrives as `now`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from hermes.core.demand_cost import DemandCost
+from hermes.core.demand_sampler import DemandModel
+from hermes.core.runs import AppRun, Stage
+
+# Applications without a deadline queue behind every application that has one.
+NO_DEADLINE = 1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +27,62 @@ class CallInfo:
     call_id: Hashable
     arrival_s: float
     prompt_tokens: int
-    app_id: Hashable | None = None  # None for a plain request outside any application
-    app_arrival_s: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class AppView:
+    """An application in progress as the shell observes it.
+
+    `attained_s` is the service (demand-cost seconds) attained by the current stage's
+    unfinished calls; `total_attained_s` counts every call so far. `run` is the whole recorded
+    run: only the clairvoyant `oracle` bound may read its future.
+    """
+
+    app_id: Hashable
+    app: str
+    arrival_s: float
+    deadline_s: float | None = None
+    stage_index: int = -1
+    stage: Stage | None = None
+    unfinished_calls: int = 0
+    finished: list[Stage] = field(default_factory=list)
+    attained_s: float = 0.0
+    stage_service_s: float = 0.0  # attained by all the current stage's calls, finished or not
+    total_attained_s: float = 0.0
+    served_tokens: int = 0
+    run: AppRun | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What policies may be built with: learned demand models and the demand cost."""
+
+    models: Mapping[str, DemandModel] = field(default_factory=dict)
+    cost: DemandCost | None = None
+    refine: bool = True
+    samples: int = 1000
+    seed: int = 0
 
 
 class Policy(Protocol):
     name: str
+    dynamic: bool  # ranks change with attained service: the shell re-ranks periodically
 
-    def priority(self, call: CallInfo, now: float) -> float: ...
+    def priority(self, call: CallInfo, app: AppView | None, now: float) -> float: ...
+
+    def on_arrival(self, app: AppView, now: float) -> None: ...
+
+    def on_done(self, app: AppView, now: float) -> None: ...
+
+
+class BasePolicy:
+    """Defaults: static ranks, no bookkeeping."""
+
+    name = "base"
+    dynamic = False
+
+    def on_arrival(self, app: AppView, now: float) -> None:
+        return None
+
+    def on_done(self, app: AppView, now: float) -> None:
+        return None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hermes.policies.base import CallInfo
+from hermes.policies.base import AppView, BasePolicy, CallInfo
 
 
-class FCFS:
+class FCFS(BasePolicy):
     name = "vllm"
 
-    def priority(self, call: CallInfo, now: float) -> float:
+    def priority(self, call: CallInfo, app: AppView | None, now: float) -> float:
         return call.arrival_s

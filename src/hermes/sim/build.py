@@ -7,15 +7,20 @@ same config gives the same numbers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from hermes.cluster.tool_pool import ToolBackendSpec
+from hermes.core.demand_cost import DemandCost
+from hermes.core.demand_sampler import DemandModel
+from hermes.core.pdgraph import learn
 from hermes.core.runs import AppRun
 from hermes.engine.cost_model import StepCostModel
+from hermes.engine.demand_cost_adapter import EngineDemandCost
+from hermes.policies.base import PolicyContext
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile, load_profile_file
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
@@ -23,11 +28,14 @@ from hermes.sim.metrics import SLO
 from hermes.sim.simulation import Simulation
 from hermes.workloads.arrivals import compress_to_window, gamma_arrivals, poisson_arrivals, rescale
 from hermes.workloads.mix import sample_mix
+from hermes.workloads.pdgraph_files import load_pdgraphs
 from hermes.workloads.request_traces import TraceRequest, read_azure_csv, read_trace
 from hermes.workloads.run_files import read_runs
 from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
 
 DEFAULT_TRACE = "AzureLLMInferenceTrace_conv.csv"
+# Policies that rank by a PDGraph's demand distribution.
+PDGRAPH_POLICIES = frozenset({"gittins", "srjf-mean", "lstf"})
 
 
 def _profile(group: InstanceGroup) -> StepCostModel:
@@ -113,29 +121,61 @@ def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tup
     return list(zip(times.tolist(), runs, strict=True))
 
 
+def policy_context(
+    config: SimConfig, cost: DemandCost, runs: Sequence[tuple[float, AppRun]]
+) -> PolicyContext:
+    """Demand models for the policy: from a PDGraph file, or learned from fresh template runs
+    (a seed apart from the workload's) of every application type in the workload."""
+    opts = config.policy_options
+    if opts.pdgraphs is not None:
+        graphs = load_pdgraphs(opts.pdgraphs)
+    else:
+        types = sorted({run.app for _, run in runs} & set(TEMPLATE_NAMES))
+        training = [
+            r
+            for k, app in enumerate(types)
+            for r in generate_runs(app, opts.training_runs, seed=10_000 + config.seed * 100 + k)
+        ]
+        graphs = learn(training)
+    models = {name: DemandModel(g, cost) for name, g in graphs.items()}
+    return PolicyContext(models, cost, opts.refine, opts.samples, config.seed)
+
+
 def build(config: SimConfig, decode_runs: bool = True) -> Simulation:
     """`decode_runs=False` steps engines one iteration at a time (for checks and benchmarks)."""
     slo = (
         None if config.slo is None else SLO(config.slo.ttft_s, config.slo.tpot_s, config.slo.e2e_s)
     )
-    sim = Simulation(make_policy(config.policy), slo)
-    for group in config.instances:
-        cost = _profile(group)
-        name = group.model if group.profile is None else cost.model
-        sim.add_model(name, cost, group.engine_config(), group.count, config.router, decode_runs)
+    profiles = [_profile(group) for group in config.instances]
+    cost = EngineDemandCost(profiles[0])
+    requests_rng, apps_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2)
+    )
+    runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
+    ctx = (
+        policy_context(config, cost, runs)
+        if config.policy in PDGRAPH_POLICIES
+        else PolicyContext(cost=cost, seed=config.seed)
+    )
+    sim = Simulation(
+        make_policy(config.policy, ctx),
+        slo,
+        cost=cost,
+        rank_interval_s=config.policy_options.rank_interval_s,
+    )
+    for group, profile in zip(config.instances, profiles, strict=True):
+        name = group.model if group.profile is None else profile.model
+        sim.add_model(name, profile, group.engine_config(), group.count, config.router, decode_runs)
     for tool in config.tools:
         sim.add_tool_backend(
             ToolBackendSpec(
                 tool.name, tool.cold_start_s, tool.keepalive_s, tool.concurrency, tool.max_instances
             )
         )
-    requests_rng, apps_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2)
-    )
     if config.requests is not None:
         sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)
-    if config.apps is not None:
-        sim.add_apps(app_runs(config.apps, apps_rng, config.seed))
+    if runs:
+        sim.add_apps(runs)
     return sim
 
 

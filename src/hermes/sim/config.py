@@ -115,9 +115,20 @@ class SLOConfig(_Strict):
     e2e_s: float | None = Field(default=None, gt=0)
 
 
+class PolicyOptions(_Strict):
+    """Where the PDGraph policies (gittins, srjf-mean, lstf) get their demand models."""
+
+    pdgraphs: str | None = None  # a file from `hermes learn`; default: learn from templates
+    training_runs: int = Field(default=300, ge=1)  # per template application, when learning
+    refine: bool = True  # online refinement of demand estimates
+    samples: int = Field(default=1000, ge=1)
+    rank_interval_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+
+
 class SimConfig(_Strict):
     seed: int = 0
     policy: str = "vllm"
+    policy_options: PolicyOptions = PolicyOptions()
     router: Literal["round-robin", "least-outstanding", "least-kv"] = "round-robin"
     instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(count=2)])
     tools: list[ToolBackend] = Field(default_factory=list)
@@ -207,4 +218,8 @@ def _relative_to(config: SimConfig, base: Path) -> SimConfig:
         for g in config.instances
     ]
     update["instances"] = groups
+    if config.policy_options.pdgraphs is not None:
+        update["policy_options"] = config.policy_options.model_copy(
+            update={"pdgraphs": fix(config.policy_options.pdgraphs)}
+        )
     return config.model_copy(update=update)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hermes.cluster.router import ReplicaLoad
-from hermes.engine.request import EngineRequest
+from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine, Step
 from hermes.sim.kernel import Event, EventLoop
 
@@ -41,7 +41,9 @@ class EngineRunner:
     def set_priority(self, req: EngineRequest, priority: float, now: float) -> None:
         if req.priority != priority:
             self.engine.set_priority(req, priority)
-            self._input(now)
+            # Only queued requests' order changes what the next iteration does.
+            if req.state in (RequestState.WAITING, RequestState.SWAPPED):
+                self._input(now)
 
     def load(self) -> ReplicaLoad:
         e = self.engine

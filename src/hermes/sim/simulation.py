@@ -15,12 +15,13 @@ import numpy as np
 
 from hermes.cluster.router import Router, make_router
 from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
+from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, ToolCall
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
-from hermes.policies.base import CallInfo, Policy
+from hermes.policies.base import AppView, CallInfo, Policy
 from hermes.sim.engine_runner import EngineRunner
 from hermes.sim.kernel import EventLoop
 from hermes.sim.metrics import SLO, distribution, request_summary
@@ -39,8 +40,12 @@ class AppState:
     app_id: int
     run: AppRun
     arrival_s: float
+    view: AppView
     stage: int = 0
     pending: int = 0
+    live: list[EngineRequest] = field(default_factory=list)  # the stage's unfinished LLM calls
+    stage_done_s: float = 0.0  # demand cost of the stage's finished calls
+    done_s: float = 0.0  # demand cost of the finished stages
     finish_s: float | None = None
     failed: str | None = None
 
@@ -56,6 +61,9 @@ class _ToolCallId:
 class Simulation:
     policy: Policy
     slo: SLO | None = None
+    # Attained service is measured in the units the demand models use.
+    cost: DemandCost = field(default_factory=LinearCost)
+    rank_interval_s: float = 0.1
     loop: EventLoop = field(default_factory=EventLoop)
     groups: dict[str, _ModelGroup] = field(default_factory=dict)
     tools: dict[str, ToolRunner] = field(default_factory=dict)
@@ -63,6 +71,10 @@ class Simulation:
     requests: list[EngineRequest] = field(default_factory=list)
     arrivals: int = 0
     last_arrival_s: float = 0.0
+    rank_rounds: int = 0
+    _unfinished_apps: int = 0
+    _round_armed: bool = False
+    _runner_of: dict[int, EngineRunner] = field(default_factory=dict)
     _default_model: str | None = None
 
     # Construction ---------------------------------------------------------------------------
@@ -140,13 +152,22 @@ class Simulation:
                     self.add_tool_backend(ToolBackendSpec(stage.backend, cold_start_s=0.0))
         first = len(self.apps)
         for arrival, run in runs:
-            app = AppState(len(self.apps), run, arrival)
-            self.apps[app.app_id] = app
+            app_id = len(self.apps)
+            view = AppView(app_id, run.app, arrival, deadline_s=run.deadline_s, run=run)
+            self.apps[app_id] = AppState(app_id, run, arrival, view)
         self._feed(
             [arrival for arrival, _ in runs],
-            lambda i, now: self._issue_stage(self.apps[first + i], now),
+            lambda i, now: self._app_arrive(self.apps[first + i], now),
         )
         self.arrivals += len(runs)
+        self._unfinished_apps += len(runs)
+
+    def _app_arrive(self, app: AppState, now: float) -> None:
+        self.policy.on_arrival(app.view, now)
+        if self.policy.dynamic and not self._round_armed:
+            self._round_armed = True
+            self.loop.after(self.rank_interval_s, self._rank_round)
+        self._issue_stage(app, now)
 
     def _group(self, model: str | None, where: str) -> _ModelGroup:
         name = model or self._default_model
@@ -160,6 +181,12 @@ class Simulation:
     def _issue_stage(self, app: AppState, now: float) -> None:
         stage = app.run.stages[app.stage]
         app.pending = len(stage.calls)
+        view = app.view
+        view.stage_index = app.stage
+        view.stage = stage
+        view.unfinished_calls = app.pending
+        view.attained_s = view.stage_service_s = 0.0
+        app.stage_done_s = 0.0
         if app.pending == 0:
             self._stage_done(app, now)
             return
@@ -168,7 +195,9 @@ class Simulation:
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, LLMCall)
                 rid = ("app", app.app_id, app.stage, k)
-                self._submit(group, rid, call.prompt_tokens, call.completion_tokens, now, app)
+                req = self._submit(group, rid, call.prompt_tokens, call.completion_tokens, now, app)
+                if not req.done:
+                    app.live.append(req)
         else:
             pool = self.tools[stage.backend]
             for k, call in enumerate(stage.calls):
@@ -183,44 +212,100 @@ class Simulation:
         output: int,
         now: float,
         app: AppState | None,
-    ) -> None:
-        info = CallInfo(
-            rid,
-            now,
-            prompt,
-            None if app is None else app.app_id,
-            None if app is None else app.arrival_s,
-        )
-        req = EngineRequest(rid, prompt, output, now, priority=self.policy.priority(info, now))
+    ) -> EngineRequest:
+        info = CallInfo(rid, now, prompt)
+        priority = self.policy.priority(info, None if app is None else app.view, now)
+        req = EngineRequest(rid, prompt, output, now, priority=priority)
         self.requests.append(req)
         runners = group.runners
         i = 0 if len(runners) == 1 else group.router.choose([r.load() for r in runners])
+        self._runner_of[id(req)] = runners[i]
         runners[i].submit(req, now)
+        return req
 
     def _llm_done(self, req: EngineRequest, now: float) -> None:
+        self._runner_of.pop(id(req), None)
         rid = req.id
         if not (isinstance(rid, tuple) and rid[0] == "app"):
             return
         app = self.apps[rid[1]]
-        if req.state is RequestState.REJECTED and app.failed is None:
-            app.failed = f"stages[{rid[2]}].calls[{rid[3]}]: {req.reason}"
+        if req.state is RequestState.REJECTED:
+            if app.failed is None:
+                app.failed = f"stages[{rid[2]}].calls[{rid[3]}]: {req.reason}"
+        else:
+            if req in app.live:
+                app.live.remove(req)
+            served = self.cost.llm_calls_s(
+                np.array([req.prompt_tokens], dtype=np.float64),
+                np.array([req.generated], dtype=np.float64),
+            )
+            app.stage_done_s += float(served[0])
+            app.view.served_tokens += req.prompt_tokens + req.generated
         self._call_done(app, now)
 
     def _tool_done(self, call_id: Hashable, now: float) -> None:
         assert isinstance(call_id, _ToolCallId)
-        self._call_done(self.apps[call_id.app_id], now)
+        app = self.apps[call_id.app_id]
+        call = app.run.stages[call_id.stage].calls[call_id.index]
+        assert isinstance(call, ToolCall)
+        served = self.cost.tool_calls_s(np.array([call.duration_s], dtype=np.float64))
+        app.stage_done_s += float(served[0])
+        self._call_done(app, now)
 
     def _call_done(self, app: AppState, now: float) -> None:
         app.pending -= 1
+        app.view.unfinished_calls = app.pending
         if app.pending == 0:
             self._stage_done(app, now)
+        else:
+            self._rerank([app], now)  # fewer unfinished calls: a new demand state
 
     def _stage_done(self, app: AppState, now: float) -> None:
+        if app.stage < len(app.run.stages):
+            app.view.finished.append(app.run.stages[app.stage])
+        app.done_s += app.stage_done_s
+        app.view.total_attained_s = app.done_s
         app.stage += 1
         if app.failed is not None or app.stage == len(app.run.stages):
             app.finish_s = now
+            self._unfinished_apps -= 1
+            self.policy.on_done(app.view, now)
             return
         self._issue_stage(app, now)
+
+    # Ranking rounds -------------------------------------------------------------------------
+
+    def _rank_round(self, now: float) -> None:
+        self.rank_rounds += 1
+        live = [a for a in self.apps.values() if a.live]
+        if live:
+            self._rerank(live, now)
+        if self._unfinished_apps > 0:
+            self.loop.after(self.rank_interval_s, self._rank_round)
+        else:
+            self._round_armed = False
+
+    def _rerank(self, apps: Sequence[AppState], now: float) -> None:
+        """Refresh attained service of `apps` and give their waiting calls new priorities."""
+        reqs = [r for a in apps for r in a.live]
+        if not reqs:
+            return
+        prompt = np.array([min(r.num_computed, r.prompt_tokens) for r in reqs], dtype=np.float64)
+        out = np.array([r.generated for r in reqs], dtype=np.float64)
+        served = self.cost.llm_calls_s(prompt, out).tolist()
+        k = 0
+        for app in apps:
+            attained = sum(served[k : k + len(app.live)])
+            k += len(app.live)
+            view = app.view
+            view.attained_s = attained
+            view.stage_service_s = app.stage_done_s + attained
+            view.total_attained_s = app.done_s + view.stage_service_s
+            for req in app.live:
+                info = CallInfo(req.id, req.arrival_s, req.prompt_tokens)
+                self._runner_of[id(req)].set_priority(
+                    req, self.policy.priority(info, view, now), now
+                )
 
     # Running --------------------------------------------------------------------------------
 

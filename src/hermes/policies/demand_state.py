@@ -1,0 +1,46 @@
+"""The remaining-demand distribution of an application in progress, cached per application.
+
+Shared by the PDGraph policies (gittins, srjf-mean, lstf): the distribution changes only when
+the application's stage or number of unfinished calls does, so it is looked up once per
+change, not once per ranking round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from hermes.core.demand_sampler import Progress
+from hermes.core.gittins import DemandDistribution
+from hermes.core.rank_cache import GittinsRanker, RankState
+from hermes.policies.base import AppView, PolicyContext
+
+
+class AppDemand:
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ranker = GittinsRanker(
+            ctx.models, samples=ctx.samples, seed=ctx.seed, refine=ctx.refine
+        )
+        self._cache: dict[Hashable, tuple[tuple[int, int], RankState | None]] = {}
+
+    def state(self, app: AppView) -> RankState | None:
+        """The app's rank state, or None when its type or stage has no PDGraph to go by."""
+        key = (app.stage_index, app.unfinished_calls)
+        hit = self._cache.get(app.app_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        state: RankState | None = None
+        if app.app in self.ranker.models and app.stage is not None:
+            progress = Progress(app.stage.name, app.unfinished_calls, tuple(app.finished))
+            try:
+                state = self.ranker.state(app.app, progress)
+            except ValueError:  # a stage the graph never saw: no prediction
+                state = None
+        self._cache[app.app_id] = (key, state)
+        return state
+
+    def distribution(self, app: AppView) -> DemandDistribution | None:
+        state = self.state(app)
+        return None if state is None else state.dist
+
+    def forget(self, app: AppView) -> None:
+        self._cache.pop(app.app_id, None)
