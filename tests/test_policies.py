@@ -1,0 +1,218 @@
+"""Scheduling policies: each one's defining property, and the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hermes.core.demand_cost import LinearCost
+from hermes.core.demand_sampler import DemandModel
+from hermes.core.pdgraph import learn
+from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
+from hermes.policies.base import NO_DEADLINE, AppView, CallInfo, PolicyContext
+from hermes.policies.registry import make_policy, policy_names, register
+from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, SimConfig
+from hermes.sim.simulation import Simulation
+
+COST = LinearCost()
+CALL = CallInfo("c", 5.0, 100)
+
+
+def fixed_run(app: str, prompts: list[int], completion: int, tool_s: float = 0.0) -> AppRun:
+    stages = [
+        Stage(f"s{i}", "llm", "llm", (LLMCall(p, completion),)) for i, p in enumerate(prompts)
+    ]
+    if tool_s:
+        stages.insert(1, Stage("t", "tool", "env", (ToolCall(tool_s),)))
+    return AppRun(app, f"{app}-run", tuple(stages))
+
+
+def view(run: AppRun, stage: int = 0, attained: float = 0.0, **kw: float) -> AppView:
+    v = AppView(
+        run.app,
+        run.app,
+        arrival_s=kw.get("arrival_s", 0.0),
+        deadline_s=kw.get("deadline_s"),
+        stage_index=stage,
+        stage=run.stages[stage],
+        unfinished_calls=run.stages[stage].fanout,
+        finished=list(run.stages[:stage]),
+        attained_s=attained,
+        stage_service_s=attained,
+        run=run,
+    )
+    return v
+
+
+def context(runs: list[AppRun]) -> PolicyContext:
+    # Learned from identical copies of each run: every demand is deterministic.
+    graphs = learn([r for r in runs for _ in range(5)])
+    models = {name: DemandModel(g, COST) for name, g in graphs.items()}
+    return PolicyContext(models, COST, samples=200)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+            st.integers(1, 500),
+            st.integers(0, 3),
+        ),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_gittins_orders_as_oracle_when_demand_is_deterministic(
+    specs: list[tuple[list[int], int, int]],
+) -> None:
+    runs = [fixed_run(f"app{i}", prompts, c) for i, (prompts, c, _) in enumerate(specs)]
+    ctx = context(runs)
+    gittins, oracle = make_policy("gittins", ctx), make_policy("oracle", ctx)
+    views = [
+        view(r, stage=min(s, len(r.stages) - 1)) for r, (_, _, s) in zip(runs, specs, strict=True)
+    ]
+    g = [gittins.priority(CALL, v, 0.0) for v in views]
+    o = [oracle.priority(CALL, v, 0.0) for v in views]
+    for a, b in zip(g, o, strict=True):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_srjf_mean_is_the_expected_remaining_demand() -> None:
+    short = fixed_run("short", [100], 10)
+    long = fixed_run("long", [100, 2000, 2000], 300)
+    ctx = context([short, long])
+    srjf = make_policy("srjf-mean", ctx)
+    expected = float(COST.llm_calls_s(np.array([100.0]), np.array([10.0]))[0])
+    assert srjf.priority(CALL, view(short), 0.0) == pytest.approx(expected)
+    assert srjf.priority(CALL, view(short), 0.0) < srjf.priority(CALL, view(long), 0.0)
+    # Attained service is subtracted from what is left.
+    assert srjf.priority(CALL, view(short, attained=0.01), 0.0) == pytest.approx(expected - 0.01)
+
+
+def test_app_level_policies() -> None:
+    run = fixed_run("a", [10], 5)
+    early, late = view(run, arrival_s=1.0), view(run, arrival_s=9.0)
+    vllm, parrot = make_policy("vllm"), make_policy("parrot")
+    assert vllm.priority(CALL, early, 20.0) == CALL.arrival_s  # the request, not the app
+    assert parrot.priority(CALL, early, 20.0) == 1.0
+    assert parrot.priority(CALL, late, 20.0) == 9.0
+    plas = make_policy("plas")
+    late.total_attained_s = 0.5
+    early.total_attained_s = 3.0
+    assert plas.priority(CALL, late, 0.0) < plas.priority(CALL, early, 0.0)
+
+
+def test_vtc_lifts_newcomers_to_the_least_served_active_counter() -> None:
+    vtc = make_policy("vtc")
+    run = fixed_run("a", [10], 5)
+    a, b = view(run), view(run)
+    a.app_id, b.app_id = "a", "b"
+    vtc.on_arrival(a, 0.0)
+    a.served_tokens = 700
+    vtc.on_arrival(b, 1.0)  # starts level with a, not at 0
+    assert vtc.priority(CALL, b, 1.0) == 700
+    b.served_tokens = 10
+    assert vtc.priority(CALL, b, 1.0) > vtc.priority(CALL, a, 1.0)
+    vtc.on_done(a, 2.0)
+    c = view(run)
+    c.app_id = "c"
+    vtc.on_arrival(c, 2.0)
+    assert vtc.priority(CALL, c, 2.0) == 710  # b's counter is now the floor
+
+
+@pytest.mark.parametrize("name", ["edf", "lstf"])
+def test_deadline_applications_never_queue_behind_ones_without(name: str) -> None:
+    runs = [fixed_run("x", [3000, 3000], 400), fixed_run("y", [10], 1)]
+    policy = make_policy(name, context(runs))
+    far = view(runs[0], deadline_s=1e6)
+    none = view(runs[1], arrival_s=0.0)
+    for now in (0.0, 1e3, 1e5):
+        assert policy.priority(CALL, far, now) < policy.priority(CALL, none, now)
+    assert policy.priority(CALL, none, 0.0) >= NO_DEADLINE
+
+
+def test_lstf_starts_long_work_before_a_nearer_short_deadline() -> None:
+    long = fixed_run("long", [4000, 4000, 4000], 500)
+    short = fixed_run("short", [10], 1)
+    ctx = context([long, short])
+    lstf, edf = make_policy("lstf", ctx), make_policy("edf", ctx)
+    need = float(COST.llm_calls_s(np.full(3, 4000.0), np.full(3, 500.0)).sum())
+    lv = view(long, deadline_s=need + 0.5)
+    sv = view(short, deadline_s=1.0)
+    assert edf.priority(CALL, sv, 0.0) < edf.priority(CALL, lv, 0.0)
+    assert lstf.priority(CALL, lv, 0.0) < lstf.priority(CALL, sv, 0.0)
+    assert lstf.priority(CALL, lv, 0.0) == pytest.approx(0.5)
+
+
+def test_gittins_without_a_graph_falls_back_to_attained_service() -> None:
+    gittins = make_policy("gittins", PolicyContext())
+    v = view(fixed_run("unseen", [10], 5))
+    v.total_attained_s = 1.25
+    assert gittins.priority(CALL, v, 0.0) == 1.25
+
+
+def test_registry() -> None:
+    assert policy_names() == [
+        "edf",
+        "gittins",
+        "lstf",
+        "oracle",
+        "parrot",
+        "plas",
+        "srjf-mean",
+        "vllm",
+        "vtc",
+    ]
+    with pytest.raises(ValueError, match="already registered"):
+        register("vllm", lambda ctx: make_policy("parrot"))
+    with pytest.raises(ValueError, match="unknown policy 'x'; known: edf"):
+        make_policy("x")
+
+
+def test_gittins_beats_fcfs_when_the_engine_queues() -> None:
+    """With few sequences per batch, requests queue and application order matters."""
+    from hermes.sim.build import simulate
+
+    def act(policy: str) -> float:
+        cfg = SimConfig(
+            policy=policy,
+            instances=[InstanceGroup(count=1, max_num_seqs=4)],
+            apps=AppWorkload(
+                templates={"factool_math": 1, "langchain_mapreduce": 1, "react_fever": 1},
+                count=40,
+                arrivals=Arrivals(process="poisson", rate_per_s=0.5),
+            ),
+        )
+        out = simulate(cfg)
+        apps = out["apps"]
+        assert isinstance(apps, dict)
+        assert apps["completed"] == 40
+        mean = apps["act"]["mean"]
+        assert isinstance(mean, float)
+        return mean
+
+    assert act("gittins") < 0.8 * act("vllm")
+
+
+def test_ranking_rounds_run_only_for_dynamic_policies() -> None:
+    from hermes.sim.build import build
+
+    def rounds(policy: str) -> int:
+        cfg = SimConfig(
+            policy=policy,
+            apps=AppWorkload(
+                templates={"factool_math": 1},
+                count=5,
+                arrivals=Arrivals(process="poisson", rate_per_s=1.0),
+            ),
+        )
+        sim: Simulation = build(cfg)
+        sim.run()
+        assert all(a.finish_s is not None for a in sim.apps.values())
+        return sim.rank_rounds
+
+    assert rounds("parrot") == 0
+    assert rounds("gittins") > 0
