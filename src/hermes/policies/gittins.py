@@ -9,12 +9,15 @@ expected investment. Types or stages without a PDGraph fall back to least attain
 
 from __future__ import annotations
 
+from hermes.core.rank_cache import RankState
 from hermes.policies.base import AppView, BasePolicy, CallInfo, PolicyContext
 from hermes.policies.demand_state import AppDemand
 
 
-class Gittins(BasePolicy):
-    name = "gittins"
+class _DemandRanked(BasePolicy):
+    """Ranks from the application's remaining-demand distribution at its attained service;
+    least attained service for types or stages without a PDGraph."""
+
     dynamic = True
 
     def __init__(self, ctx: PolicyContext) -> None:
@@ -26,28 +29,26 @@ class Gittins(BasePolicy):
         state = self._demand.state(app)
         if state is None:
             return app.total_attained_s
-        return state.rank(app.attained_s)
+        return self._rank(state, app.attained_s)
+
+    def _rank(self, state: RankState, attained: float) -> float:
+        raise NotImplementedError
 
     def on_done(self, app: AppView, now: float) -> None:
         self._demand.forget(app)
 
 
-class SRJFMean(BasePolicy):
+class Gittins(_DemandRanked):
+    name = "gittins"
+
+    def _rank(self, state: RankState, attained: float) -> float:
+        return state.rank(attained)
+
+
+class SRJFMean(_DemandRanked):
     """`srjf-mean`: shortest remaining expected demand, E[X − a | X > a] from the PDGraph."""
 
     name = "srjf-mean"
-    dynamic = True
 
-    def __init__(self, ctx: PolicyContext) -> None:
-        self._demand = AppDemand(ctx)
-
-    def priority(self, call: CallInfo, app: AppView | None, now: float) -> float:
-        if app is None:
-            return call.arrival_s
-        dist = self._demand.distribution(app)
-        if dist is None:
-            return app.total_attained_s
-        return dist.mean_remaining(app.attained_s)
-
-    def on_done(self, app: AppView, now: float) -> None:
-        self._demand.forget(app)
+    def _rank(self, state: RankState, attained: float) -> float:
+        return state.dist.mean_remaining(attained)
