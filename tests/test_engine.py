@@ -100,6 +100,20 @@ def test_single_request_timeline() -> None:
     assert float((values * weights).sum()) == pytest.approx(decode)
 
 
+def test_step_result_reports_first_tokens_and_finishes() -> None:
+    engine = Engine(MODEL)
+    req = EngineRequest("a", 100, 2, 0.0)
+    engine.add(req, 0.0)
+    step = engine.plan(0.0)
+    assert step is not None
+    result = engine.complete(step)
+    assert (result.first_tokens, result.finished, result.tokens) == ([req], [], 1)
+    step = engine.plan(step.end_s)
+    assert step is not None
+    result = engine.complete(step)
+    assert (result.first_tokens, result.finished, result.tokens) == ([], [req], 1)
+
+
 def test_chunked_prefill_respects_the_token_budget() -> None:
     engine = Engine(MODEL, EngineConfig(max_num_batched_tokens=512))
     req = EngineRequest("a", 1300, 2, 0.0)

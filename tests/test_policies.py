@@ -13,6 +13,7 @@ from hermes.core.pdgraph import learn
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.policies.base import NO_DEADLINE, AppView, CallInfo, PolicyContext
 from hermes.policies.registry import make_policy, policy_names, register
+from hermes.sim.build import build, simulate
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, SimConfig
 from hermes.sim.simulation import Simulation
 
@@ -174,7 +175,6 @@ def test_registry() -> None:
 
 def test_gittins_beats_fcfs_when_the_engine_queues() -> None:
     """With few sequences per batch, requests queue and application order matters."""
-    from hermes.sim.build import simulate
 
     def act(policy: str) -> float:
         cfg = SimConfig(
@@ -198,8 +198,6 @@ def test_gittins_beats_fcfs_when_the_engine_queues() -> None:
 
 
 def test_ranking_rounds_run_only_for_dynamic_policies() -> None:
-    from hermes.sim.build import build
-
     def rounds(policy: str) -> int:
         cfg = SimConfig(
             policy=policy,

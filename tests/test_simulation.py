@@ -207,3 +207,21 @@ def test_decode_runs_change_nothing_but_speed() -> None:
         assert isinstance(b, dict)
         for stat in ("mean", "p50", "p99"):
             assert a[stat] == pytest.approx(b[stat], rel=1e-9)
+
+
+def test_prewarm_through_the_runner_removes_the_cold_wait() -> None:
+    def cold_wait(prewarm_at: float | None) -> float:
+        sim = small_sim()
+        sim.add_tool_backend(ToolBackendSpec("docker", cold_start_s=2.0, keepalive_s=60.0))
+        sim.add_apps([(5.0, AppRun("a", "r", (tool("run", "docker", 1.0),)))])
+        started: list[int] = []
+        if prewarm_at is not None:
+            sim.loop.at(prewarm_at, lambda now: started.append(sim.tools["docker"].prewarm(now)))
+        sim.run()
+        assert sim.apps[0].finish_s is not None
+        assert started == ([] if prewarm_at is None else [1])
+        return sim.tools["docker"].cold_wait_s
+
+    assert cold_wait(None) == pytest.approx(2.0)
+    assert cold_wait(4.0) == pytest.approx(1.0)  # started 1 s before the call: half hidden
+    assert cold_wait(0.0) == 0.0

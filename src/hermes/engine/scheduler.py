@@ -177,10 +177,6 @@ class Engine:
         return not (self.running or self.waiting or self.swapped)
 
     @property
-    def in_flight(self) -> Step | None:
-        return self._in_flight
-
-    @property
     def outstanding(self) -> int:
         return len(self.running) + len(self.waiting) + len(self.swapped)
 

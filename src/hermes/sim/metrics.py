@@ -6,7 +6,6 @@ mass at or below it), with or without weights, so a reported p99 is a latency th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -124,7 +123,3 @@ def _reason_counts(rejected: Sequence[EngineRequest]) -> dict[str, int]:
         )
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

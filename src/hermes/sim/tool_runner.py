@@ -17,7 +17,6 @@ class ToolRunner:
         self._on_finish = on_finish
         self._timer: Event | None = None
         self.cold_wait_s = 0.0
-        self.started: list[CallStarted] = []
 
     def submit(self, call_id: Hashable, duration_s: float, now: float) -> None:
         self._handle(self.pool.submit(call_id, duration_s, now))
@@ -34,7 +33,6 @@ class ToolRunner:
     def _handle(self, effects: list[CallStarted | CallFinished]) -> None:
         for effect in effects:
             if isinstance(effect, CallStarted):
-                self.started.append(effect)
                 self.cold_wait_s += effect.cold_wait_s
             else:
                 self._on_finish(effect.call_id, effect.at)
