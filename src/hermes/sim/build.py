@@ -7,7 +7,7 @@ same config gives the same numbers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import numpy as np
 from hermes.cluster.tool_pool import ToolBackendSpec
 from hermes.core.demand_cost import DemandCost
 from hermes.core.demand_sampler import DemandModel
-from hermes.core.pdgraph import learn
+from hermes.core.pdgraph import PDGraph, learn
 from hermes.core.runs import AppRun
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
@@ -122,12 +122,18 @@ def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tup
 
 
 def policy_context(
-    config: SimConfig, cost: DemandCost, runs: Sequence[tuple[float, AppRun]]
+    config: SimConfig,
+    cost: DemandCost,
+    runs: Sequence[tuple[float, AppRun]],
+    graphs: Mapping[str, PDGraph] | None = None,
 ) -> PolicyContext:
-    """Demand models for the policy: from a PDGraph file, or learned from fresh template runs
-    (a seed apart from the workload's) of every application type in the workload."""
+    """Demand models for the policy: `graphs` if given, else from a PDGraph file, else learned
+    from fresh template runs (a seed apart from the workload's) of every application type in
+    the workload."""
     opts = config.policy_options
-    if opts.pdgraphs is not None:
+    if graphs is not None:
+        pass
+    elif opts.pdgraphs is not None:
         graphs = load_pdgraphs(opts.pdgraphs)
     else:
         types = sorted({run.app for _, run in runs} & set(TEMPLATE_NAMES))
@@ -141,8 +147,18 @@ def policy_context(
     return PolicyContext(models, cost, opts.refine, opts.samples, config.seed)
 
 
-def build(config: SimConfig, decode_runs: bool = True) -> Simulation:
-    """`decode_runs=False` steps engines one iteration at a time (for checks and benchmarks)."""
+def build(
+    config: SimConfig,
+    decode_runs: bool = True,
+    *,
+    runs: Sequence[tuple[float, AppRun]] | None = None,
+    graphs: Mapping[str, PDGraph] | None = None,
+) -> Simulation:
+    """`decode_runs=False` steps engines one iteration at a time (for checks and benchmarks).
+
+    `runs` ((arrival s, run) pairs) replaces the config's application workload and `graphs`
+    the PDGraphs the policies would otherwise learn or load: experiments that share one
+    workload and one set of graphs across many policies pass them in."""
     slo = (
         None if config.slo is None else SLO(config.slo.ttft_s, config.slo.tpot_s, config.slo.e2e_s)
     )
@@ -151,9 +167,10 @@ def build(config: SimConfig, decode_runs: bool = True) -> Simulation:
     requests_rng, apps_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2)
     )
-    runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
+    if runs is None:
+        runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
     ctx = (
-        policy_context(config, cost, runs)
+        policy_context(config, cost, runs, graphs)
         if config.policy in PDGRAPH_POLICIES
         else PolicyContext(cost=cost, seed=config.seed)
     )
@@ -183,10 +200,13 @@ def simulate(
     config: SimConfig,
     progress: Callable[[float], None] | None = None,
     decode_runs: bool = True,
+    *,
+    runs: Sequence[tuple[float, AppRun]] | None = None,
+    graphs: Mapping[str, PDGraph] | None = None,
 ) -> dict[str, object]:
     """Build, run and summarise; `wall_s` covers building and running."""
     start = time.perf_counter()
-    sim = build(config, decode_runs)
+    sim = build(config, decode_runs, runs=runs, graphs=graphs)
     sim.run(config.until, progress)
     out = sim.results()
     out["wall_s"] = time.perf_counter() - start
