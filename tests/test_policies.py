@@ -148,6 +148,41 @@ def test_lstf_starts_long_work_before_a_nearer_short_deadline() -> None:
     assert lstf.priority(CALL, lv, 0.0) == pytest.approx(0.5)
 
 
+def test_lstf_counts_parallel_calls_once_on_the_critical_path() -> None:
+    fan = AppRun("fan", "fan-run", (Stage("map", "llm", "llm", (LLMCall(1000, 100),) * 3),))
+    lstf = make_policy("lstf", context([fan]))
+    one = float(COST.llm_calls_s(np.array([1000.0]), np.array([100.0]))[0])
+    v = view(fan, deadline_s=10.0)
+    # The three calls run side by side: the stage lasts one call, not three.
+    assert lstf.priority(CALL, v, 2.0) == pytest.approx(10.0 - 2.0 - one)
+    # A third of the attained service is each call's progress.
+    v.attained_s = 0.3 * one
+    assert lstf.priority(CALL, v, 2.0) == pytest.approx(10.0 - 2.0 - 0.9 * one)
+
+
+def test_lstf_puts_apps_out_of_slack_behind_those_with_slack_and_ahead_of_none() -> None:
+    long = fixed_run("long", [4000, 4000, 4000], 500)
+    short = fixed_run("short", [10], 1)
+    lstf = make_policy("lstf", context([long, short]))
+    late = view(long, deadline_s=1.0)  # needs far more than a second
+    later = view(long, deadline_s=2.0)
+    ok = view(short, deadline_s=1e4)
+    none = view(short)
+    p = [lstf.priority(CALL, v, 0.0) for v in (ok, late, later, none)]
+    assert p == sorted(p)
+    assert p[0] < 1e4 < p[1] < NO_DEADLINE <= p[3]
+
+
+def test_run_deadlines_are_relative_to_arrival() -> None:
+    run = AppRun("a", "r", fixed_run("a", [10], 2).stages, deadline_s=5.0)
+    sim = build(
+        SimConfig(instances=[InstanceGroup(count=1)], apps=AppWorkload(runs=["x"], count=1)),
+        runs=[(100.0, run)],
+        graphs={},
+    )
+    assert sim.apps[0].view.deadline_s == 105.0
+
+
 def test_gittins_without_a_graph_falls_back_to_attained_service() -> None:
     gittins = make_policy("gittins", PolicyContext())
     v = view(fixed_run("unseen", [10], 5))

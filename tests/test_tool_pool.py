@@ -131,6 +131,38 @@ def test_prewarm_counts_toward_warm_instance_seconds() -> None:
     assert pool.busy_instance_seconds(20.0) == 0.0
 
 
+def test_prewarm_hold_replaces_keepalive_until_the_first_call() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0, keepalive_s=10.0))
+    assert pool.prewarm(0.0, hold_s=3.0) == 1
+    assert drain(pool) == []
+    assert pool.warm_instance_seconds(6.0) == 5.0  # ready at 2, unused, gone at 2 + 3
+    assert (pool.prewarms, pool.prewarms_unused) == (1, 1)
+    assert pool.prewarm(10.0, hold_s=3.0) == 1
+    assert pool.submit("a", 1.0, 13.0) == [CallStarted("a", 13.0, 0.0, 0.0, 1)]  # ready at 12
+    assert drain(pool) == [CallFinished("a", 14.0, 1)]
+    # Once used, it idles like any instance: keepalive_s, not the hold.
+    assert pool.warm_instance_seconds(30.0) == 5.0 + (24.0 - 10.0)
+    assert (pool.prewarms, pool.prewarms_unused) == (2, 1)
+
+
+def test_prewarm_hold_extends_a_spare_instance_and_never_shortens_it() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0, keepalive_s=10.0))
+    pool.submit("a", 1.0, 0.0)
+    assert pool.advance(3.0)[-1] == CallFinished("a", 3.0, 0)  # idle from 3, expiring at 13
+    assert pool.prewarm(4.0, hold_s=20.0) == 0  # counts on instance 0 ...
+    assert pool.next_wake() == 26.0  # ... as long as a new one: 4 + 2 (cold) + 20
+    assert pool.prewarm(5.0, hold_s=1.0) == 0
+    assert pool.next_wake() == 26.0
+    assert pool.submit("b", 1.0, 25.0) == [CallStarted("b", 25.0, 0.0, 0.0, 0)]
+    assert pool.prewarms == 0
+    # Two spare slots asked for, one there: one more starts, and both are held.
+    assert pool.prewarm(30.0, instances=2, hold_s=5.0) == 1
+    assert drain(pool) == [CallFinished("b", 26.0, 0)]
+    assert pool.warm_instance_seconds(40.0) == 26.0 + (37.0 - 26.0) + (37.0 - 30.0)
+    with pytest.raises(ValueError, match="hold_s"):
+        pool.prewarm(40.0, hold_s=-1.0)
+
+
 def test_cold_start_zero_never_waits() -> None:
     pool = ToolPool(ToolBackendSpec("search", keepalive_s=0.0, concurrency=2))
     assert pool.prewarm(0.0, instances=4) == 0
@@ -200,11 +232,19 @@ class Op:
     gap: float  # after the previous operation
     duration: float | None  # a call of this duration, or (None) a prewarm
     prewarm: int
+    hold: float | None  # the prewarm's hold_s
     drive: bool  # advance through wakes before it, as the shell would; else catch up late
 
 
 ops = st.lists(
-    st.builds(Op, times, st.one_of(st.none(), times, times), st.integers(0, 3), st.booleans()),
+    st.builds(
+        Op,
+        times,
+        st.one_of(st.none(), times, times),
+        st.integers(0, 3),
+        st.one_of(st.none(), times),
+        st.booleans(),
+    ),
     max_size=40,
 )
 
@@ -228,7 +268,7 @@ def test_shell_loop_starts_and_finishes_every_call_once(
             effects += pool.advance(t)
             check_instances(t)
         if op.duration is None:
-            pool.prewarm(now, op.prewarm)
+            pool.prewarm(now, op.prewarm, op.hold)
         else:
             submitted[len(submitted)] = (now, op.duration)
             effects += pool.submit(len(submitted) - 1, op.duration, now)
@@ -259,6 +299,7 @@ def test_shell_loop_starts_and_finishes_every_call_once(
         assert sum(n > 0 for n in running.values()) <= (spec.max_instances or math.inf)
 
     assert pool.calls_started == pool.calls_finished == len(submitted)
+    assert 0 <= pool.prewarms_unused <= pool.prewarms <= pool.cold_starts
     assert pool.queued == 0
     warm, busy = pool.warm_instance_seconds(now), pool.busy_instance_seconds(now)
     call_seconds = sum(d for _, d in submitted.values())

@@ -311,5 +311,176 @@ def _print_sim(r: dict[str, Any]) -> None:
     out.print(table)
 
 
+bench = typer.Typer(
+    help="Reproduce the papers' experiments on the simulator.", no_args_is_help=True
+)
+app.add_typer(bench, name="bench")
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise _fail(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise _fail(f"{option}: expected positive numbers, got {text!r}")
+    return values
+
+
+def _weights(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if not sep or not name.strip() or not w >= 0:
+            raise _fail(f"--weights: expected APP=WEIGHT,... with weights >= 0, got {part!r}")
+        out[name.strip()] = w
+    return out
+
+
+@bench.command("hermes")
+def bench_hermes(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/hermes"),
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option("--runs", help="Recorded run files (format v1); repeat for several."),
+    ] = None,
+    train_fraction: Annotated[
+        float, typer.Option(help="With --runs: share of each type's runs that teach its PDGraph.")
+    ] = 0.5,
+    intensity: Annotated[
+        str | None,
+        typer.Option(
+            help="Load(s): k packs the applications into 30/k minutes. [default: "
+            "1,1.5,2,2.5,3; with --runs: 3]"
+        ),
+    ] = None,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated policies. [default: all seven; with --runs: vllm,gittins,oracle]"
+        ),
+    ] = None,
+    apps: Annotated[int, typer.Option(min=1, help="Applications per experiment.")] = 200,
+    weights: Annotated[
+        str | None, typer.Option(help="With --runs: APP=WEIGHT,... instead of run counts.")
+    ] = None,
+    max_num_seqs: Annotated[
+        str | None,
+        typer.Option(help="Engine batch limit(s). [default: 256,8; with --runs: 256]"),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model of the one engine.")] = "llama-2-7b",
+    gpu: Annotated[str, typer.Option(help="GPU of the one engine.")] = "a100",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="With --runs: write the summary here.")
+    ] = None,
+) -> None:
+    """The Hermes paper's experiments: completion time by policy and load, deadlines,
+    prewarming, ablations and ranking overhead. With --runs: policies on recorded runs."""
+    from hermes.experiments.common import Engine
+    from hermes.policies.registry import policy_names
+
+    chosen = (
+        None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
+    )
+    for p in chosen or ():
+        if p not in policy_names():
+            raise _fail(f"--policies: unknown policy {p!r}; known: {', '.join(policy_names())}")
+    limits = (
+        tuple(int(x) for x in _floats(max_num_seqs, "--max-num-seqs")) if max_num_seqs else None
+    )
+    loads = _floats(intensity, "--intensity") if intensity is not None else None
+    try:
+        from hermes.profiles import load_profile
+
+        load_profile(model, gpu, None)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    if runs:
+        from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench
+
+        if loads is not None and len(loads) != 1:
+            raise _fail("--intensity: give one load with --runs")
+        if limits is not None and len(limits) != 1:
+            raise _fail("--max-num-seqs: give one batch limit with --runs")
+        try:
+            settings = RecordedSettings(
+                train_fraction=train_fraction,
+                intensity=loads[0] if loads else 3.0,
+                policies=chosen or ("vllm", "gittins", "oracle"),
+                seed=seed,
+                apps=apps,
+                weights=_weights(weights) if weights else None,
+                engine=Engine(model, gpu, 1, limits[0] if limits else 256),
+            )
+            with err.status("simulating"):
+                result = recorded_bench(_read_all(runs), settings)
+        except ValueError as e:
+            raise _fail(str(e)) from None
+        _print_recorded(result)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            out.print(f"results written to {escape(str(json_out))}")
+        return
+    if weights is not None:
+        raise _fail("--weights applies to --runs only (the paper's mix is fixed)")
+    from hermes.experiments import hermes_paper, report
+
+    base = hermes_paper.PaperSettings()
+    kwargs: dict[str, Any] = {"apps": apps, "model": model, "gpu": gpu, "seed": seed}
+    if loads is not None:
+        kwargs["intensities"] = loads
+        kwargs["headline_intensity"] = max(loads)
+    if chosen is not None:
+        kwargs["policies"] = chosen
+    if limits is not None:
+        kwargs["batch_limits"] = limits
+    settings_p = hermes_paper.PaperSettings(**{**hermes_paper._settings_dict(base), **kwargs})
+    try:
+        with err.status("starting") as status:
+            results = hermes_paper.run_all(settings_p, lambda m: status.update(escape(m)))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    paths = report.write(results, out_dir)
+    _print_targets(results)
+    out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
+
+
+def _print_recorded(r: dict[str, Any]) -> None:
+    table = Table(title="application completion time, s")
+    for col in ("policy", "apps", "mean", "p50", "p95", "p99", "deadlines met"):
+        table.add_column(col)
+    for name, row in r["policies"].items():
+        dsr = row["dsr"]
+        table.add_row(
+            name,
+            str(row["apps"]),
+            *(
+                f"{row[k]:.2f}" if row[k] is not None else "-"
+                for k in ("act_mean", "act_p50", "act_p95", "act_p99")
+            ),
+            "-" if dsr is None else f"{100 * dsr:.1f} %",
+        )
+    out.print(table)
+
+
+def _print_targets(r: dict[str, Any]) -> None:
+    table = Table(title=f"targets ({r['wall_s']:.0f} s)")
+    for col in ("target", "measured", "goal", "met"):
+        table.add_column(col)
+    for t in r["targets"]:
+        v = t["measured"]
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "[red]no[/]")
+        table.add_row(escape(t["target"]), "-" if v is None else f"{v:.3f}", t["goal"], met)
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

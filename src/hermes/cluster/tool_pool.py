@@ -4,7 +4,8 @@ One ``ToolPool`` per backend type. An instance is warming (started, ready ``cold
 later), busy, or idle; an idle instance is removed ``keepalive_s`` after its last call ended
 unless a call arrives first (a call arriving exactly then finds it gone). A call takes a free
 slot on a warm instance, else a spare slot on a warming one, else a new instance; with
-``max_instances`` reached it queues FIFO until a slot frees.
+``max_instances`` reached it queues FIFO until a slot frees. An instance ``prewarm`` started
+with a ``hold_s`` is held for that long after it is ready instead, until its first call.
 
 The pool is pure: time is an argument to every method and effects are returned, not performed.
 Each mutating call first catches up on everything due at or before its ``now``. A shell that
@@ -77,6 +78,9 @@ class _Instance:
     running: int = 0
     waiting: list[tuple[_Call, float]] = field(default_factory=list)  # (call, placed at)
     expires_at: float | None = None  # set while idle
+    # Until its first call, a prewarmed instance is kept to this time rather than keepalive_s.
+    hold_until: float | None = None
+    prewarmed: bool = False  # launched by prewarm and no call has started on it yet
 
 
 # Order of events at one instant: calls end (freeing slots), instances become ready, idle ones
@@ -93,6 +97,8 @@ class ToolPool:
         self.cold_starts = 0  # instances launched that had to warm up (prewarmed ones included)
         self.calls_started = 0
         self.calls_finished = 0
+        self.prewarms = 0  # instances launched by prewarm
+        self.prewarms_used = 0  # of those, the ones at least one call started on
         self._now = -math.inf
         self._instances: dict[int, _Instance] = {}  # in id order, which breaks placement ties
         self._next_id = 0
@@ -121,22 +127,39 @@ class ToolPool:
             self._queue.append(call)
         return self._take()
 
-    def prewarm(self, now: float, instances: int = 1) -> int:
+    def prewarm(self, now: float, instances: int = 1, hold_s: float | None = None) -> int:
         """Start warming instances until ``instances`` are idle or warming with a spare slot,
-        within ``max_instances``. Returns how many it started."""
+        within ``max_instances``. Returns how many it started.
+
+        With ``hold_s``, the instances it starts are removed ``hold_s`` after they are ready if
+        no call has come by then (not ``keepalive_s`` later), and the spare ones it counts on
+        are kept at least as long as a new one would be."""
         if instances < 0:
             raise ValueError(f"instances must be >= 0, got {instances!r}")
+        if hold_s is not None and not 0 <= hold_s < math.inf:
+            raise ValueError(f"hold_s must be finite and >= 0, got {hold_s!r}")
         self._run_until(now)
         if self.spec.cold_start_s == 0:
             return 0  # no warm-up to hide: an early instance would only cost
         c = self.spec.concurrency
-        spare = sum(
-            i.running == 0 if i.ready else len(i.waiting) < c for i in self._instances.values()
-        )
+        spare = [
+            i
+            for i in self._instances.values()
+            if (i.running == 0 if i.ready else len(i.waiting) < c)
+        ]
+        until = None if hold_s is None else now + self.spec.cold_start_s + hold_s
+        if until is not None:
+            # Count on those that would stay longest anyway: the smallest extension.
+            spare.sort(key=lambda i: math.inf if i.expires_at is None else i.expires_at)
+            for inst in spare[len(spare) - min(instances, len(spare)) :]:
+                self._hold(inst, until)
         started = 0
-        while started < instances - spare and self._room():
-            self._launch(now)
+        while started < instances - len(spare) and self._room():
+            inst = self._launch(now)
+            inst.prewarmed = True
+            inst.hold_until = until
             started += 1
+        self.prewarms += started
         return started
 
     def advance(self, now: float) -> list[Effect]:
@@ -165,6 +188,11 @@ class ToolPool:
     def busy_instance_seconds(self, now: float) -> float:
         """Seconds summed over instances while they ran at least one call."""
         return self._areas(now)[1]
+
+    @property
+    def prewarms_unused(self) -> int:
+        """Instances launched by prewarm that no call has started on (so far)."""
+        return self.prewarms - self.prewarms_used
 
     def instances(self, now: float) -> dict[str, int]:
         self._check_query(now)
@@ -248,6 +276,10 @@ class ToolPool:
             self._busy += 1
         inst.running += 1
         inst.expires_at = None
+        inst.hold_until = None  # the prewarm is spent: from now on it idles like any instance
+        if inst.prewarmed:
+            inst.prewarmed = False
+            self.prewarms_used += 1
         self.calls_started += 1
         self._push(t + call.duration_s, _FINISH, inst.id, call)
         self._outbox.append(CallStarted(call.id, t, t - call.submitted_at, t - placed_at, inst.id))
@@ -262,9 +294,17 @@ class ToolPool:
         return inst
 
     def _idle(self, inst: _Instance, t: float) -> None:
-        inst.expires_at = t + self.spec.keepalive_s
+        held = inst.hold_until
+        inst.expires_at = t + self.spec.keepalive_s if held is None else max(t, held)
         if inst.expires_at < math.inf:
             self._push(inst.expires_at, _EXPIRE, inst.id, None)
+
+    def _hold(self, inst: _Instance, until: float) -> None:
+        """Keep ``inst`` at least until ``until`` if no call comes first."""
+        inst.hold_until = until if inst.hold_until is None else max(inst.hold_until, until)
+        if inst.expires_at is not None and inst.expires_at < until:  # idle now: push it back
+            inst.expires_at = until
+            self._push(until, _EXPIRE, inst.id, None)
 
     def _room(self) -> bool:
         m = self.spec.max_instances

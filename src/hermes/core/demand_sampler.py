@@ -148,6 +148,18 @@ class DemandModel:
     def correlations(self) -> dict[str, list[Correlation]]:
         return self._refiner_now().table
 
+    def call_costs(self, stage: str) -> FloatArray:
+        """The per-call demand (seconds of service) of the calls in ``stage``'s window: the
+        pool a sampled call of that stage is drawn from. Read-only."""
+        snap = self._fresh()
+        i = snap.index.get(stage)
+        pool = None if i is None else snap.pools[i]
+        if pool is None:
+            raise ValueError(f"{self.graph.app!r} has no stage {stage!r}")
+        view = pool.costs.view()
+        view.flags.writeable = False
+        return view
+
     def conditioning(self, progress: Progress, refine: bool = True) -> dict[str, frozenset[int]]:
         """Stages to come whose demand refinement restricts to some runs (empty if off)."""
         if not refine:
@@ -184,10 +196,18 @@ class DemandModel:
         return alive - attained
 
     def remaining(
-        self, progress: Progress, n: int, rng: np.random.Generator, *, refine: bool = True
+        self,
+        progress: Progress,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        refine: bool = True,
+        critical_path: bool = False,
     ) -> FloatArray:
         """Samples of the demand still to come: unfinished calls of the current stage, then every
-        later stage. Tool calls count as the cost function weighs them."""
+        later stage. Tool calls count as the cost function weighs them. `critical_path`: each
+        stage counts its longest call instead of the sum (its calls run in parallel), which
+        estimates time rather than service."""
         snap = self._fresh()
         if not self.graph.nodes:
             raise ValueError(f"the PDGraph of {self.graph.app!r} has learned no runs yet")
@@ -203,7 +223,7 @@ class DemandModel:
             pool = pools[i]
             if pool is not None:
                 pools[i] = pool.restricted_to(runs)
-        return _walk(snap, pools, start, progress.unfinished_calls, n, rng)
+        return _walk(snap, pools, start, progress.unfinished_calls, n, rng, critical_path)
 
 
 def _walk(
@@ -213,6 +233,7 @@ def _walk(
     unfinished: int | None,
     n: int,
     rng: np.random.Generator,
+    critical_path: bool = False,
 ) -> FloatArray:
     demand = np.zeros(n, dtype=np.float64)
     cur = np.full(n, start, dtype=np.int64)
@@ -233,7 +254,12 @@ def _walk(
                 if m:
                     costs = pool.costs[rng.integers(pool.costs.size, size=m)]
                     owner = np.repeat(np.arange(idx.size), fan)
-                    demand[idx] += np.bincount(owner, weights=costs, minlength=idx.size)
+                    if critical_path:
+                        longest = np.zeros(idx.size, dtype=np.float64)
+                        np.maximum.at(longest, owner, costs)
+                        demand[idx] += longest
+                    else:
+                        demand[idx] += np.bincount(owner, weights=costs, minlength=idx.size)
             dsts, cum = snap.next_nodes[node], snap.next_cum[node]
             if dsts.size == 0:
                 cur[idx] = snap.end

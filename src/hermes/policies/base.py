@@ -41,7 +41,7 @@ class AppView:
     app_id: Hashable
     app: str
     arrival_s: float
-    deadline_s: float | None = None
+    deadline_s: float | None = None  # absolute, on the same clock as arrival_s
     stage_index: int = -1
     stage: Stage | None = None
     unfinished_calls: int = 0

@@ -21,6 +21,7 @@ from hermes.core.runs import AppRun
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.policies.base import PolicyContext
+from hermes.policies.prewarm import make_prewarm
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile, load_profile_file
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
@@ -36,6 +37,8 @@ from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
 DEFAULT_TRACE = "AzureLLMInferenceTrace_conv.csv"
 # Policies that rank by a PDGraph's demand distribution.
 PDGRAPH_POLICIES = frozenset({"gittins", "srjf-mean", "lstf"})
+# Prewarm policies that read a PDGraph.
+PDGRAPH_PREWARMS = frozenset({"on-queue", "pdgraph"})
 
 
 def _profile(group: InstanceGroup) -> StepCostModel:
@@ -169,16 +172,19 @@ def build(
     )
     if runs is None:
         runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
+    opts = config.policy_options
     ctx = (
         policy_context(config, cost, runs, graphs)
-        if config.policy in PDGRAPH_POLICIES
+        if config.policy in PDGRAPH_POLICIES or opts.prewarm in PDGRAPH_PREWARMS
         else PolicyContext(cost=cost, seed=config.seed)
     )
+    cold_starts = {tool.name: tool.cold_start_s for tool in config.tools}
     sim = Simulation(
         make_policy(config.policy, ctx),
         slo,
         cost=cost,
-        rank_interval_s=config.policy_options.rank_interval_s,
+        rank_interval_s=opts.rank_interval_s,
+        prewarm=make_prewarm(opts.prewarm, ctx, k=opts.prewarm_k, cold_starts=cold_starts),
     )
     for group, profile in zip(config.instances, profiles, strict=True):
         name = group.model if group.profile is None else profile.model

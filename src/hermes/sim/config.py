@@ -115,14 +115,21 @@ class SLOConfig(_Strict):
     e2e_s: float | None = Field(default=None, gt=0)
 
 
+PrewarmName = Literal["none", "keepalive", "on-queue", "pdgraph"]
+
+
 class PolicyOptions(_Strict):
-    """Where the PDGraph policies (gittins, srjf-mean, lstf) get their demand models."""
+    """Where the PDGraph policies (gittins, srjf-mean, lstf, and the on-queue and pdgraph
+    prewarm policies) get their demand models, and how tool backends are prewarmed."""
 
     pdgraphs: str | None = None  # a file from `hermes learn`; default: learn from templates
     training_runs: int = Field(default=300, ge=1)  # per template application, when learning
     refine: bool = True  # online refinement of demand estimates
     samples: int = Field(default=1000, ge=1)
     rank_interval_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+    # keepalive: each backend's fixed keepalive_s, nothing warmed ahead (hermes.policies.prewarm)
+    prewarm: PrewarmName = "keepalive"
+    prewarm_k: float = Field(default=0.5, gt=0, le=1)  # pdgraph's threshold on p_s · P(in time)
 
 
 class SimConfig(_Strict):

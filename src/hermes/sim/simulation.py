@@ -4,12 +4,18 @@ An application issues its stages in order and each stage's calls in parallel: LL
 a replica of their model (chosen by the router), tool calls to the pool of their backend. A
 stage ends when its last call does. An LLM call the engine rejects fails its application,
 which is reported with the reason.
+
+A prewarm policy sets the TTL of idle tool instances and, at each stage start, may order
+instances warmed for the next stage. An order that fires once its application has left the
+ordering stage is dropped; one that fires in time reserves a spare instance of its backend for
+that application until the application's next stage starts (when it is used or given up), so
+that two applications ordering at once get two instances.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +28,7 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
 from hermes.policies.base import AppView, CallInfo, Policy
+from hermes.policies.prewarm import PrewarmOrder, PrewarmPolicy
 from hermes.sim.engine_runner import EngineRunner
 from hermes.sim.kernel import EventLoop
 from hermes.sim.metrics import SLO, distribution, request_summary
@@ -48,6 +55,9 @@ class AppState:
     done_s: float = 0.0  # demand cost of the finished stages
     finish_s: float | None = None
     failed: str | None = None
+    stage_cold_wait_s: float = 0.0  # the longest cold-start wait among the stage's calls
+    cold_wait_s: float = 0.0  # critical-path cold-start wait: stage_cold_wait_s summed
+    reserved: list[str] = field(default_factory=list)  # backends prewarmed for its next stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,7 @@ class Simulation:
     # Attained service is measured in the units the demand models use.
     cost: DemandCost = field(default_factory=LinearCost)
     rank_interval_s: float = 0.1
+    prewarm: PrewarmPolicy | None = None  # None: fixed keep-alive TTLs, no orders
     loop: EventLoop = field(default_factory=EventLoop)
     groups: dict[str, _ModelGroup] = field(default_factory=dict)
     tools: dict[str, ToolRunner] = field(default_factory=dict)
@@ -76,6 +87,9 @@ class Simulation:
     _round_armed: bool = False
     _runner_of: dict[int, EngineRunner] = field(default_factory=dict)
     _default_model: str | None = None
+    reservations: dict[str, int] = field(default_factory=dict)  # per backend: fired, unspent
+    prewarm_orders: int = 0
+    prewarm_orders_late: int = 0  # fired after their application left the ordering stage
 
     # Construction ---------------------------------------------------------------------------
 
@@ -106,6 +120,8 @@ class Simulation:
     def add_tool_backend(self, spec: ToolBackendSpec) -> None:
         if spec.name in self.tools:
             raise ValueError(f"tool backend {spec.name!r} is configured twice")
+        if self.prewarm is not None:
+            spec = replace(spec, keepalive_s=self.prewarm.keepalive_s(spec.keepalive_s))
         self.tools[spec.name] = ToolRunner(self.loop, ToolPool(spec), self._tool_done)
 
     # Workloads ------------------------------------------------------------------------------
@@ -153,7 +169,9 @@ class Simulation:
         first = len(self.apps)
         for arrival, run in runs:
             app_id = len(self.apps)
-            view = AppView(app_id, run.app, arrival, deadline_s=run.deadline_s, run=run)
+            # Runs carry deadlines relative to arrival; policies compare absolute times.
+            deadline = None if run.deadline_s is None else arrival + run.deadline_s
+            view = AppView(app_id, run.app, arrival, deadline_s=deadline, run=run)
             self.apps[app_id] = AppState(app_id, run, arrival, view)
         self._feed(
             [arrival for arrival, _ in runs],
@@ -179,6 +197,7 @@ class Simulation:
     # The application state machine --------------------------------------------------------
 
     def _issue_stage(self, app: AppState, now: float) -> None:
+        self._release(app)  # this is the stage its reservations were for
         stage = app.run.stages[app.stage]
         app.pending = len(stage.calls)
         view = app.view
@@ -187,9 +206,13 @@ class Simulation:
         view.unfinished_calls = app.pending
         view.attained_s = view.stage_service_s = 0.0
         app.stage_done_s = 0.0
+        app.stage_cold_wait_s = 0.0
         if app.pending == 0:
             self._stage_done(app, now)
             return
+        if self.prewarm is not None:
+            for order in self.prewarm.on_stage(view, now):
+                self._schedule_order(app, order, now)
         if stage.kind == "llm":
             group = self._group(stage.model, "")
             for k, call in enumerate(stage.calls):
@@ -243,9 +266,10 @@ class Simulation:
             app.view.served_tokens += req.prompt_tokens + req.generated
         self._call_done(app, now)
 
-    def _tool_done(self, call_id: Hashable, now: float) -> None:
+    def _tool_done(self, call_id: Hashable, now: float, cold_wait_s: float) -> None:
         assert isinstance(call_id, _ToolCallId)
         app = self.apps[call_id.app_id]
+        app.stage_cold_wait_s = max(app.stage_cold_wait_s, cold_wait_s)
         call = app.run.stages[call_id.stage].calls[call_id.index]
         assert isinstance(call, ToolCall)
         served = self.cost.tool_calls_s(np.array([call.duration_s], dtype=np.float64))
@@ -264,14 +288,42 @@ class Simulation:
         if app.stage < len(app.run.stages):
             app.view.finished.append(app.run.stages[app.stage])
         app.done_s += app.stage_done_s
+        app.cold_wait_s += app.stage_cold_wait_s
         app.view.total_attained_s = app.done_s
         app.stage += 1
         if app.failed is not None or app.stage == len(app.run.stages):
+            self._release(app)
             app.finish_s = now
             self._unfinished_apps -= 1
             self.policy.on_done(app.view, now)
             return
         self._issue_stage(app, now)
+
+    # Prewarming ---------------------------------------------------------------------------
+
+    def _schedule_order(self, app: AppState, order: PrewarmOrder, now: float) -> None:
+        runner = self.tools.get(order.backend)
+        if runner is None or runner.pool.spec.cold_start_s == 0:
+            return  # nothing to warm
+        self.prewarm_orders += 1
+        stage = app.stage
+
+        def fire(t: float) -> None:
+            if app.finish_s is not None or app.stage != stage:
+                self.prewarm_orders_late += 1
+                return
+            n = self.reservations.get(order.backend, 0) + 1
+            self.reservations[order.backend] = n
+            app.reserved.append(order.backend)
+            runner.prewarm(t, n, order.hold_s)
+
+        self.loop.at(max(order.at_s, now), fire)
+
+    def _release(self, app: AppState) -> None:
+        """The app's next stage has begun (or it has finished): its reservations are spent."""
+        for backend in app.reserved:
+            self.reservations[backend] -= 1
+        app.reserved.clear()
 
     # Ranking rounds -------------------------------------------------------------------------
 
@@ -337,8 +389,12 @@ class Simulation:
         if self.apps:
             out["apps"] = _app_summary(list(self.apps.values()))
         if self.tools:
-            out["tools"] = {
-                name: _tool_summary(t, self.loop.now) for name, t in sorted(self.tools.items())
+            now, backends = self.loop.now, list(self.tools.values())
+            out["tools"] = {name: _tool_summary(t, now) for name, t in sorted(self.tools.items())}
+            out["tools_total"] = {
+                "warm_instance_s": sum(t.pool.warm_instance_seconds(now) for t in backends),
+                "cold_wait_s": sum(t.cold_wait_s for t in backends),
+                "cold_starts": sum(t.pool.cold_starts for t in backends),
             }
         out["events"] = self.loop.processed
         return out
@@ -376,6 +432,9 @@ def _app_summary(apps: list[AppState]) -> dict[str, object]:
         "failures": [f"{a.run.run_id}: {a.failed}" for a in failed[:20]],
         "act": distribution([a.finish_s - a.arrival_s for a in done if a.finish_s is not None]),
         "act_by_app": {k: distribution(v) for k, v in sorted(by_type.items())},
+        # Cold-start wait on each application's critical path: per stage its longest.
+        "cold_wait": distribution([a.cold_wait_s for a in done]),
+        "cold_wait_total_s": float(sum(a.cold_wait_s for a in done)),
     }
 
 
@@ -387,4 +446,6 @@ def _tool_summary(t: ToolRunner, now: float) -> dict[str, object]:
         "cold_wait_s": t.cold_wait_s,
         "warm_instance_s": pool.warm_instance_seconds(now),
         "busy_instance_s": pool.busy_instance_seconds(now),
+        "prewarms": pool.prewarms,
+        "prewarms_unused": pool.prewarms_unused,
     }

@@ -7,7 +7,8 @@ from collections.abc import Callable, Hashable
 from hermes.cluster.tool_pool import CallFinished, CallStarted, ToolPool
 from hermes.sim.kernel import Event, EventLoop
 
-Finished = Callable[[Hashable, float], None]
+# (call id, finish time, the call's cold-start wait)
+Finished = Callable[[Hashable, float, float], None]
 
 
 class ToolRunner:
@@ -16,13 +17,14 @@ class ToolRunner:
         self.pool = pool
         self._on_finish = on_finish
         self._timer: Event | None = None
+        self._cold_wait: dict[Hashable, float] = {}  # calls started and not finished
         self.cold_wait_s = 0.0
 
     def submit(self, call_id: Hashable, duration_s: float, now: float) -> None:
         self._handle(self.pool.submit(call_id, duration_s, now))
 
-    def prewarm(self, now: float, instances: int = 1) -> int:
-        started = self.pool.prewarm(now, instances)
+    def prewarm(self, now: float, instances: int = 1, hold_s: float | None = None) -> int:
+        started = self.pool.prewarm(now, instances, hold_s)
         self._handle([])
         return started
 
@@ -34,8 +36,10 @@ class ToolRunner:
         for effect in effects:
             if isinstance(effect, CallStarted):
                 self.cold_wait_s += effect.cold_wait_s
+                self._cold_wait[effect.call_id] = effect.cold_wait_s
             else:
-                self._on_finish(effect.call_id, effect.at)
+                cold = self._cold_wait.pop(effect.call_id, 0.0)
+                self._on_finish(effect.call_id, effect.at, cold)
         wake = self.pool.next_wake()
         if self._timer is not None and (wake is None or self._timer.time != wake):
             self._timer.cancel()

@@ -1,0 +1,274 @@
+"""Writing an experiment's results: `results.json`, a Markdown report, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+
+import matplotlib.pyplot as plt
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.0f} %"
+
+
+def _rel(new: float | None, base: float | None) -> float | None:
+    return None if new is None or not base else new / base - 1.0
+
+
+def headline_table(r: Mapping[str, Any], seqs: str) -> str:
+    """Policies at the headline intensity: ACT mean, P95, P99 and the change against vllm."""
+    head = str(r["settings"]["headline_intensity"])
+    rows = r["load"][seqs]["by_intensity"][head]
+    base = rows.get("vllm", {})
+    lines = [
+        "| policy | ACT mean, s | vs vllm | P95, s | vs vllm | P99, s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for policy, row in rows.items():
+        if policy.startswith("_"):
+            continue
+        lines.append(
+            f"| {policy} | {_f(row['act_mean'])} | "
+            f"{_pct(_rel(row['act_mean'], base.get('act_mean')))} | {_f(row['act_p95'])} | "
+            f"{_pct(_rel(row['act_p95'], base.get('act_p95')))} | {_f(row['act_p99'])} |"
+        )
+    floor = rows["_floor"]
+    lines.append(
+        f"| *each app alone* | {_f(floor['standalone_act_mean'])} | "
+        f"{_pct(floor['max_reduction_vs_vllm'])} | | | |"
+    )
+    return "\n".join(lines)
+
+
+def _load_table(r: Mapping[str, Any], seqs: str) -> str:
+    load = r["load"][seqs]["by_intensity"]
+    policies = [p for p in next(iter(load.values())) if not p.startswith("_")]
+    lines = [
+        "| intensity | " + " | ".join(policies) + " | each app alone | busy |",
+        "|---|" + "---|" * (len(policies) + 2),
+    ]
+    for k, rows in load.items():
+        cells = " | ".join(_f(rows[p]["act_mean"]) for p in policies)
+        busy = rows[policies[0]].get("utilisation")
+        lines.append(
+            f"| {k} | {cells} | {_f(rows['_floor']['standalone_act_mean'])} | {_f(busy, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def _deadline_table(r: Mapping[str, Any]) -> str:
+    lines = [
+        "| max_num_seqs | deadline | vllm | edf | lstf |",
+        "|---|---|---|---|---|",
+    ]
+    for seqs, rows in r["deadlines"].items():
+        for factor, cell in rows.items():
+            dsr = [cell[p]["dsr"] for p in ("vllm", "edf", "lstf")]
+            lines.append(
+                f"| {seqs} | {factor}x standalone | "
+                + " | ".join("-" if d is None else f"{100 * d:.1f} %" for d in dsr)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def _prewarm_table(r: Mapping[str, Any]) -> str:
+    pw = r["prewarm"]
+    lines = [
+        "| prewarm | critical-path cold wait, s | warm backend-seconds | cold starts "
+        "| ACT mean, s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in pw["policies"].items():
+        lines.append(
+            f"| {name} | {_f(row['cold_wait_s'])} | {_f(row['warm_instance_s'], 0)} | "
+            f"{row['cold_starts']} | {_f(row['act_mean'], 2)} |"
+        )
+    for ttl, row in pw["keepalive_ttl"].items():
+        lines.append(
+            f"| keepalive TTL {float(ttl):g} s | {_f(row['cold_wait_s'])} | "
+            f"{_f(row['warm_instance_s'], 0)} | {row['cold_starts']} | {_f(row['act_mean'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def _ablation_table(r: Mapping[str, Any]) -> str:
+    lines = ["| max_num_seqs | variant | ACT mean, s | P95, s | P99, s |", "|---|---|---|---|---|"]
+    for seqs, rows in r["ablation"].items():
+        for name, row in rows.items():
+            lines.append(
+                f"| {seqs} | {name} | {_f(row['act_mean'], 2)} | {_f(row['act_p95'])} | "
+                f"{_f(row['act_p99'])} |"
+            )
+    return "\n".join(lines)
+
+
+def _overhead_table(r: Mapping[str, Any]) -> str:
+    lines = [
+        "| active apps | nothing changed, ms | running apps gained service, ms | all gained, ms |",
+        "|---|---|---|---|",
+    ]
+    for row in r["overhead"]["rounds"]:
+        lines.append(
+            f"| {row['apps']:,} | {row['unchanged_ms']:.2f} | {row['round_ms']:.2f} "
+            f"({row['running_gained']}) | {row['all_gained_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _targets_table(r: Mapping[str, Any]) -> str:
+    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in r["targets"]:
+        v = t["measured"]
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(
+            f"| {t['target']} | {'-' if v is None else f'{v:.3f}'} | {t['goal']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(r: Mapping[str, Any]) -> str:
+    s = r["settings"]
+    mix = ", ".join(f"{k} {v:g}" for k, v in s["mix"].items())
+    parts = [
+        "# Hermes experiments",
+        "",
+        f"{s['apps']} applications ({mix}), Poisson arrivals over 30/k minutes at intensity k, "
+        f"one {s['model']} on one {s['gpu']}; seed {s['seed']}; {r['wall_s']:.0f} s of wall time.",
+        "",
+        "## Targets",
+        "",
+        _targets_table(r),
+    ]
+    for seqs in r["load"]:
+        parts += [
+            "",
+            f"## Completion time at intensity {s['headline_intensity']:g}, max_num_seqs {seqs}",
+            "",
+            headline_table(r, seqs),
+            "",
+            f"Mean ACT (s) by intensity, max_num_seqs {seqs}:",
+            "",
+            _load_table(r, seqs),
+        ]
+    parts += [
+        "",
+        "![ACT vs load](act_vs_intensity.png)",
+        "",
+        "![ACT CDF](act_cdf.png)",
+        "",
+        "## Deadlines (deadline satisfaction rate)",
+        "",
+        _deadline_table(r),
+        "",
+        "## Prewarming",
+        "",
+        _prewarm_table(r),
+        "",
+        "![prewarming](prewarm.png)",
+        "",
+        "## Ablations",
+        "",
+        _ablation_table(r),
+        "",
+        "## Ranking-round overhead",
+        "",
+        _overhead_table(r),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def plot_load(r: Mapping[str, Any], path: Path) -> None:
+    limits = list(r["load"])
+    fig, axes = plt.subplots(2, len(limits), figsize=(5.5 * len(limits), 7), squeeze=False)
+    for col, seqs in enumerate(limits):
+        load = r["load"][seqs]["by_intensity"]
+        ks = [float(k) for k in load]
+        policies = [p for p in next(iter(load.values())) if not p.startswith("_")]
+        for row, (stat, label) in enumerate((("act_mean", "mean"), ("act_p95", "P95"))):
+            ax = axes[row][col]
+            for p in policies:
+                ax.plot(ks, [load[k][p][stat] for k in load], marker="o", label=p)
+            if stat == "act_mean":
+                floor = [load[k]["_floor"]["standalone_act_mean"] for k in load]
+                ax.plot(ks, floor, "k--", label="each app alone")
+            ax.set_title(f"{label} ACT, max_num_seqs {seqs}")
+            ax.set_xlabel("intensity")
+            ax.set_ylabel("seconds")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cdf(r: Mapping[str, Any], path: Path) -> None:
+    limits = list(r["load"])
+    fig, axes = plt.subplots(1, len(limits), figsize=(5.5 * len(limits), 4), squeeze=False)
+    for col, seqs in enumerate(limits):
+        ax = axes[0][col]
+        for p, acts in r["load"][seqs]["cdf"].items():
+            if acts:
+                ax.step(acts, [(i + 1) / len(acts) for i in range(len(acts))], label=p)
+        ax.set_xscale("log")
+        ax.set_title(f"ACT CDF, intensity {r['settings']['headline_intensity']:g}, "
+                     f"max_num_seqs {seqs}")  # fmt: skip
+        ax.set_xlabel("completion time, s")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_prewarm(r: Mapping[str, Any], path: Path) -> None:
+    pw = r["prewarm"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ttl = pw["keepalive_ttl"]
+    ax.plot(
+        [row["warm_instance_s"] for row in ttl.values()],
+        [row["cold_wait_s"] for row in ttl.values()],
+        "o-",
+        color="grey",
+        label="keepalive, TTL sweep",
+    )
+    for t, row in ttl.items():
+        ax.annotate(f"{float(t):g}s", (row["warm_instance_s"], row["cold_wait_s"]), fontsize=7)
+    for name, row in pw["policies"].items():
+        ax.plot(row["warm_instance_s"], row["cold_wait_s"], "s", markersize=8, label=name)
+    ax.set_xlabel("warm backend-seconds")
+    ax.set_ylabel("critical-path cold-start wait, s (sum over apps)")
+    ax.set_xscale("symlog")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(r: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """results.json, report.md and the plots in `out_dir`; the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.json", out_dir / "report.md"]
+    paths[0].write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown(r), encoding="utf-8")
+    for name, plot in (
+        ("act_vs_intensity.png", plot_load),
+        ("act_cdf.png", plot_cdf),
+        ("prewarm.png", plot_prewarm),
+    ):
+        plot(r, out_dir / name)
+        paths.append(out_dir / name)
+    return paths

@@ -1,0 +1,133 @@
+"""`hermes bench hermes`: the experiment plumbing, recorded-run mode and the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from hermes.cli import app
+from hermes.core.runs import AppRun
+from hermes.experiments.common import (
+    Engine,
+    Outcome,
+    reduction,
+    standalone_times,
+    summary,
+    template_graphs,
+)
+from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench, split
+from hermes.workloads.run_files import write_runs
+from hermes.workloads.templates import generate_runs
+
+runner = CliRunner()
+
+
+def test_summary_statistics_and_deadlines() -> None:
+    outcomes = [Outcome("a", float(x), None) for x in range(1, 101)] + [Outcome("a", None, None)]
+    s = summary(outcomes)
+    assert s["apps"] == 101
+    assert s["failed"] == 1
+    assert s["act_mean"] == pytest.approx(50.5)
+    assert (s["act_p50"], s["act_p95"], s["act_p99"]) == (50.0, 95.0, 99.0)
+    assert s["dsr"] is None
+    timed = [Outcome("a", 1.0, 2.0), Outcome("a", 3.0, 2.0), Outcome("a", None, 5.0)]
+    assert summary([*timed, Outcome("a", 1.0, None)])["dsr"] == pytest.approx(1 / 3)
+    assert reduction(30.0, 100.0) == pytest.approx(-0.7)
+    assert reduction(None, 1.0) is None
+
+
+def test_standalone_time_is_a_floor_under_contention() -> None:
+    runs = generate_runs("factool_kbqa", 6, seed=1)
+    graphs = template_graphs(["factool_kbqa"], 20, 0)
+    alone = standalone_times(runs, Engine(max_num_seqs=8), graphs, 0)
+    assert all(t > 0 for t in alone)
+    assert len(set(alone)) > 1  # each run its own time
+
+
+def _runs_file(tmp_path: Path) -> Path:
+    code = generate_runs("factool_code", 10, seed=1)
+    # A type no template knows: its runs are kbqa's, renamed, with deadlines.
+    novel = [
+        replace(r, app="fresh_agent", run_id=f"f{i}", deadline_s=60.0)
+        for i, r in enumerate(generate_runs("factool_kbqa", 8, seed=2))
+    ]
+    path = tmp_path / "runs.jsonl"
+    write_runs(path, [*code, *novel])
+    return path
+
+
+def test_split_takes_the_first_part_of_each_type_in_file_order() -> None:
+    a = generate_runs("factool_math", 5, seed=0)
+    b = [replace(r, app="other") for r in generate_runs("factool_math", 3, seed=1)]
+    parts = split([a[0], b[0], a[1], a[2], b[1], a[3], b[2], a[4]], 0.5)
+    assert parts["factool_math"] == ([a[0], a[1]], [a[2], a[3], a[4]])
+    assert parts["other"] == ([b[0]], [b[1], b[2]])
+
+
+def test_recorded_runs_work_for_unseen_application_types(tmp_path: Path) -> None:
+    from hermes.workloads.run_files import read_runs
+
+    runs: list[AppRun] = read_runs(_runs_file(tmp_path))
+    s = RecordedSettings(apps=30, policies=("vllm", "gittins", "oracle"), intensity=50.0)
+    out = recorded_bench(runs, s)
+    assert set(out["policies"]) == {"vllm", "gittins", "oracle"}
+    for row in out["policies"].values():
+        assert row["apps"] == 30
+        assert row["failed"] == 0
+        assert 0 < row["act_p50"] <= row["act_p95"] <= row["act_p99"]
+        assert row["dsr"] is not None
+        assert 0.0 <= row["dsr"] <= 1.0
+    cfg = out["config"]
+    assert cfg["runs"] == {
+        "factool_code": {"train": 5, "replay": 5},
+        "fresh_agent": {"train": 4, "replay": 4},
+    }
+    assert cfg["learned"] == ["factool_code", "fresh_agent"]
+    assert cfg["weights"] == {"factool_code": 5.0, "fresh_agent": 4.0}
+
+
+def test_recorded_run_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train-fraction must be in"):
+        RecordedSettings(train_fraction=1.0)
+    with pytest.raises(ValueError, match="unknown policy 'fifo'"):
+        RecordedSettings(policies=("fifo",))
+    runs = generate_runs("factool_math", 4, seed=0)
+    with pytest.raises(ValueError, match="no runs to replay for application 'x'"):
+        recorded_bench(runs, RecordedSettings(weights={"x": 1.0}))
+
+
+def test_cli_bench_with_recorded_runs(tmp_path: Path) -> None:
+    path = _runs_file(tmp_path)
+    out = tmp_path / "o" / "bench.json"
+    args = ["bench", "hermes", "--runs", str(path), "--train-fraction", "0.5"]
+    args += ["--intensity", "40", "--policies", "vllm,gittins", "--seed", "1", "--apps", "20"]
+    res = runner.invoke(app, [*args, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert set(data["policies"]) == {"vllm", "gittins"}
+    keys = {"apps", "act_mean", "act_p50", "act_p95", "act_p99", "dsr", "failed"}
+    assert set(data["policies"]["gittins"]) == keys
+    assert data["config"]["seed"] == 1
+    assert data["config"]["intensity"] == 40.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policies", "vllm,nope"], "unknown policy 'nope'"),
+        (["--intensity", "1,x"], "--intensity: expected comma-separated numbers"),
+        (["--intensity", "0"], "--intensity: expected positive numbers"),
+        (["--weights", "a=1"], "--weights applies to --runs only"),
+        (["--runs", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--model", "gpt-9"], "gpt-9"),
+    ],
+)
+def test_cli_bench_rejects_bad_input(args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["bench", "hermes", *args])
+    assert res.exit_code == 2
+    assert message in res.output
