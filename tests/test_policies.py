@@ -183,6 +183,25 @@ def test_run_deadlines_are_relative_to_arrival() -> None:
     assert sim.apps[0].view.deadline_s == 105.0
 
 
+@pytest.mark.parametrize("name", ["gittins", "srjf-mean"])
+def test_a_batched_ranking_round_equals_ranking_one_by_one(name: str) -> None:
+    from hermes.experiments.common import template_graphs
+    from hermes.experiments.ranking_overhead import _views
+
+    graphs = template_graphs(["factool_kbqa", "react_alfw", "langchain_mapreduce"], 50, 0)
+    models = {k: DemandModel(g, COST) for k, g in graphs.items()}
+    views = _views(graphs, 300, np.random.default_rng(3))
+    views.append(view(fixed_run("unseen", [10], 5)))  # no graph: attained-service fallback
+    views[-1].total_attained_s = 0.75
+    batched = make_policy(name, PolicyContext(models, COST, samples=200))
+    single = make_policy(name, PolicyContext(models, COST, samples=200))
+    ranks = batched.rank_apps(views, 0.0)
+    assert ranks is not None
+    assert ranks == [single.priority(CALL, v, 0.0) for v in views]
+    assert ranks[-1] == 0.75
+    assert make_policy("vllm").rank_apps(views, 0.0) is None
+
+
 def test_gittins_without_a_graph_falls_back_to_attained_service() -> None:
     gittins = make_policy("gittins", PolicyContext())
     v = view(fixed_run("unseen", [10], 5))

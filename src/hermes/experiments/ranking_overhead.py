@@ -1,12 +1,13 @@
 """What a ranking round costs the scheduler, as a function of how many applications are active.
 
-A round is what the simulator and the gateway do every `rank_interval_s`: for each active
-application, look up its remaining-demand state and rank it at its attained service, through
-the `gittins` policy object itself. Applications are caught mid-run (a random stage, some calls
-finished, some service attained) from template runs. Two rounds are timed per size: one where
-only the applications with calls on the engines gained service since the last round (at most
-`running` of them: what an engine batch allows), and one where every application did (the worst
-case). Rank states are built before timing: they change only at stage and call boundaries.
+A round is what the simulator does every `rank_interval_s`: `rank_apps` of the `gittins`
+policy object itself over every active application (look up each one's remaining-demand
+state, then rank them all at their attained service in one batch). Applications are caught
+mid-run (a random stage, some calls finished, some service attained) from template runs. Two
+rounds are timed per size: one where only the applications with calls on the engines gained
+service since the last round (at most `running` of them: what engine batches allow), and one
+where every application did (the worst case). Rank states are built before timing: they
+change only at stage and call boundaries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import PDGraph
 from hermes.engine.demand_cost_adapter import EngineDemandCost
-from hermes.policies.base import AppView, CallInfo, PolicyContext
+from hermes.policies.base import AppView, PolicyContext
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile
 from hermes.workloads.templates import generate_runs
@@ -46,10 +47,9 @@ def _views(graphs: Mapping[str, PDGraph], n: int, rng: np.random.Generator) -> l
     return views
 
 
-def _round(policy: Any, views: Sequence[AppView], calls: Sequence[CallInfo]) -> float:
+def _round(policy: Any, views: Sequence[AppView]) -> float:
     start = time.perf_counter()
-    for v, c in zip(views, calls, strict=True):
-        policy.priority(c, v, 1.0)
+    policy.rank_apps(views, 1.0)
     return time.perf_counter() - start
 
 
@@ -68,18 +68,17 @@ def ranking_round_times(
         rng = np.random.default_rng([seed, n])
         policy = make_policy("gittins", PolicyContext(models, cost, seed=seed))
         views = _views(graphs, n, rng)
-        calls = [CallInfo(v.app_id, 0.0, 1) for v in views]
-        _round(policy, views, calls)  # builds every rank state
-        unchanged = min(_round(policy, views, calls) for _ in range(repeat))
+        _round(policy, views)  # builds every rank state
+        unchanged = min(_round(policy, views) for _ in range(repeat))
         moved = views[: min(n, running)]
         best_some = best_all = float("inf")
         for _ in range(repeat):
             for v in moved:
                 v.attained_s += DECODE_STEP_S
-            best_some = min(best_some, _round(policy, views, calls))
+            best_some = min(best_some, _round(policy, views))
             for v in views:
                 v.attained_s += DECODE_STEP_S
-            best_all = min(best_all, _round(policy, views, calls))
+            best_all = min(best_all, _round(policy, views))
         rows.append(
             {
                 "apps": n,

@@ -8,7 +8,7 @@ attained service (`dynamic`). Policies are pure: time arrives as `now`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +70,11 @@ class Policy(Protocol):
 
     def priority(self, call: CallInfo, app: AppView | None, now: float) -> float: ...
 
+    def rank_apps(self, apps: Sequence[AppView], now: float) -> list[float] | None:
+        """One rank per application for all its calls, in one batch (a ranking round); None
+        for policies whose priorities differ between an application's calls."""
+        ...
+
     def on_arrival(self, app: AppView, now: float) -> None: ...
 
     def on_done(self, app: AppView, now: float) -> None: ...
@@ -80,6 +85,9 @@ class BasePolicy:
 
     name = "base"
     dynamic = False
+
+    def rank_apps(self, apps: Sequence[AppView], now: float) -> list[float] | None:
+        return None
 
     def on_arrival(self, app: AppView, now: float) -> None:
         return None

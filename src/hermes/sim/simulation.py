@@ -353,11 +353,15 @@ class Simulation:
             view.attained_s = attained
             view.stage_service_s = app.stage_done_s + attained
             view.total_attained_s = app.done_s + view.stage_service_s
+        ranks = self.policy.rank_apps([a.view for a in apps], now)
+        for i, app in enumerate(apps):
             for req in app.live:
-                info = CallInfo(req.id, req.arrival_s, req.prompt_tokens)
-                self._runner_of[id(req)].set_priority(
-                    req, self.policy.priority(info, view, now), now
-                )
+                if ranks is None:
+                    info = CallInfo(req.id, req.arrival_s, req.prompt_tokens)
+                    priority = self.policy.priority(info, app.view, now)
+                else:
+                    priority = ranks[i]
+                self._runner_of[id(req)].set_priority(req, priority, now)
 
     # Running --------------------------------------------------------------------------------
 
