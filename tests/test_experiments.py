@@ -131,3 +131,39 @@ def test_cli_bench_rejects_bad_input(args: list[str], message: str) -> None:
     res = runner.invoke(app, ["bench", "hermes", *args])
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_cli_bench_paper_mode_writes_results_report_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "hermes", "--out", str(out), "--apps", "12", "--intensity", "2,4"]
+    args += ["--policies", "vllm,gittins,oracle", "--max-num-seqs", "4", "--workloads", "2"]
+    res = runner.invoke(app, [*args, "--overhead-apps", "1,20"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "results.json",
+        "report.md",
+        "act_vs_intensity.png",
+        "act_cdf.png",
+        "prewarm.png",
+    }
+    for png in ("act_vs_intensity.png", "act_cdf.png", "prewarm.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = json.loads((out / "results.json").read_text())
+    load = r["load"]["4"]["by_intensity"]
+    assert set(load) == {"2.0", "4.0"}
+    for rows in load.values():
+        assert rows["vllm"]["apps"] == 24  # two draws pooled
+        # No order of service beats every application having the engine to itself.
+        floor = rows["_floor"]["standalone_act_mean"]
+        assert all(rows[p]["act_mean"] >= floor * 0.999 for p in ("vllm", "gittins", "oracle"))
+    assert len(r["load"]["4"]["cdf"]["gittins"]) == 24
+    assert set(r["deadlines"]["4"]) == {"1.2", "1.5", "2.0"}
+    assert set(r["prewarm"]["policies"]) == {"none", "keepalive", "on-queue", "pdgraph"}
+    none, keep = r["prewarm"]["policies"]["none"], r["prewarm"]["policies"]["keepalive"]
+    assert none["cold_wait_s"] > keep["cold_wait_s"]
+    assert [row["apps"] for row in r["overhead"]["rounds"]] == [1, 20]
+    assert {t["met"] for t in r["targets"]} <= {True, False, None}
+    report = (out / "report.md").read_text()
+    assert "| gittins |" in report
+    assert "![ACT vs load](act_vs_intensity.png)" in report

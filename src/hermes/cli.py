@@ -374,6 +374,12 @@ def bench_hermes(
         str | None,
         typer.Option(help="Engine batch limit(s). [default: 256,8; with --runs: 256]"),
     ] = None,
+    workloads: Annotated[
+        int, typer.Option(min=1, help="Workload draws pooled in the load sweep.")
+    ] = 3,
+    overhead_apps: Annotated[
+        str, typer.Option(help="Active applications per timed ranking round.")
+    ] = "1,10,100,1000,10000",
     model: Annotated[str, typer.Option(help="Model of the one engine.")] = "llama-2-7b",
     gpu: Annotated[str, typer.Option(help="GPU of the one engine.")] = "a100",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -435,6 +441,8 @@ def bench_hermes(
 
     base = hermes_paper.PaperSettings()
     kwargs: dict[str, Any] = {"apps": apps, "model": model, "gpu": gpu, "seed": seed}
+    kwargs["workloads"] = workloads
+    kwargs["overhead_apps"] = tuple(int(x) for x in _floats(overhead_apps, "--overhead-apps"))
     if loads is not None:
         kwargs["intensities"] = loads
         kwargs["headline_intensity"] = max(loads)

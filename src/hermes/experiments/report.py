@@ -51,6 +51,18 @@ def headline_table(r: Mapping[str, Any], seqs: str) -> str:
     return "\n".join(lines)
 
 
+def draws_line(r: Mapping[str, Any], seqs: str) -> str:
+    """Mean ACT of vllm and gittins in each workload draw: how much one draw can swing."""
+    by = r["load"][seqs].get("act_mean_by_draw", {})
+    if "vllm" not in by or "gittins" not in by:
+        return ""
+    pairs = [
+        f"{_f(v)} → {_f(g)} s ({_pct(_rel(g, v))})"
+        for v, g in zip(by["vllm"], by["gittins"], strict=True)
+    ]
+    return "Mean ACT per workload draw, vllm → gittins: " + "; ".join(pairs) + "."
+
+
 def _load_table(r: Mapping[str, Any], seqs: str) -> str:
     load = r["load"][seqs]["by_intensity"]
     policies = [p for p in next(iter(load.values())) if not p.startswith("_")]
@@ -145,7 +157,10 @@ def markdown(r: Mapping[str, Any]) -> str:
         "# Hermes experiments",
         "",
         f"{s['apps']} applications ({mix}), Poisson arrivals over 30/k minutes at intensity k, "
-        f"one {s['model']} on one {s['gpu']}; seed {s['seed']}; {r['wall_s']:.0f} s of wall time.",
+        f"one {s['model']} on one {s['gpu']}; seed {s['seed']}. The load sweep pools "
+        f"{s['workloads']} workload draws (seeds {s['seed']} onward); the other experiments use "
+        f"the first. Tool backends are warm except in the prewarming experiment. "
+        f"{r['wall_s']:.0f} s of wall time.",
         "",
         "## Targets",
         "",
@@ -157,6 +172,8 @@ def markdown(r: Mapping[str, Any]) -> str:
             f"## Completion time at intensity {s['headline_intensity']:g}, max_num_seqs {seqs}",
             "",
             headline_table(r, seqs),
+            "",
+            draws_line(r, seqs),
             "",
             f"Mean ACT (s) by intensity, max_num_seqs {seqs}:",
             "",
