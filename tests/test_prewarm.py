@@ -19,13 +19,15 @@ from hermes.core.pdgraph import PDGraph, learn
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.core.stage_forecast import (
     next_backend_probability,
+    next_tool_probability,
+    next_tool_time_samples,
     prewarm_delay,
     stage_time_samples,
 )
 from hermes.engine.engine_config import EngineConfig
 from hermes.policies.base import AppView, PolicyContext
 from hermes.policies.fcfs import FCFS
-from hermes.policies.prewarm import PREWARM_NAMES, PrewarmOrder, make_prewarm
+from hermes.policies.prewarm import PREWARM_NAMES, PDGraphPrewarm, PrewarmOrder, make_prewarm
 from hermes.profiles import load_profile
 from hermes.sim.build import simulate
 from hermes.sim.config import (
@@ -128,6 +130,110 @@ def test_call_costs_are_read_only() -> None:
     assert costs.tolist() == [pytest.approx(0.8)]
     with pytest.raises(ValueError, match="read-only"):
         costs[0] = 5.0
+
+
+# Think in a loop (3 of 7 thoughts think again), then run code (2), search (1) or stop (1).
+LOOPING = (
+    app("a", tool("fetch", "env", 0.1), llm("think", 50), llm("think", 50), tool("x", "docker", 1)),
+    app("b", tool("fetch", "env", 0.1), llm("think", 50), tool("s", "search", 1)),
+    app("c", tool("fetch", "env", 0.1), llm("think", 50)),
+    app("d", tool("fetch", "env", 0.1), *[llm("think", 50)] * 3, tool("x", "docker", 1)),
+)
+
+
+def test_next_tool_probability_looks_through_llm_loops() -> None:
+    g = graph_of(*LOOPING)
+    assert g.transition_probabilities("think") == pytest.approx(
+        {"think": 3 / 7, "x": 2 / 7, "s": 1 / 7, "<end>": 1 / 7}
+    )
+    # Absorbed from think: docker (2/7) / (1 − 3/7) = 1/2, search 1/4; the end takes the rest.
+    expected = {"docker": 0.5, "search": 0.25}
+    assert next_tool_probability(g, "fetch") == pytest.approx(expected)
+    assert next_tool_probability(g, "think") == pytest.approx(expected)
+    assert next_backend_probability(g, "fetch") == {}  # one stage ahead sees only the LLM
+    assert next_tool_probability(DemandModel(g, COST), "fetch") == pytest.approx(expected)
+    assert next_tool_probability(g, "x") == {}  # the end comes next
+    assert next_tool_probability(g, "nowhere") == {}
+    # A tool stage right after a tool stage counts as it is.
+    g2 = graph_of(app("t", tool("a", "env", 1), tool("b", "docker", 1), llm("z", 5)))
+    assert next_tool_probability(g2, "a") == {"docker": 1.0}
+    assert next_tool_probability(g2, "b") == {}
+
+
+stage_names = st.sampled_from(["a", "b", "x", "y", "z"])  # a, b: LLM; x: docker; y, z: env
+STAGES = {
+    "a": llm("a", 10),
+    "b": llm("b", 20),
+    "x": tool("x", "docker", 1),
+    "y": tool("y", "env", 1),
+    "z": tool("z", "env", 1),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(stage_names, min_size=1, max_size=8), min_size=1, max_size=8))
+def test_next_tool_probability_is_the_first_step_fixed_point(runs: list[list[str]]) -> None:
+    g = graph_of(*(app(f"r{i}", *(STAGES[n] for n in r)) for i, r in enumerate(runs)))
+    p = {s: next_tool_probability(g, s) for s in g.nodes}
+    for src, out in p.items():
+        assert all(0 < v <= 1 + 1e-9 for v in out.values())
+        assert sum(out.values()) <= 1 + 1e-9
+        # First-step analysis: a tool successor counts for its backend, an LLM successor for
+        # what comes after it; the chain ends surely, so this equation has one solution.
+        expect: dict[str, float] = {}
+        for dst, q in g.transition_probabilities(src).items():
+            node = g.nodes.get(dst)
+            if node is None:
+                continue
+            ahead = {node.backend: 1.0} if node.kind == "tool" else p[dst]
+            for b, v in ahead.items():
+                expect[b] = expect.get(b, 0.0) + q * v
+        assert out == pytest.approx({b: v for b, v in expect.items() if v > 1e-12}, abs=1e-9)
+
+
+def test_next_tool_time_samples_are_conditioned_on_the_backend() -> None:
+    runs = (
+        app("d", tool("fetch", "env", 0.1), llm("think", 50), tool("x", "docker", 1)),
+        app(
+            "s",
+            tool("fetch", "env", 0.1),
+            llm("think", 50),
+            llm("review", 100),
+            tool("s", "env", 1),
+        ),
+    )
+    model = DemandModel(graph_of(*runs), COST)
+    rng = np.random.default_rng(0)
+    # To docker, think only (50 x 8 ms); to env, think and review (+ 100 x 8 ms).
+    assert np.allclose(next_tool_time_samples(model, "fetch", "docker", 500, rng), 0.4)
+    assert np.allclose(next_tool_time_samples(model, "fetch", "env", 500, rng), 1.2)
+    assert np.allclose(next_tool_time_samples(model, "think", "env", 5, rng), 0.8)
+    assert np.allclose(next_tool_time_samples(model, "review", "env", 5, rng), 0.0)  # next
+    assert next_tool_time_samples(model, "fetch", "search", 5, rng).size == 0  # never next
+    assert next_tool_time_samples(model, "x", "docker", 5, rng).size == 0  # the end is next
+    assert next_tool_time_samples(model, "nowhere", "env", 5, rng).size == 0
+    assert next_tool_time_samples(model, "fetch", "env", 0, rng).size == 0
+    with pytest.raises(ValueError, match="n must be"):
+        next_tool_time_samples(model, "fetch", "env", -1, rng)
+
+
+def test_next_tool_time_samples_through_a_loop_and_a_fanout() -> None:
+    model = DemandModel(graph_of(*LOOPING), COST)
+    t = next_tool_time_samples(model, "fetch", "docker", 20_000, np.random.default_rng(1))
+    # Given docker comes, think repeats w.p. 3/7 and exits to it w.p. (2/7) / (1/2) = 4/7: a
+    # geometric number of 0.4 s thoughts, 7/4 on average.
+    visits = t / 0.4
+    assert np.allclose(visits, visits.round())
+    assert visits.min() == 1
+    assert visits.mean() == pytest.approx(7 / 4, rel=0.03)
+    assert np.mean(visits == 1) == pytest.approx(4 / 7, abs=0.02)
+    again = next_tool_time_samples(model, "fetch", "docker", 20_000, np.random.default_rng(1))
+    assert np.array_equal(t, again)
+    # Parallel calls: a stage lasts as long as its longest.
+    fan = graph_of(app("f", tool("a", "env", 1), llm("m", 10, 100, 50), tool("b", "env", 1)))
+    t = next_tool_time_samples(DemandModel(fan, COST), "a", "env", 4000, np.random.default_rng(2))
+    assert set(t.round(9).tolist()) == {0.08, 0.4, 0.8}
+    assert np.mean(t == 0.8) == pytest.approx(1 - (2 / 3) ** 3, abs=0.03)
 
 
 def test_prewarm_delay_by_hand() -> None:
@@ -315,6 +421,84 @@ def test_pdgraph_orders_are_seeded_not_sequenced() -> None:
     assert a2.at_s > a1.at_s
 
 
+def react(run_id: str, steps: int, thought: int = 30, act_s: float = 0.2) -> AppRun:
+    """A ReAct loop: a short thought (30 tokens: 0.24 s of service), then an act on the 1 s
+    cold-start `env`, `steps` times."""
+    loop = (llm("thought", thought), tool("act", "env", act_s))
+    return app(run_id, *[stage for _ in range(steps) for stage in loop])
+
+
+# act → thought in 65 of 75 acts (0.87), then always an act.
+REACT_TRAINING = tuple(react(f"t{n}", n) for n in range(3, 13))
+
+
+def act_view(run: AppRun) -> AppView:
+    return view_of(run, 1)
+
+
+def test_retain_only_in_pdgraph_and_for_p95_of_the_gap_plus_a_cold_start() -> None:
+    ctx = context(*REACT_TRAINING)
+    v = act_view(REACT_TRAINING[0])
+    holds = {
+        name: make_prewarm(name, ctx, cold_starts=COLD).retain_s(v, "act", "env", 5.0)
+        for name in PREWARM_NAMES
+    }
+    # The next tool stage is an act on env (p = 0.87) after one 0.24 s thought; 1 s cold start.
+    assert holds == {"none": 0.0, "keepalive": 0.0, "on-queue": 0.0, "pdgraph": pytest.approx(1.24)}
+    # p95, not the mean: one thought in 10 takes 100 tokens (0.8 s).
+    runs = [react(f"r{n}", 4, thought=100 if n % 10 == 0 else 30) for n in range(100)]
+    hold = make_prewarm("pdgraph", context(*runs), cold_starts=COLD).retain_s(v, "act", "env", 0)
+    assert hold == pytest.approx(0.8 + 1.0)
+
+
+def test_retain_looks_through_every_llm_stage_to_the_next_tool_stage() -> None:
+    run = app(
+        "p",
+        llm("plan", 10),
+        tool("act", "env", 0.2),
+        llm("reflect", 20),
+        llm("think", 30),
+        tool("act2", "env", 0.2),
+        llm("summary", 40),
+        tool("exec", "docker", 0.5),
+    )
+    policy = make_prewarm("pdgraph", context(run), cold_starts=COLD)
+    v = act_view(run)
+    # act → reflect → think → act2: held 0.16 + 0.24 s, plus env's cold start.
+    assert policy.retain_s(v, "act", "env", 0.0) == pytest.approx(0.4 + 1.0)
+    # After act2 the next tool stage is on docker: an env instance is not kept for it.
+    assert policy.retain_s(v, "act2", "env", 0.0) == 0.0
+    assert policy.retain_s(v, "act2", "docker", 0.0) == pytest.approx(0.32 + 2.0)
+    assert policy.retain_s(v, "exec", "docker", 0.0) == 0.0  # the end comes next
+    # No retention without a cold start, for unknown stages and application types.
+    assert make_prewarm("pdgraph", context(run)).retain_s(v, "act", "env", 0.0) == 0.0
+    assert policy.retain_s(v, "nowhere", "env", 0.0) == 0.0
+    other = AppView("o", "other", 0.0)
+    assert policy.retain_s(other, "act", "env", 0.0) == 0.0
+
+
+def test_retain_needs_the_backend_likely_next() -> None:
+    # After an act, another thought and act in 3 of 5 (p = 0.6), the end in 2.
+    runs = (react("a", 4), react("b", 1))
+    v = act_view(runs[0])
+    for k, kept in ((0.5, True), (0.6, True), (0.7, False)):
+        policy = make_prewarm("pdgraph", context(*runs), k=k, cold_starts=COLD)
+        assert (policy.retain_s(v, "act", "env", 0.0) > 0) == kept
+
+
+def test_retain_is_seeded_and_follows_the_graph() -> None:
+    runs = [react(f"r{n}", 3, thought=n) for n in range(20, 60)]
+    ctx = context(*runs, seed=4)
+    v = act_view(runs[0])
+    a = make_prewarm("pdgraph", ctx, cold_starts=COLD)
+    b = make_prewarm("pdgraph", ctx, cold_starts=COLD)
+    first = a.retain_s(v, "act", "env", 0.0)
+    assert b.retain_s(v, "act", "env", 9.0) == first
+    # Longer thoughts learned: a new graph version, a longer hold.
+    ctx.models["agent"].graph.observe_all([react(f"s{n}", 3, thought=400) for n in range(40)])
+    assert a.retain_s(v, "act", "env", 0.0) > first + 2
+
+
 # --- in the simulator --------------------------------------------------------------------------
 
 
@@ -378,6 +562,23 @@ def test_an_unused_prewarm_is_held_then_dropped() -> None:
     assert sim.reservations == {"docker": 0}
 
 
+def test_a_hold_is_renewed_while_the_app_is_still_in_the_ordering_stage() -> None:
+    # Trained on 0.24 s thoughts, pdgraph warms docker at once and holds it 0.24 + 2 s after
+    # it is ready, to 4.24 s; this thought takes about 8 s.
+    training = (app("q", llm("think", 30), tool("exec", "docker", 0.5)),)
+    run = app("slow", llm("think", 800), tool("exec", "docker", 0.5), llm("summary", 10))
+    sim = simulation("pdgraph", [(0.0, run)], training)
+    assert sim.apps[0].cold_wait_s == 0.0
+    docker = tools(sim)["docker"]
+    assert (docker["prewarms"], docker["prewarms_unused"], docker["cold_starts"]) == (1, 0, 1)
+    assert sim.prewarm_renewals >= 2
+    # Renewed up to the call, then gone when it ended (TTL 0; the end comes next).
+    exec_end = sim.apps[0].finish_s
+    assert exec_end is not None
+    assert docker["warm_instance_s"] < exec_end
+    assert sim.tools["docker"].pool.instances(sim.loop.now) == {"warming": 0, "busy": 0, "idle": 0}
+
+
 def test_keepalive_keeps_instances_across_applications() -> None:
     runs = [(20.0 * i, CODE) for i in range(4)]
     by_name = {name: simulation(name, runs) for name in ("none", "keepalive")}
@@ -418,6 +619,41 @@ def test_a_reservation_given_up_frees_its_instance_for_the_next_order() -> None:
     docker = tools(sim)["docker"]
     assert (docker["prewarms"], docker["cold_starts"]) == (1, 1)
     assert sim.apps[1].cold_wait_s == 0.0
+
+
+def test_a_react_loop_pays_only_its_first_cold_start_under_pdgraph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = react("loop", 8)
+    sims = {
+        name: simulation(name, [(0.0, run)], REACT_TRAINING)
+        for name in ("none", "on-queue", "pdgraph")
+    }
+    cold = {name: s.apps[0].cold_wait_s for name, s in sims.items()}
+    env = {name: tools(s)["env"] for name, s in sims.items()}
+    assert cold["none"] == pytest.approx(8.0)
+    assert env["none"]["cold_starts"] == 8
+    # pdgraph warms env as the first thought starts, which hides the thought's 0.3 s of the
+    # first act's cold start, then keeps the instance from act to act.
+    assert 0.5 < cold["pdgraph"] < 1.0
+    assert (env["pdgraph"]["cold_starts"], sims["pdgraph"].retains) == (1, 8)
+    # Looking one stage ahead, every act waits about as long as the first.
+    assert cold["on-queue"] == pytest.approx(8 * cold["pdgraph"], rel=0.05)
+    # Keeping an instance through a thought costs less than warming a new one for each act.
+    assert env["pdgraph"]["warm_instance_s"] < 0.75 * env["none"]["warm_instance_s"]
+    # It is the retention: without it pdgraph is on-queue.
+    monkeypatch.setattr(PDGraphPrewarm, "retain_s", lambda *args: 0.0)
+    alone = simulation("pdgraph", [(0.0, run)], REACT_TRAINING)
+    assert alone.apps[0].cold_wait_s == pytest.approx(cold["on-queue"])
+
+
+def test_react_loops_side_by_side_each_pay_only_their_first_cold_start() -> None:
+    runs = [(0.1 * i, react(f"loop{i}", 6 + i)) for i in range(4)]
+    pdgraph, none = (simulation(name, runs, REACT_TRAINING) for name in ("pdgraph", "none"))
+    assert [a.cold_wait_s for a in none.apps.values()] == pytest.approx([6.0, 7.0, 8.0, 9.0])
+    waits = [a.cold_wait_s for a in pdgraph.apps.values()]
+    assert all(0 < w < 1.0 for w in waits), waits
+    assert tools(pdgraph)["env"]["cold_starts"] == 4
 
 
 def test_critical_path_cold_wait_is_the_longest_call_per_stage() -> None:
@@ -482,7 +718,9 @@ def test_end_to_end_pdgraph_waits_much_less_than_none() -> None:
 
     none, pdgraph, keepalive = run("none"), run("pdgraph"), run("keepalive")
     assert none["cold_wait"] > 50
-    assert pdgraph["cold_wait"] < 0.75 * none["cold_wait"]
-    # Warming ahead costs little over none; keeping instances for a minute costs much more.
-    assert pdgraph["warm"] < 1.2 * none["warm"]
+    # The ReAct loops pay their first act's cold start only.
+    assert pdgraph["cold_wait"] < 0.2 * none["cold_wait"]
+    # Keeping an instance through a thought costs less than warming a new one for each act;
+    # keeping instances for a minute costs much more.
+    assert pdgraph["warm"] < none["warm"]
     assert keepalive["warm"] > 1.5 * pdgraph["warm"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -176,6 +177,71 @@ def test_cold_start_zero_never_waits() -> None:
     assert pool.busy_instance_seconds(10.0) == pool.warm_instance_seconds(10.0)
 
 
+def test_retain_keeps_an_instance_past_a_zero_ttl() -> None:
+    pool = ToolPool(ToolBackendSpec("env", cold_start_s=1.0, keepalive_s=0.0))
+    pool.submit("a", 0.5, 0.0)
+    assert pool.advance(1.0) == [CallStarted("a", 1.0, 1.0, 1.0, 0)]
+    assert pool.advance(1.5) == [CallFinished("a", 1.5, 0)]
+    # advance handed the finish over before removing the instance, which expires now (TTL 0).
+    assert pool.instances(1.5) == {"warming": 0, "busy": 0, "idle": 1}
+    assert pool.next_wake() == 1.5
+    assert pool.retain(0, 3.0, 1.5)
+    assert pool.advance(1.5) == []
+    assert pool.instances(1.5) == {"warming": 0, "busy": 0, "idle": 1}  # kept
+    assert pool.submit("b", 0.5, 2.5) == [CallStarted("b", 2.5, 0.0, 0.0, 0)]  # warm: no wait
+    assert drain(pool) == [CallFinished("b", 3.0, 0)]  # then gone at once: TTL 0 again
+    assert pool.instances(3.0) == {"warming": 0, "busy": 0, "idle": 0}
+    # Warming 1 s, busy 0.5, kept idle 1 s, busy 0.5.
+    assert pool.warm_instance_seconds(3.0) == 3.0
+    assert pool.cold_starts == 1
+
+
+def test_without_retain_a_zero_ttl_instance_goes_when_its_call_ends() -> None:
+    pool = ToolPool(ToolBackendSpec("env", cold_start_s=1.0, keepalive_s=0.0))
+    pool.submit("a", 0.5, 0.0)
+    drain(pool)
+    assert pool.instances(1.5) == {"warming": 0, "busy": 0, "idle": 0}
+    assert not pool.retain(0, 3.0, 1.5)  # too late: gone
+    assert pool.submit("b", 0.5, 2.5) == []  # cold again
+    assert pool.cold_starts == 2
+    # A call at the instant the instance falls idle, before any retain, finds it gone too.
+    pool = ToolPool(ToolBackendSpec("env", cold_start_s=1.0, keepalive_s=0.0))
+    pool.submit("a", 0.5, 0.0)
+    assert pool.submit("b", 0.5, 1.5)[-1] == CallFinished("a", 1.5, 0)
+    assert pool.cold_starts == 2
+
+
+def test_retain_never_shortens_and_ignores_busy_warming_and_gone_instances() -> None:
+    pool = ToolPool(ToolBackendSpec("sd", cold_start_s=1.0, keepalive_s=10.0))
+    pool.submit("a", 1.0, 0.0)
+    assert not pool.retain(0, 50.0, 0.5)  # warming
+    assert pool.advance(1.0) == [CallStarted("a", 1.0, 1.0, 1.0, 0)]
+    assert not pool.retain(0, 50.0, 1.5)  # busy: its TTL starts when it falls idle
+    assert pool.advance(2.0) == [CallFinished("a", 2.0, 0)]
+    assert pool.next_wake() == 12.0  # the TTL, not the refused retains
+    assert pool.retain(0, 5.0, 3.0)  # idle, but it stays to 12 anyway
+    assert pool.next_wake() == 12.0
+    assert pool.retain(0, 20.0, 4.0)
+    assert pool.next_wake() == 20.0
+    assert pool.retain(0, 15.0, 5.0)
+    assert pool.next_wake() == 20.0
+    assert not pool.retain(7, 30.0, 6.0)  # no such instance
+    assert drain(pool) == []
+    assert pool.warm_instance_seconds(20.0) == 20.0
+    assert not pool.retain(0, 30.0, 20.0)  # gone
+    # A prewarmed, unused instance: a retain can only lengthen its hold.
+    assert pool.prewarm(21.0, hold_s=5.0) == 1
+    assert pool.advance(22.0) == []
+    assert pool.retain(1, 24.0, 22.0)
+    assert pool.next_wake() == 27.0
+    assert pool.retain(1, 30.0, 22.0)
+    assert pool.next_wake() == 30.0
+    with pytest.raises(ValueError, match="until"):
+        pool.retain(1, math.nan, 22.0)
+    with pytest.raises(ValueError, match="now must"):
+        pool.retain(1, 40.0, 21.0)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -234,6 +300,7 @@ class Op:
     prewarm: int
     hold: float | None  # the prewarm's hold_s
     drive: bool  # advance through wakes before it, as the shell would; else catch up late
+    retain: float | None = None  # keep instances whose calls end on the way this much longer
 
 
 ops = st.lists(
@@ -244,38 +311,64 @@ ops = st.lists(
         st.integers(0, 3),
         st.one_of(st.none(), times),
         st.booleans(),
+        st.one_of(st.none(), times),
     ),
     max_size=40,
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(specs, ops)
-def test_shell_loop_starts_and_finishes_every_call_once(
-    spec: ToolBackendSpec, script: list[Op]
-) -> None:
+def run_script(spec: ToolBackendSpec, script: list[Op]) -> None:
+    """Drive ``script`` through the pool as the shell would and check what the pool did."""
     pool = ToolPool(spec)
     effects: list[Effect] = []
     submitted: dict[int, tuple[float, float]] = {}
+    ends: dict[int, list[float]] = {}  # per instance, when its running calls end
+    # Instances retained at their call's end: the earliest they may go (if no call takes them).
+    kept: dict[int, float] = {}
+    counts: list[tuple[float, int]] = []  # instances alive after each operation
 
-    def check_instances(now: float) -> None:
+    def take(new: list[Effect], now: float, retain: float | None) -> None:
+        effects.extend(new)
+        for e in new:
+            if isinstance(e, CallStarted):
+                assert isinstance(e.call_id, int)
+                ends.setdefault(e.instance, []).append(e.at + submitted[e.call_id][1])
+                kept.pop(e.instance, None)
+            else:
+                ends[e.instance].remove(e.at)
+        for e in new:
+            if isinstance(e, CallFinished) and retain is not None:
+                # A call ending after now keeps it busy (one ending now may end in retain).
+                busy = any(end > now for end in ends[e.instance])
+                if pool.retain(e.instance, e.at + retain, now):
+                    assert not busy
+                    if e.at == now:  # in time: it stays at least as long as asked and its TTL
+                        kept[e.instance] = e.at + max(retain, spec.keepalive_s)
+        observe(now)
+
+    def observe(now: float) -> None:
         assert sum(pool.instances(now).values()) <= (spec.max_instances or math.inf)
+        counts.append((now, sum(pool.instances(now).values())))
+        for inst, until in list(kept.items()):
+            if now < until:
+                assert pool.retain(inst, now, now), f"instance {inst} went before {until}"
+            else:
+                del kept[inst]
 
     now = 0.0
     for op in script:
         now += op.gap
         while op.drive and (t := pool.next_wake()) is not None and t < now:
-            effects += pool.advance(t)
-            check_instances(t)
+            take(pool.advance(t), t, op.retain)
         if op.duration is None:
             pool.prewarm(now, op.prewarm, op.hold)
+            observe(now)
         else:
             submitted[len(submitted)] = (now, op.duration)
-            effects += pool.submit(len(submitted) - 1, op.duration, now)
-        check_instances(now)
+            take(pool.submit(len(submitted) - 1, op.duration, now), now, op.retain)
+    last = script[-1].retain if script else None
     while (t := pool.next_wake()) is not None:
-        effects += pool.advance(t)
-        check_instances(t)
+        take(pool.advance(t), t, last)
         now = t
 
     assert [e.at for e in effects] == sorted(e.at for e in effects)
@@ -307,3 +400,24 @@ def test_shell_loop_starts_and_finishes_every_call_once(
     assert busy >= call_seconds / spec.concurrency - 1e-9
     if spec.keepalive_s < math.inf:
         assert pool.instances(now) == {"warming": 0, "busy": 0, "idle": 0}
+    if all(op.drive for op in script):
+        # Every instance change happened at an operation: warm seconds are the area under the
+        # count each instant ended with.
+        area = sum(c * (t1 - t0) for (t0, c), (t1, _) in itertools.pairwise(counts))
+        assert warm == pytest.approx(area, abs=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, ops)
+def test_shell_loop_starts_and_finishes_every_call_once(
+    spec: ToolBackendSpec, script: list[Op]
+) -> None:
+    run_script(spec, script)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, ops)
+def test_warm_seconds_and_retains_when_the_shell_keeps_up(
+    spec: ToolBackendSpec, script: list[Op]
+) -> None:
+    run_script(spec, [replace(op, drive=True) for op in script])

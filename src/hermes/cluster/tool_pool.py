@@ -5,12 +5,15 @@ later), busy, or idle; an idle instance is removed ``keepalive_s`` after its las
 unless a call arrives first (a call arriving exactly then finds it gone). A call takes a free
 slot on a warm instance, else a spare slot on a warming one, else a new instance; with
 ``max_instances`` reached it queues FIFO until a slot frees. An instance ``prewarm`` started
-with a ``hold_s`` is held for that long after it is ready instead, until its first call.
+with a ``hold_s`` is held for that long after it is ready instead, until its first call; and
+``retain`` keeps an idle instance longer than its TTL.
 
 The pool is pure: time is an argument to every method and effects are returned, not performed.
 Each mutating call first catches up on everything due at or before its ``now``. A shell that
 calls ``advance(t)`` at ``t = next_wake()`` after every call sees each effect exactly once, in
-non-decreasing time order.
+non-decreasing time order. ``advance(t)`` hands over the calls that finish at ``t`` before it
+removes the instances that expire at ``t`` (with no keep-alive, the ones those calls just
+left), so that the shell can ``retain`` them; the next call at ``t`` removes the rest.
 """
 
 from __future__ import annotations
@@ -163,9 +166,32 @@ class ToolPool:
         return started
 
     def advance(self, now: float) -> list[Effect]:
-        """Process everything due at or before ``now``; its effects in time order."""
-        self._run_until(now)
+        """Process everything due at or before ``now``; its effects in time order. Expiries due
+        at ``now`` wait for the next call if calls finish at ``now`` (see ``retain``)."""
+        self._run_until(now, expire_now=False)
+        if not any(isinstance(e, CallFinished) and e.at == now for e in self._outbox):
+            self._run_until(now)
         return self._take()
+
+    def retain(self, instance_id: int, until: float, now: float) -> bool:
+        """Keep instance ``instance_id``, if idle, at least until ``until``: it expires then
+        unless a call comes first, or later if its TTL or a prewarm hold says so. Never
+        shortens. A busy, warming or removed instance is left alone (False): only an idle
+        one has an expiry to move, and a busy one's TTL starts when it falls idle again.
+
+        Called at ``now`` = the end of the instance's call, as the shell learns of it from
+        ``advance``, it acts before the instance's own expiry at ``now`` (TTL 0)."""
+        if math.isnan(until):
+            raise ValueError(f"until must not be NaN, got {until!r}")
+        self._run_until(now, expire_now=False)
+        inst = self._instances.get(instance_id)
+        if inst is None or inst.expires_at is None:
+            return False
+        if until > inst.expires_at:
+            inst.expires_at = until
+            if until < math.inf:
+                self._push(until, _EXPIRE, inst.id, None)
+        return True
 
     def next_wake(self) -> float | None:
         """When the pool next needs ``advance``: the earliest pending event, or the pool's time
@@ -203,11 +229,15 @@ class ToolPool:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _run_until(self, now: float) -> None:
+    def _run_until(self, now: float, *, expire_now: bool = True) -> None:
+        """Process the events due at or before ``now``; expiries due at ``now`` only with
+        ``expire_now`` (at one instant they come after every finish and ready)."""
         if not self._now <= now < math.inf:
             raise ValueError(f"now must be finite and not before {self._now!r}, got {now!r}")
         events = self._events
         while events and events[0][0] <= now:
+            if not expire_now and events[0][0] == now and events[0][1] == _EXPIRE:
+                break
             event = heapq.heappop(events)
             if self._stale(event):
                 continue

@@ -9,7 +9,9 @@ A prewarm policy sets the TTL of idle tool instances and, at each stage start, m
 instances warmed for the next stage. An order that fires once its application has left the
 ordering stage is dropped; one that fires in time reserves a spare instance of its backend for
 that application until the application's next stage starts (when it is used or given up), so
-that two applications ordering at once get two instances.
+that two applications ordering at once get two instances, and renews the instance's hold for
+as long as the application is still in the ordering stage. When a tool call ends, the policy
+may keep its instance idle past the TTL for the application's next tool stage (`retain_s`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Simulation:
     reservations: dict[str, int] = field(default_factory=dict)  # per backend: fired, unspent
     prewarm_orders: int = 0
     prewarm_orders_late: int = 0  # fired after their application left the ordering stage
+    prewarm_renewals: int = 0  # holds renewed while the ordering application was still in its stage
+    retains: int = 0  # idle instances kept past their TTL for their application's next tool stage
 
     # Construction ---------------------------------------------------------------------------
 
@@ -266,12 +270,19 @@ class Simulation:
             app.view.served_tokens += req.prompt_tokens + req.generated
         self._call_done(app, now)
 
-    def _tool_done(self, call_id: Hashable, now: float, cold_wait_s: float) -> None:
+    def _tool_done(self, call_id: Hashable, now: float, cold_wait_s: float, instance: int) -> None:
         assert isinstance(call_id, _ToolCallId)
         app = self.apps[call_id.app_id]
         app.stage_cold_wait_s = max(app.stage_cold_wait_s, cold_wait_s)
-        call = app.run.stages[call_id.stage].calls[call_id.index]
+        stage = app.run.stages[call_id.stage]
+        call = stage.calls[call_id.index]
         assert isinstance(call, ToolCall)
+        if self.prewarm is not None:
+            # Before the app moves on: its next stage may submit to this pool, which would
+            # remove an instance whose TTL ends now.
+            hold = self.prewarm.retain_s(app.view, stage.name, stage.backend, now)
+            if hold > 0 and self.tools[stage.backend].retain(instance, now + hold, now):
+                self.retains += 1
         served = self.cost.tool_calls_s(np.array([call.duration_s], dtype=np.float64))
         app.stage_done_s += float(served[0])
         self._call_done(app, now)
@@ -316,6 +327,17 @@ class Simulation:
             self.reservations[order.backend] = n
             app.reserved.append(order.backend)
             runner.prewarm(t, n, order.hold_s)
+            self.loop.at(t + order.hold_s, renew)
+
+        def renew(t: float) -> None:
+            # One cold start before the hold ends (it ends cold_start_s + hold_s after the
+            # order fired), an app still in the ordering stage renews it: the hold comes from
+            # service seconds, which a loaded engine stretches.
+            if app.finish_s is not None or app.stage != stage:
+                return
+            self.prewarm_renewals += 1
+            runner.prewarm(t, self.reservations[order.backend], order.hold_s)
+            self.loop.at(t + order.hold_s, renew)
 
         self.loop.at(max(order.at_s, now), fire)
 

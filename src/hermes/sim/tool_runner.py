@@ -7,8 +7,8 @@ from collections.abc import Callable, Hashable
 from hermes.cluster.tool_pool import CallFinished, CallStarted, ToolPool
 from hermes.sim.kernel import Event, EventLoop
 
-# (call id, finish time, the call's cold-start wait)
-Finished = Callable[[Hashable, float, float], None]
+# (call id, finish time, the call's cold-start wait, the instance that served it)
+Finished = Callable[[Hashable, float, float, int], None]
 
 
 class ToolRunner:
@@ -28,6 +28,11 @@ class ToolRunner:
         self._handle([])
         return started
 
+    def retain(self, instance: int, until: float, now: float) -> bool:
+        kept = self.pool.retain(instance, until, now)
+        self._handle([])
+        return kept
+
     def _wake(self, now: float) -> None:
         self._timer = None
         self._handle(self.pool.advance(now))
@@ -39,7 +44,7 @@ class ToolRunner:
                 self._cold_wait[effect.call_id] = effect.cold_wait_s
             else:
                 cold = self._cold_wait.pop(effect.call_id, 0.0)
-                self._on_finish(effect.call_id, effect.at, cold)
+                self._on_finish(effect.call_id, effect.at, cold, effect.instance)
         wake = self.pool.next_wake()
         if self._timer is not None and (wake is None or self._timer.time != wake):
             self._timer.cancel()
