@@ -267,7 +267,6 @@ def plot_prewarm(r: Mapping[str, Any], path: Path) -> None:
         ax.plot(row["warm_instance_s"], row["cold_wait_s"], "s", markersize=8, label=name)
     ax.set_xlabel("warm backend-seconds")
     ax.set_ylabel("critical-path cold-start wait, s (sum over apps)")
-    ax.set_xscale("symlog")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
