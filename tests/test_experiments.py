@@ -18,9 +18,9 @@ from hermes.experiments.common import (
     reduction,
     standalone_times,
     summary,
-    template_graphs,
 )
 from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench, split
+from hermes.sim.build import template_graphs
 from hermes.workloads.run_files import write_runs
 from hermes.workloads.templates import generate_runs
 

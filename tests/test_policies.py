@@ -185,8 +185,8 @@ def test_run_deadlines_are_relative_to_arrival() -> None:
 
 @pytest.mark.parametrize("name", ["gittins", "srjf-mean"])
 def test_a_batched_ranking_round_equals_ranking_one_by_one(name: str) -> None:
-    from hermes.experiments.common import template_graphs
     from hermes.experiments.ranking_overhead import _views
+    from hermes.sim.build import template_graphs
 
     graphs = template_graphs(["factool_kbqa", "react_alfw", "langchain_mapreduce"], 50, 0)
     models = {k: DemandModel(g, COST) for k, g in graphs.items()}

@@ -270,9 +270,13 @@ def sim(
         raise _fail(str(e)) from None
     _print_sim(results)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        out.print(f"results written to {escape(str(json_out))}")
+        _write_json(json_out, results)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    out.print(f"results written to {escape(str(path))}")
 
 
 def _ms(d: Any) -> str:
@@ -431,9 +435,7 @@ def bench_hermes(
             raise _fail(str(e)) from None
         _print_recorded(result)
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            out.print(f"results written to {escape(str(json_out))}")
+            _write_json(json_out, result)
         return
     if weights is not None:
         raise _fail("--weights applies to --runs only (the paper's mix is fixed)")

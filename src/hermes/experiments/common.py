@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hermes.core.pdgraph import PDGraph, learn
+from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
-from hermes.sim.build import build
+from hermes.sim.build import build, template_runs
 from hermes.sim.config import (
     AppWorkload,
     InstanceGroup,
@@ -24,8 +24,6 @@ from hermes.sim.config import (
     ToolBackend,
 )
 from hermes.workloads.arrivals import compress_to_window, poisson_arrivals
-from hermes.workloads.mix import sample_mix
-from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
 
 # The application mix of the Hermes paper's experiments.
 PAPER_MIX: dict[str, float] = {
@@ -67,34 +65,14 @@ def template_workload(
 ) -> tuple[list[AppRun], np.ndarray]:
     """`count` template runs drawn from `mix`, and unit-window Poisson arrival offsets (in
     [0, 1]; multiply by the window)."""
-    unknown = sorted(set(mix) - set(TEMPLATE_NAMES))
-    if unknown:
-        raise ValueError(f"unknown application {unknown[0]!r}; known: {', '.join(TEMPLATE_NAMES)}")
     rng = np.random.default_rng([seed, 1])
-    names = sample_mix(mix, count, rng)
-    pools = {
-        app: iter(generate_runs(app, names.count(app), seed=seed * 1000 + k))
-        for k, app in enumerate(sorted(set(names)))
-    }
-    runs = [next(pools[app]) for app in names]
-    return runs, unit_arrivals(count, rng)
+    return template_runs(mix, count, rng, seed), unit_arrivals(count, rng)
 
 
 def unit_arrivals(count: int, rng: np.random.Generator) -> np.ndarray:
     """Poisson arrival times squeezed into [0, 1]."""
     t = poisson_arrivals(1.0, count, rng)
     return compress_to_window(t - t[0], 1.0) if count else t
-
-
-def template_graphs(apps: Sequence[str], training_runs: int, seed: int) -> dict[str, PDGraph]:
-    """PDGraphs of template applications learned from runs apart from any workload's."""
-    types = sorted(set(apps) & set(TEMPLATE_NAMES))
-    runs = [
-        r
-        for k, app in enumerate(types)
-        for r in generate_runs(app, training_runs, seed=10_000 + seed * 100 + k)
-    ]
-    return learn(runs)
 
 
 def timed(

@@ -26,12 +26,12 @@ from hermes.experiments.common import (
     simulate_apps,
     standalone_times,
     summary,
-    template_graphs,
     template_workload,
     timed,
     with_deadlines,
 )
 from hermes.experiments.ranking_overhead import ranking_round_times
+from hermes.sim.build import template_graphs
 from hermes.sim.config import PolicyOptions, ToolBackend
 
 Progress = Callable[[str], None]

@@ -88,20 +88,26 @@ def request_trace(work: RequestWorkload, rng: np.random.Generator) -> list[Trace
     ]
 
 
+def template_runs(
+    mix: Mapping[str, float], count: int, rng: np.random.Generator, seed: int, where: str = ""
+) -> list[AppRun]:
+    """`count` template runs, their applications drawn from `mix` by weight."""
+    unknown = sorted(set(mix) - set(TEMPLATE_NAMES))
+    if unknown:
+        raise ValueError(
+            f"{where}unknown application {unknown[0]!r}; known: {', '.join(TEMPLATE_NAMES)}"
+        )
+    names = sample_mix(mix, count, rng)
+    pools = {
+        app: iter(generate_runs(app, names.count(app), seed=seed * 1000 + k))
+        for k, app in enumerate(sorted(set(names)))
+    }
+    return [next(pools[app]) for app in names]
+
+
 def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tuple[float, AppRun]]:
     if work.templates is not None:
-        unknown = sorted(set(work.templates) - set(TEMPLATE_NAMES))
-        if unknown:
-            raise ValueError(
-                f"apps.templates: unknown application {unknown[0]!r}; "
-                f"known: {', '.join(TEMPLATE_NAMES)}"
-            )
-        names = sample_mix(work.templates, work.count, rng)
-        pools = {
-            app: iter(generate_runs(app, names.count(app), seed=seed * 1000 + k))
-            for k, app in enumerate(sorted(set(names)))
-        }
-        runs = [next(pools[app]) for app in names]
+        runs = template_runs(work.templates, work.count, rng, seed, "apps.templates: ")
         own = np.zeros(len(runs))
     else:
         assert work.runs is not None
@@ -124,6 +130,17 @@ def app_runs(work: AppWorkload, rng: np.random.Generator, seed: int) -> list[tup
     return list(zip(times.tolist(), runs, strict=True))
 
 
+def template_graphs(apps: Sequence[str], training_runs: int, seed: int) -> dict[str, PDGraph]:
+    """PDGraphs of the template applications among `apps`, learned from fresh runs a seed
+    apart from any workload's."""
+    types = sorted(set(apps) & set(TEMPLATE_NAMES))
+    return learn(
+        r
+        for k, app in enumerate(types)
+        for r in generate_runs(app, training_runs, seed=10_000 + seed * 100 + k)
+    )
+
+
 def policy_context(
     config: SimConfig,
     cost: DemandCost,
@@ -139,13 +156,7 @@ def policy_context(
     elif opts.pdgraphs is not None:
         graphs = load_pdgraphs(opts.pdgraphs)
     else:
-        types = sorted({run.app for _, run in runs} & set(TEMPLATE_NAMES))
-        training = [
-            r
-            for k, app in enumerate(types)
-            for r in generate_runs(app, opts.training_runs, seed=10_000 + config.seed * 100 + k)
-        ]
-        graphs = learn(training)
+        graphs = template_graphs([run.app for _, run in runs], opts.training_runs, config.seed)
     models = {name: DemandModel(g, cost) for name, g in graphs.items()}
     return PolicyContext(models, cost, opts.refine, opts.samples, config.seed)
 
