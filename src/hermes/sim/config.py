@@ -173,7 +173,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _messages(err: ValidationError) -> str:
+def validation_messages(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
@@ -191,7 +191,7 @@ def config_from_dict(data: Any, source: str = "config") -> SimConfig:
     try:
         return SimConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_messages(err)}") from None
+        raise ConfigError(f"{source}: {validation_messages(err)}") from None
 
 
 def load_config(path: str | Path) -> SimConfig:

@@ -1,0 +1,175 @@
+"""Applications as the gateway observes them: stages, calls in flight, service attained.
+
+The tracker turns a stream of calls (tagged with application id and stage) and tool events into
+the `AppView`s that policies rank, and each finished application into a recorded run (format
+v1) for learning. Pure: time is an argument; the server owns the clock.
+
+Stage boundaries: a call whose stage name differs from the application's current stage starts
+a new stage (and finishes the current one), as does a tool event; consecutive calls of the same
+stage name belong to one stage, however far apart, so a loop must alternate stages (as agents
+do: thought, act, thought) or report its tool steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import count
+
+import numpy as np
+
+from hermes.core.demand_cost import DemandCost, LinearCost
+from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
+from hermes.gateway.context import CallContext
+from hermes.policies.base import AppView, CallInfo
+
+
+@dataclass(slots=True, eq=False)
+class _StageLog:
+    name: str
+    kind: str  # "llm" | "tool"
+    backend: str
+    calls: list[LLMCall | ToolCall] = field(default_factory=list)
+    in_flight: int = 0
+    started_s: float = 0.0
+
+    def frozen(self) -> Stage:
+        if self.kind == "llm":
+            llm = tuple(c for c in self.calls if isinstance(c, LLMCall))
+            return Stage(self.name, "llm", self.backend, llm)
+        tools = tuple(c for c in self.calls if isinstance(c, ToolCall))
+        return Stage(self.name, "tool", self.backend, tools)
+
+
+@dataclass(slots=True, eq=False)
+class GatewayApp:
+    app_id: str
+    app_type: str
+    view: AppView
+    stages: list[_StageLog] = field(default_factory=list)
+    last_seen_s: float = 0.0
+    calls: int = 0
+    ephemeral: bool = False  # a call without headers: ends with its call
+
+    @property
+    def current(self) -> _StageLog | None:
+        return self.stages[-1] if self.stages else None
+
+    @property
+    def in_flight(self) -> int:
+        return sum(s.in_flight for s in self.stages)
+
+
+@dataclass(frozen=True, slots=True)
+class CallTicket:
+    """What the server keeps for one call between its start and its end."""
+
+    app: GatewayApp
+    stage: _StageLog
+    info: CallInfo
+
+
+class AppTracker:
+    def __init__(self, cost: DemandCost | None = None) -> None:
+        self.cost = cost or LinearCost()
+        self.apps: dict[str, GatewayApp] = {}
+        self._ids = count()
+
+    def __iter__(self) -> Iterator[GatewayApp]:
+        return iter(self.apps.values())
+
+    def app_for(self, ctx: CallContext, now: float) -> tuple[GatewayApp, bool]:
+        """The call's application, created on first sight; (app, created)."""
+        key = ctx.app_id if ctx.app_id is not None else f"_call-{next(self._ids)}"
+        app = self.apps.get(key)
+        if app is not None:
+            app.last_seen_s = now
+            return app, False
+        deadline = None if ctx.deadline_ms is None else now + ctx.deadline_ms / 1e3
+        view = AppView(key, ctx.app_type, now, deadline_s=deadline)
+        app = GatewayApp(key, ctx.app_type, view, last_seen_s=now, ephemeral=ctx.app_id is None)
+        self.apps[key] = app
+        return app, True
+
+    def start_call(
+        self, app: GatewayApp, stage_name: str, prompt_tokens: int, now: float
+    ) -> CallTicket:
+        """A call of `app` in stage `stage_name` is about to queue."""
+        cur = app.current
+        if cur is None or cur.kind != "llm" or cur.name != stage_name:
+            cur = self._new_stage(app, stage_name, "llm", "llm", now)
+        cur.in_flight += 1
+        app.calls += 1
+        app.last_seen_s = now
+        self._refresh(app)
+        info = CallInfo((app.app_id, app.calls), now, prompt_tokens)
+        return CallTicket(app, cur, info)
+
+    def end_call(
+        self, ticket: CallTicket, prompt_tokens: int, completion_tokens: int, now: float
+    ) -> None:
+        """The call ended; a call that produced nothing is not recorded as demand."""
+        stage, app = ticket.stage, ticket.app
+        stage.in_flight -= 1
+        app.last_seen_s = now
+        if completion_tokens > 0:
+            stage.calls.append(LLMCall(max(1, prompt_tokens), completion_tokens))
+            served = self.cost.llm_calls_s(
+                np.array([float(prompt_tokens)]), np.array([float(completion_tokens)])
+            )
+            app.view.stage_service_s += float(served[0]) if stage is app.current else 0.0
+            app.view.total_attained_s += float(served[0])
+            app.view.served_tokens += prompt_tokens + completion_tokens
+        self._refresh(app)
+
+    def tool_started(self, app: GatewayApp, stage: str, backend: str, now: float) -> None:
+        self._new_stage(app, stage, "tool", backend, now).in_flight = 1
+        app.last_seen_s = now
+        self._refresh(app)
+
+    def tool_finished(self, app: GatewayApp, stage: str, now: float) -> bool:
+        """The tool stage `stage` ended; False if it was not the one in progress."""
+        cur = app.current
+        if cur is None or cur.kind != "tool" or cur.name != stage or cur.in_flight == 0:
+            return False
+        cur.in_flight = 0
+        cur.calls.append(ToolCall(max(0.0, now - cur.started_s)))
+        app.last_seen_s = now
+        self._refresh(app)
+        return True
+
+    def finish(self, app: GatewayApp) -> AppRun | None:
+        """Forget `app`; its run for learning, or None if it made no call worth recording."""
+        self.apps.pop(app.app_id, None)
+        stages = tuple(s.frozen() for s in app.stages if s.calls)
+        if not stages:
+            return None
+        return AppRun(app.app_type, app.app_id, stages)
+
+    def idle(self, now: float, timeout_s: float) -> list[GatewayApp]:
+        """Applications with nothing in flight and no activity for `timeout_s`."""
+        return [
+            a for a in self.apps.values() if a.in_flight == 0 and now - a.last_seen_s >= timeout_s
+        ]
+
+    def _new_stage(
+        self, app: GatewayApp, name: str, kind: str, backend: str, now: float
+    ) -> _StageLog:
+        cur = app.current
+        if cur is not None and cur.calls:
+            app.view.finished.append(cur.frozen())
+        stage = _StageLog(name, kind, backend, started_s=now)
+        app.stages.append(stage)
+        v = app.view
+        v.stage_index = len(app.stages) - 1
+        v.stage_service_s = v.attained_s = 0.0
+        return stage
+
+    def _refresh(self, app: GatewayApp) -> None:
+        cur = app.current
+        v = app.view
+        if cur is None:
+            return
+        # Policies look the stage up by name in the PDGraph; its calls so far are known.
+        v.stage = cur.frozen()
+        v.unfinished_calls = cur.in_flight

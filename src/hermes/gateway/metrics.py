@@ -1,0 +1,75 @@
+"""Prometheus metrics of the gateway, named as vLLM names its own (`hermes:` for `vllm:`).
+
+Each gateway gets its own registry, so that several can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_ACT = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.waiting = Gauge(
+            "hermes:num_requests_waiting", "Calls queued in the gateway", registry=r
+        )
+        self.running = Gauge(
+            "hermes:num_requests_running", "Calls in flight on upstreams", registry=r
+        )
+        self.apps_active = Gauge("hermes:num_apps_active", "Applications in progress", registry=r)
+        self.ttft = Histogram(
+            "hermes:time_to_first_token_seconds",
+            "From arrival at the gateway to the first token",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "hermes:e2e_request_latency_seconds",
+            "From arrival at the gateway to the last byte",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "hermes:request_queue_time_seconds",
+            "Time a call waited in the gateway's queue",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.act = Histogram(
+            "hermes:app_completion_time_seconds",
+            "Application completion time, first call to finish",
+            ["app_type"],
+            buckets=_ACT,
+            registry=r,
+        )
+        self.requests = Counter(
+            "hermes:request_success",
+            "Calls answered, by finish",
+            ["finished_reason"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "hermes:prompt_tokens", "Prompt tokens of answered calls", registry=r
+        )
+        self.generation_tokens = Counter(
+            "hermes:generation_tokens", "Generated tokens of answered calls", registry=r
+        )
+        self.rejections = Counter(
+            "hermes:request_rejections",
+            "Calls refused by the gateway",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "hermes:upstream_errors",
+            "Upstream failures, by upstream and kind",
+            ["upstream", "kind"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

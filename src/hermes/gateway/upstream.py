@@ -1,0 +1,74 @@
+"""One long-lived aiohttp session per upstream engine, and how each kind takes a priority.
+
+aiohttp rather than httpx for the upstream side: one pooled session per upstream, streaming
+bodies read as they arrive, and the lower per-request overhead of the two in our gateway
+benchmark (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from hermes.gateway.config import Backend
+
+# Engine priorities are integers; ranks are seconds (or deadlines), kept to the millisecond.
+_PRIORITY_SCALE = 1000.0
+_PRIORITY_LIMIT = 2**62
+
+
+def engine_priority(kind: str, rank: float) -> int | None:
+    """The request priority `kind` understands for a policy rank (lower rank first), or None
+    for engines without one. vLLM runs lower values first (with `--scheduling-policy
+    priority`); SGLang runs higher values first."""
+    if kind not in ("vllm", "sglang", "emulated"):
+        return None
+    value = int(max(-_PRIORITY_LIMIT, min(_PRIORITY_LIMIT, round(rank * _PRIORITY_SCALE))))
+    return -value if kind == "sglang" else value
+
+
+class UpstreamClient:
+    def __init__(self, backend: Backend, connect_timeout_s: float, total_timeout_s: float) -> None:
+        self.backend = backend
+        self.url = backend.url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        headers = {}
+        if self.backend.api_key:
+            headers["Authorization"] = f"Bearer {self.backend.api_key}"
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.backend.name!r} is not started")
+        return self._session
+
+    def prepare(self, body: dict[str, Any], rank: float) -> dict[str, Any]:
+        """The body to send: the policy's rank as the engine's priority where it has one."""
+        out = dict(body)
+        priority = engine_priority(self.backend.kind, rank)
+        if priority is not None:
+            out["priority"] = priority
+        return out
+
+    async def healthy(self) -> bool:
+        try:
+            async with self.session.get(
+                self.url + self.backend.health_path, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            return False
