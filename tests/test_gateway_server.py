@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hermes.core.runs import AppRun
+from hermes.gateway.build import build_gateway
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.server import Gateway
 
@@ -308,3 +310,34 @@ def test_calls_queue_in_the_gateway_and_the_shortest_application_goes_first(
         assert up.peak == 1
         assert done.index("new") < done.index("old", 1)
         assert gw.dispatcher.running == 0
+
+
+def test_finished_applications_are_learned_and_survive_a_restart(
+    fake: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    _, url = fake
+    cfg = gateway_config(url, run_store=str(tmp_path / "runs.sqlite"))
+    gw = build_gateway(cfg)
+    with serving(gw.app) as base:
+        for run in range(3):
+            heads = {"x-hermes-app-id": f"r{run}", "x-hermes-app-type": "agent"}
+            with client(base, **heads, **{"x-hermes-stage": "plan"}) as c:
+                c.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "q"}], max_tokens=2
+                )
+            ev = {"event": "stage_started", "stage": "search", "backend": "web"}
+            assert httpx.post(base + f"/v1/apps/r{run}/events", json=ev).status_code == 200
+            ev["event"] = "stage_finished"
+            assert httpx.post(base + f"/v1/apps/r{run}/events", json=ev).status_code == 200
+            assert httpx.post(base + f"/v1/apps/r{run}/events", json=ev).status_code == 409
+            assert httpx.post(base + f"/v1/apps/r{run}/finish").status_code == 200
+        assert httpx.post(base + "/v1/apps/r0/finish").status_code == 404
+        assert gw.graphs["agent"].runs_seen == 3
+    again = build_gateway(cfg)
+    assert again.store is not None
+    assert again.store.count() == 3
+    graph = again.graphs["agent"]
+    assert set(graph.nodes) == {"plan", "search"}
+    assert graph.nodes["search"].backend == "web"
+    assert again.store.runs()[0].run_id == "r0"
+    again.store.close()

@@ -59,6 +59,9 @@ class GatewayConfig(_Strict):
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     admin_key: str | None = None  # for /v1/apps/* events and finish, if set
     run_store: str | None = None  # SQLite file of finished application runs
+    # The engine profile that weighs tokens into seconds of service for the demand models.
+    demand_model: str = "llama-2-7b"
+    demand_gpu: str = "a100"
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:

@@ -26,12 +26,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hermes.core.demand_cost import DemandCost
+from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
 from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.context import HeaderError, parse_context
 from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Upstream, Waiting
 from hermes.gateway.metrics import GatewayMetrics
+from hermes.gateway.run_store import RunStore
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.registry import make_policy
@@ -115,12 +118,13 @@ class Gateway:
         policy: Policy | None = None,
         clock: Clock = time.monotonic,
         on_run: Callable[[AppRun], None] | None = None,
+        cost: DemandCost | None = None,
     ) -> None:
         self.config = config
         self.policy = policy or make_policy(config.policy, PolicyContext())
         self.clock = clock
         self.on_run = on_run
-        self.tracker = AppTracker()
+        self.tracker = AppTracker(cost)
         self.metrics = GatewayMetrics()
         self.clients = {
             b.name: UpstreamClient(b, config.connect_timeout_s, config.upstream_timeout_s)
@@ -130,8 +134,8 @@ class Gateway:
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
         )
-        self.answered = 0
-        self.errors = 0
+        self.graphs: dict[str, PDGraph] = {}  # what the policy learned, for inspection
+        self.store: RunStore | None = None
         self._calls: dict[int, _Call] = {}  # by id(Waiting)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
@@ -181,6 +185,8 @@ class Gateway:
         self._tasks.clear()
         for c in self.clients.values():
             await c.close()
+        if self.store is not None:
+            self.store.close()
 
     async def _every(self, period_s: float, fn: Callable[[], None]) -> None:
         while True:

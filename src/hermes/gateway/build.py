@@ -1,0 +1,56 @@
+"""The gateway's composition root: policy, demand models learned from the run store, and
+online learning as applications finish."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from hermes.core.demand_sampler import DemandModel
+from hermes.core.pdgraph import PDGraph
+from hermes.core.runs import AppRun
+from hermes.engine.demand_cost_adapter import EngineDemandCost
+from hermes.gateway.config import GatewayConfig
+from hermes.gateway.run_store import RunStore
+from hermes.gateway.server import Clock, Gateway
+from hermes.policies.base import PolicyContext
+from hermes.policies.registry import make_policy
+from hermes.profiles import load_profile
+from hermes.workloads.pdgraph_files import load_pdgraphs
+
+log = logging.getLogger("hermes.gateway")
+
+
+def build_gateway(config: GatewayConfig, clock: Clock = time.monotonic) -> Gateway:
+    """A gateway whose policy ranks by PDGraphs from the run store (or a PDGraph file) and
+    keeps learning from every application that finishes."""
+    cost = EngineDemandCost(load_profile(config.demand_model, config.demand_gpu, None))
+    store = RunStore(config.run_store) if config.run_store else None
+    opts = config.policy_options
+    graphs: dict[str, PDGraph] = {}
+    if opts.pdgraphs is not None:
+        graphs.update(load_pdgraphs(opts.pdgraphs))
+    if store is not None:
+        graphs.update(store.graphs())
+    models = {app: DemandModel(g, cost) for app, g in graphs.items()}
+    # Policies read `models` as it grows: types first seen in production are ranked once
+    # their first run has finished.
+    ctx = PolicyContext(models, cost, opts.refine, opts.samples, seed=0)
+    policy = make_policy(config.policy, ctx)
+
+    def learn(run: AppRun) -> None:
+        if store is not None:
+            store.add([run])
+        graph = graphs.get(run.app)
+        if graph is None:
+            graph = graphs[run.app] = PDGraph(run.app)
+            models[run.app] = DemandModel(graph, cost)
+        try:
+            graph.observe(run)
+        except ValueError as e:  # e.g. a stage name reused for another kind of stage
+            log.warning("run %s of %s not learned: %s", run.run_id, run.app, e)
+
+    gateway = Gateway(config, policy, clock, learn, cost)
+    gateway.graphs = graphs
+    gateway.store = store
+    return gateway
