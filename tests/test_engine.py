@@ -284,3 +284,172 @@ def test_engine_invariants_and_runs_equal_single_steps(
             assert f.first_token_s == pytest.approx(s.first_token_s, rel=1e-9, abs=1e-12)
             assert f.finish_s == pytest.approx(s.finish_s, rel=1e-9, abs=1e-12)
             assert f.preemptions == s.preemptions
+
+
+def test_abort_in_every_state_frees_its_blocks() -> None:
+    cfg = EngineConfig(num_gpu_blocks=40, num_cpu_blocks=40, preemption_mode="swap")
+    engine = Engine(MODEL, cfg, decode_runs=False)
+    reqs = [EngineRequest(i, 150, 200, 0.0, priority=float(i)) for i in range(4)]
+    for r in reqs:
+        engine.add(r, 0.0)
+    now = 0.0
+    seen: set[RequestState] = set()
+    while not any(r.state is RequestState.SWAPPED for r in reqs):
+        step = engine.plan(now)
+        assert step is not None
+        engine.complete(step)
+        now = step.end_s
+    seen = {r.state for r in reqs}
+    assert {RequestState.RUNNING, RequestState.SWAPPED} <= seen
+    swapped = next(r for r in reqs if r.state is RequestState.SWAPPED)
+    running = next(r for r in reqs if r.state is RequestState.RUNNING)
+    cpu_used = engine.cpu.used
+    assert engine.abort(swapped, now)
+    assert engine.cpu.used == cpu_used - engine.gpu.blocks_for(swapped.num_computed)
+    gpu_used = engine.gpu.used
+    assert engine.abort(running, now)
+    assert engine.gpu.used == gpu_used - engine.gpu.blocks_for(running.num_computed)
+    for r in (swapped, running):
+        assert (r.state, r.finish_s, r.blocks, r.done) == (RequestState.ABORTED, now, 0, True)
+        assert not engine.abort(r, now)  # already aborted
+    engine.check_invariants()
+    late = EngineRequest("late", 10, 5, now, priority=-1.0)
+    engine.add(late, now)
+    assert late.state is RequestState.WAITING
+    assert engine.abort(late, now)
+    assert not engine.abort(EngineRequest("stranger", 10, 5, now), now)  # never added
+    rejected = EngineRequest("huge", 10_000, 5, now)
+    assert not engine.add(rejected, now)
+    assert not engine.abort(rejected, now)
+    drive(engine, [])
+    finished = [r for r in reqs if r.state is RequestState.FINISHED]
+    assert len(finished) == 2
+    assert not engine.abort(finished[0], now)
+    assert (engine.gpu.used, engine.cpu.used) == (0, 0)
+
+
+def test_abort_during_a_step_in_flight_drops_the_request_at_completion() -> None:
+    engine = Engine(MODEL)
+    a, b = EngineRequest("a", 100, 50, 0.0), EngineRequest("b", 100, 50, 0.0)
+    engine.add(a, 0.0)
+    engine.add(b, 0.0)
+    step = engine.plan(0.0)
+    assert step is not None
+    assert engine.abort(a, 0.001)  # mid-prefill
+    assert a.blocks == 0
+    assert engine.gpu.used == b.blocks
+    result = engine.complete(step)
+    assert (result.first_tokens, result.finished, result.tokens) == ([b], [], 1)
+    assert a.generated == 0
+    assert a.first_token_s is None
+    engine.check_invariants()
+    run = engine.plan(step.end_s)
+    assert run is not None
+    assert run.decode_run
+    assert engine.abort(b, step.end_s + 0.001)
+    end = engine.shorten(run, step.end_s + 0.001)
+    result = engine.complete(run)
+    assert (result.first_tokens, result.finished, result.tokens) == ([], [], 0)
+    assert b.generated == 1
+    assert engine.idle
+    assert engine.plan(end) is None
+    engine.check_invariants()
+    assert engine.gpu.used == 0
+
+
+def drive_with_aborts(
+    engine: Engine, requests: Sequence[EngineRequest], aborts: Sequence[tuple[float, int]]
+) -> None:
+    """`drive`, plus `(time, index)` aborts; checks invariants and every StepResult."""
+    events = sorted(
+        [(r.arrival_s, 0, r) for r in requests]
+        + [(t, 1, requests[i % len(requests)]) for t, i in aborts],
+        key=lambda e: (e[0], e[1]),
+    )
+    aborted: set[int] = set()
+    k = 0
+    now = 0.0
+
+    def apply(t: float, kind: int, r: EngineRequest) -> None:
+        if kind == 0:
+            engine.add(r, t)
+            return
+        was_live = r.state in (RequestState.WAITING, RequestState.RUNNING, RequestState.SWAPPED)
+        if engine.abort(r, t):
+            assert was_live
+            assert r.seq >= 0  # it was added
+            aborted.add(id(r))
+            assert (r.state, r.finish_s, r.blocks) == (RequestState.ABORTED, t, 0)
+        else:
+            assert not was_live or r.seq < 0
+
+    while k < len(events) or not engine.idle:
+        while k < len(events) and events[k][0] <= now:
+            apply(*events[k])
+            k += 1
+        step = engine.plan(now)
+        if step is None:
+            if k == len(events):
+                break
+            now = events[k][0]
+            continue
+        while k < len(events) and events[k][0] < step.end_s:
+            engine.shorten(step, events[k][0])
+            if events[k][0] >= step.end_s:
+                break
+            apply(*events[k])
+            k += 1
+        result = engine.complete(step)
+        for r in (*result.finished, *result.first_tokens):
+            assert id(r) not in aborted
+        engine.check_invariants()
+        now = step.end_s
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    requests_strategy,
+    st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(0, 24)), max_size=10),
+    st.sampled_from([24, 60, 200]),
+    st.sampled_from([64, 2048]),
+    st.sampled_from([2, 256]),
+    st.sampled_from(["recompute", "swap"]),
+)
+def test_random_aborts_keep_invariants_and_runs_equal_single_steps(
+    spec: list[tuple[float, int, int, float]],
+    aborts: list[tuple[float, int]],
+    blocks: int,
+    budget: int,
+    seqs: int,
+    mode: str,
+) -> None:
+    cfg = EngineConfig(
+        num_gpu_blocks=blocks,
+        max_num_batched_tokens=budget,
+        max_num_seqs=seqs,
+        preemption_mode=mode,  # type: ignore[arg-type]
+        num_cpu_blocks=50,
+    )
+
+    def build() -> list[EngineRequest]:
+        return [
+            EngineRequest(i, p, o, arrival_s=t, priority=pr) for i, (t, p, o, pr) in enumerate(spec)
+        ]
+
+    fast, slow = build(), build()
+    fast_engine, slow_engine = Engine(MODEL, cfg), Engine(MODEL, cfg, decode_runs=False)
+    drive_with_aborts(fast_engine, fast, aborts)
+    drive_with_aborts(slow_engine, slow, aborts)
+    for engine in (fast_engine, slow_engine):
+        assert engine.idle
+        assert (engine.gpu.used, engine.cpu.used) == (0, 0)
+    for f, s in zip(fast, slow, strict=True):
+        assert f.state in (RequestState.FINISHED, RequestState.REJECTED, RequestState.ABORTED)
+        assert f.state is s.state
+        assert f.finish_s is not None
+        assert f.finish_s == pytest.approx(s.finish_s, rel=1e-9, abs=1e-12)
+        assert f.generated == s.generated
+        if f.state is RequestState.FINISHED:
+            assert f.generated == f.output_tokens
+        elif f.state is RequestState.ABORTED:
+            assert f.generated < f.output_tokens

@@ -19,6 +19,8 @@ many iterations timed in closed form. It ends where the first request finishes o
 could run dry, and `shorten` cuts it at the first iteration boundary after an outside event
 (an arrival or a priority change), so the result equals stepping one iteration at a time.
 
+Aborts (`abort`) may come at any time; one during a step in flight takes effect at its end.
+
 Extension points: a class-aware batch selector (real-time vs best-effort, shared KV blocks)
 replaces `_plan_iteration`; an instance that hosts several models owns one `Engine` each.
 """
@@ -68,6 +70,21 @@ class Step:
 
     def _elapsed(self, j: int) -> float:
         return j * self.first_s + self.growth_s * j * (j - 1) / 2.0
+
+    def _boundary(self, x: float) -> int:
+        """The smallest j >= 1 with `_elapsed(j) >= x`."""
+        a, b = self.first_s, self.growth_s
+        # From the quadratic a*j + b*j*(j-1)/2 = x, then made exact.
+        if b > 0:
+            h = a - b / 2.0
+            j = max(1, math.ceil((-h + math.sqrt(h * h + 2.0 * b * x)) / b))
+        else:
+            j = max(1, math.ceil(x / a))
+        while j > 1 and self._elapsed(j - 1) >= x:
+            j -= 1
+        while self._elapsed(j) < x:
+            j += 1
+        return j
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +145,7 @@ class Engine:
         self._waiting_sorted = True
         self._seq = 0
         self._in_flight: Step | None = None
+        self._aborted_in_flight = False
         self.stats = EngineStats()
 
     # Inputs ---------------------------------------------------------------------------------
@@ -169,6 +187,71 @@ class Engine:
                 self._waiting_sorted = False
             elif req.state is RequestState.SWAPPED:
                 self.swapped.sort(key=_order)
+
+    def abort(self, req: EngineRequest, now: float) -> bool:
+        """Drop a waiting, swapped or running request for good; False if it is not queued here.
+
+        The request's KV blocks (GPU, or CPU for a swapped one) go back to their pool, its
+        state becomes ABORTED and `finish_s` is `now`; its progress fields (`generated`,
+        `num_computed`) keep what it had reached. Finished, rejected, already aborted and
+        unknown requests are left alone (False).
+
+        Legal at any time, also between `plan` and `complete`. The blocks are released at
+        once (nothing can reuse them before the in-flight step completes, since `plan` only
+        runs after `complete`), and `complete` skips the request: its share of the iteration
+        in flight at `now` is computed and discarded, as in vLLM, where an abort takes effect
+        at the next iteration boundary. An aborted request never appears in a later
+        `StepResult`. Of a decode run in flight, the iterations that ended by `now` (all but
+        the last, at most) still count for the request, so that runs and single iterations
+        agree. A shell that plans decode runs treats an abort like an arrival and `shorten`s
+        the run in flight, so that the batch shrinks at the next iteration boundary.
+        """
+        state = req.state
+        if state is RequestState.RUNNING:
+            queue, pool = self.running, self.gpu
+        elif state is RequestState.WAITING:
+            queue, pool = self.waiting, self.gpu
+        elif state is RequestState.SWAPPED:
+            queue, pool = self.swapped, self.cpu
+        else:
+            return False
+        # Identity, not equality (EngineRequest has eq=False); removal keeps the order.
+        k = next((k for k, r in enumerate(queue) if r is req), None)
+        if k is None:
+            return False
+        del queue[k]
+        step = self._in_flight
+        if state is RequestState.RUNNING and step is not None:
+            self._aborted_in_flight = True
+            if step.decode_run:
+                self._credit_partial_run(req, step, now)
+        pool.release(req.blocks)
+        req.blocks = 0
+        req.state = RequestState.ABORTED
+        req.finish_s = now
+        return True
+
+    def _credit_partial_run(self, req: EngineRequest, step: Step, now: float) -> None:
+        """Tokens of a decode run in flight that `req` sampled before its abort at `now`.
+
+        The iterations that ended at or before `now` count (at most all but the last), as if
+        the run had been stepped one iteration at a time and the abort came during the next.
+        """
+        x = now - step.start_s
+        j = step._boundary(x)
+        m = min(j if step._elapsed(j) <= x else j - 1, step.iterations - 1)
+        if m <= 0:
+            return
+        assert req.last_token_s is not None
+        stats = self.stats
+        stats.itl_single.append(step.start_s + step.first_s - req.last_token_s)
+        if m > 1:
+            stats.itl_runs.append((step.first_s, step.growth_s, m - 1, 1))
+        stats.decode_tokens += m
+        req.num_computed += m
+        req.num_tokens += m
+        req.generated += m
+        req.last_token_s = step.start_s + step._elapsed(m)
 
     # Queries --------------------------------------------------------------------------------
 
@@ -385,18 +468,7 @@ class Engine:
             raise RuntimeError("Engine.shorten: not the step in flight")
         if not step.decode_run or now >= step.end_s:
             return step.end_s
-        x = now - step.start_s
-        a, b = step.first_s, step.growth_s
-        # Smallest j >= 1 with a*j + b*j*(j-1)/2 >= x, from the quadratic, then made exact.
-        if b > 0:
-            h = a - b / 2.0
-            j = max(1, math.ceil((-h + math.sqrt(h * h + 2.0 * b * x)) / b))
-        else:
-            j = max(1, math.ceil(x / a))
-        while j > 1 and step._elapsed(j - 1) >= x:
-            j -= 1
-        while step._elapsed(j) < x:
-            j += 1
+        j = step._boundary(now - step.start_s)
         if j < step.iterations:
             step.iterations = j
             step.end_s = step.start_s + step._elapsed(j)
@@ -417,10 +489,14 @@ class Engine:
         tokens = 0
         stats.busy_s += end - step.start_s
         stats.kv_block_s += gpu.used * (end - step.start_s)
+        chunks = step.chunks
+        if self._aborted_in_flight:  # those requests are gone, their blocks already released
+            self._aborted_in_flight = False
+            chunks = [ch for ch in chunks if ch[0].state is RequestState.RUNNING]
         if step.decode_run:
             j = step.iterations
             first_end = step.start_s + step.first_s
-            for r, _, _ in step.chunks:
+            for r, _, _ in chunks:
                 assert r.last_token_s is not None
                 stats.itl_single.append(first_end - r.last_token_s)
                 r.num_computed += j
@@ -432,15 +508,15 @@ class Engine:
                 r.last_token_s = end
                 if r.generated >= r.output_tokens:
                     finished.append(r)
-            n = len(step.chunks)
-            if j > 1:
+            n = len(chunks)
+            if j > 1 and n:
                 stats.itl_runs.append((step.first_s, step.growth_s, j - 1, n))
             stats.iterations += j
             stats.decode_tokens += j * n
             tokens = j * n
         else:
             stats.iterations += 1
-            for r, n, _ in step.chunks:
+            for r, n, _ in chunks:
                 if n == 1 and r.num_computed > 0:
                     stats.decode_tokens += 1
                 else:
