@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
@@ -89,3 +90,30 @@ def test_serve_needs_a_config_or_emulate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["serve", "--config", str(bad)])
     assert res.exit_code == 2
     assert "backends[0]: url must start with http:// or https://" in res.output
+
+
+def test_the_client_helper_tags_stages_and_reports_tools() -> None:
+    from hermes.client import HermesApp, app_headers
+
+    assert app_headers("a", "t", "s", 1500, "rt") == {
+        "x-hermes-app-id": "a",
+        "x-hermes-app-type": "t",
+        "x-hermes-stage": "s",
+        "x-hermes-deadline-ms": "1500",
+        "x-hermes-slo-class": "rt",
+    }
+    with gateway_thread(emulated_default(port=0, time_scale=0.05)) as base:
+        with openai.OpenAI(base_url=base + "/v1", api_key="-") as c:
+            app = HermesApp(c, app_type="helper_demo")
+            msgs = [{"role": "user", "content": "plan"}]
+            app.llm("plan").chat.completions.create(model="llama-2-7b", messages=msgs, max_tokens=2)
+            with app.tool("search", backend="web"):
+                pass
+            app.llm("answer").chat.completions.create(
+                model="llama-2-7b", messages=msgs, max_tokens=2
+            )
+            app.finish()
+            with pytest.raises(RuntimeError, match="refused the finish report \\(404\\)"):
+                app.finish()
+        metrics = httpx.get(base + "/metrics").text
+        assert 'hermes:app_completion_time_seconds_count{app_type="helper_demo"} 1.0' in metrics
