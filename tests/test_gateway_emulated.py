@@ -23,28 +23,29 @@ from hermes.gateway.serve import running
 def gateway_thread(config: GatewayConfig) -> Iterator[str]:
     """The gateway and its emulated engines on an event loop in a thread; yields the URL."""
     ready = threading.Event()
-    box: dict[str, object] = {}
+    url: list[str] = []
+    failure: list[BaseException] = []
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
     async def main() -> None:
         try:
-            async with running(config) as (_, url):
-                box["url"] = url
+            async with running(config) as (_, base):
+                url.append(base)
                 ready.set()
                 await stop.wait()
         except BaseException as e:
-            box["error"] = e
+            failure.append(e)
             ready.set()
             raise
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     ready.wait(20)
-    if "error" in box:
-        raise RuntimeError("gateway did not start") from box["error"]  # type: ignore[arg-type]
+    if failure:
+        raise RuntimeError("gateway did not start") from failure[0]
     try:
-        yield str(box["url"])
+        yield url[0]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(20)
