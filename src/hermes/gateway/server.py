@@ -217,7 +217,9 @@ class Gateway:
         )
         self.policy.on_done(app.view, now)
         run = self.tracker.finish(app)
-        if run is not None and self.on_run is not None:
+        # A call without headers shows no application structure to learn from; storing one
+        # run per plain call would only fill the store.
+        if run is not None and self.on_run is not None and not app.ephemeral:
             self.on_run(run)
 
     # Helpers ---------------------------------------------------------------------------------
