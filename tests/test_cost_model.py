@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hermes.core.demand_cost import DemandCost
+from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.engine.cost_model import DEFAULT_ACTIVATION_RESERVE_BYTES_PER_GPU, StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.profiles import list_profiles, load_profile, load_profile_file
@@ -290,6 +290,20 @@ def test_engine_demand_cost_grows_with_tokens(p: float, c: float, extra: float) 
     base = cost.llm_calls_s(np.array([p]), np.array([c]))[0]
     assert cost.llm_calls_s(np.array([p + extra]), np.array([c]))[0] >= base
     assert cost.llm_calls_s(np.array([p]), np.array([c + extra]))[0] >= base
+
+
+ONE_CALL_COSTS: list[DemandCost] = [
+    EngineDemandCost(load_profile("llama-2-70b@h100-tp4")),
+    EngineDemandCost(load_profile("llama-2-7b@a100"), decode_batch_size=7),
+    LinearCost(),
+]
+
+
+@given(st.integers(0, 20_000), st.integers(0, 4_000))
+def test_one_call_cost_is_the_arrays_cost(p: int, c: int) -> None:
+    for cost in ONE_CALL_COSTS:
+        want = float(cost.llm_calls_s(np.array([float(p)]), np.array([float(c)]))[0])
+        assert cost.llm_call_s(p, c) == pytest.approx(want, rel=1e-12, abs=1e-300)
 
 
 # --- fidelity against measurements ---------------------------------------------------------

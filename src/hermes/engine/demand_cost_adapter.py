@@ -48,6 +48,14 @@ class EngineDemandCost:
         out: FloatArray = self.model.prefill_time_s_array(p) + c * decode_step / b
         return out
 
+    def llm_call_s(self, prompt_tokens: int, completion_tokens: int) -> float:
+        p, c, b = prompt_tokens, completion_tokens, self.decode_batch_size
+        m = self.model
+        # The same terms as the arrays: one prefill iteration alone, then c decode steps at B.
+        prefill = m.step_time_s(p, 0, 0, p * (p / 2.0), 0, num_prefill_seqs=1) if p > 0 else 0.0
+        fixed, s_per_kv_token = m.decode_step_terms(b)
+        return prefill + c * (fixed + b * (p + c / 2.0) * s_per_kv_token) / b
+
     def tool_calls_s(self, duration_s: FloatArray) -> FloatArray:
         out: FloatArray = np.asarray(duration_s, dtype=np.float64) * self.tool_weight
         return out

@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
 
-import numpy as np
-
 from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.gateway.context import CallContext
@@ -114,11 +112,9 @@ class AppTracker:
         app.last_seen_s = now
         if completion_tokens > 0:
             stage.calls.append(LLMCall(max(1, prompt_tokens), completion_tokens))
-            served = self.cost.llm_calls_s(
-                np.array([float(prompt_tokens)]), np.array([float(completion_tokens)])
-            )
-            app.view.stage_service_s += float(served[0]) if stage is app.current else 0.0
-            app.view.total_attained_s += float(served[0])
+            served = self.cost.llm_call_s(prompt_tokens, completion_tokens)
+            app.view.stage_service_s += served if stage is app.current else 0.0
+            app.view.total_attained_s += served
             app.view.served_tokens += prompt_tokens + completion_tokens
         self._refresh(app)
 

@@ -85,6 +85,9 @@ class Dispatcher:
     def busy(self, upstream: str) -> int:
         return self._busy[upstream]
 
+    def healthy(self, upstream: str) -> bool:
+        return self._healthy[upstream]
+
     def waiting(self) -> Iterable[Waiting]:
         for heap in self._heaps.values():
             for _, _, w in heap:

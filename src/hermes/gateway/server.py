@@ -7,7 +7,8 @@ free, and travels upstream as the engine's request priority where the engine has
 
 Every accepted call ends in a response or an explicit error: 400/401/404/413/429 before it
 queues, 502/504 when its upstream fails before the first byte (after one retry on another
-replica), and an SSE `error` event when the failure comes mid-stream.
+replica), the upstream's own 4xx as it is, and an SSE `error` event when the failure comes
+mid-stream. A client that hangs up cancels its call, queued or upstream.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from hermes.core.demand_cost import DemandCost
 from hermes.core.pdgraph import PDGraph
@@ -40,6 +42,7 @@ from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.registry import make_policy
 
 Clock = Callable[[], float]
+_JSON_BODY = {"Content-Type": "application/json"}
 
 
 class ApiError(Exception):
@@ -107,6 +110,13 @@ class _Call:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     retried: bool = False
+    raw: bytes = b""  # the body as it came, sent on with fields appended (not re-encoded)
+    upstream: str | None = None  # whose slot the call holds, from its grant to its release
+    # A relayed stream's progress, for its accounting when it closes.
+    usage: dict[str, Any] | None = None
+    chunks: int = 0
+    finish: str = "abort"  # until the stream ends otherwise: the client hung up
+    ended: bool = False  # counted, and what it held freed: see `_account`
 
 
 class Gateway:
@@ -138,6 +148,7 @@ class Gateway:
         self.store: RunStore | None = None
         self._calls: dict[int, _Call] = {}  # by id(Waiting)
         self._tasks: list[asyncio.Task[None]] = []
+        self._recovering: dict[str, asyncio.Task[None]] = {}  # health polls of failed upstreams
         self._draining = False
         self.app = Starlette(
             routes=[
@@ -171,15 +182,22 @@ class Gateway:
         )
         self._tasks.append(loop.create_task(self._every(1.0, self._reap_idle_apps)))
 
-    async def stop(self, drain_s: float = 30.0) -> None:
-        """Stop taking calls, let those in flight finish (up to `drain_s`), then close."""
+    async def drain(self, drain_s: float = 30.0) -> None:
+        """Refuse new calls with 503 (and /healthz says draining) and wait up to `drain_s` for
+        those queued or in flight to end. Call it before the HTTP server stops listening, so
+        that clients and load balancers see 503s rather than refused connections."""
         self._draining = True
         deadline = self.clock() + drain_s
         while (self.dispatcher.running or self.dispatcher.queued) and self.clock() < deadline:
             await asyncio.sleep(0.05)
-        for t in self._tasks:
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        """Drain, then close."""
+        await self.drain(drain_s)
+        tasks = [*self._tasks, *self._recovering.values()]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
@@ -197,11 +215,22 @@ class Gateway:
         if not self.policy.dynamic or not self.dispatcher.queued:
             return
         now = self.clock()
+        # One batched round over the applications with calls waiting, as the simulator ranks:
+        # with 10,000 calls queued as cheap as call by call (~17 ms) when no rank moved, 4x
+        # cheaper when all did (benchmarks/gateway_ranking.py). A call's key is its ticket.
+        apps = dict.fromkeys(cast(CallTicket, w.key).app for w in self.dispatcher.waiting())
+        ranks = self.policy.rank_apps([a.view for a in apps], now)
+        if ranks is not None:
+            by_app = dict(zip(apps, ranks, strict=True))
 
-        def rank(w: Waiting) -> float:
-            call = self._calls[id(w)]
-            t = call.ticket
-            return self.policy.priority(t.info, t.app.view, now)
+            def rank(w: Waiting) -> float:
+                return by_app[cast(CallTicket, w.key).app]
+
+        else:
+
+            def rank(w: Waiting) -> float:
+                t = self._calls[id(w)].ticket
+                return self.policy.priority(t.info, t.app.view, now)
 
         self.dispatcher.rerank(rank)
 
@@ -232,6 +261,10 @@ class Gateway:
             raise ApiError(401, "missing or wrong bearer token", "authentication_error")
 
     async def _json(self, request: Request) -> Any:
+        return (await self._json_raw(request))[1]
+
+    async def _json_raw(self, request: Request) -> tuple[bytes, Any]:
+        """The body's bytes and their JSON value."""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -246,16 +279,19 @@ class Gateway:
             if size > limit:
                 raise ApiError(413, f"the body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
-            return json.loads(b"".join(chunks))
+            return raw, json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON: {e}") from None
 
     def _grant(self, grants: list[Grant]) -> None:
         for g in grants:
             call = self._calls.get(id(g.call))
-            if call is not None and not call.future.done():
-                call.future.set_result(g.upstream)
+            if call is not None:
+                call.upstream = g.upstream
+                if not call.future.done():  # done: cancelled, its handler gone; see `_free`
+                    call.future.set_result(g.upstream)
         self.metrics.waiting.set(self.dispatcher.queued)
         self.metrics.running.set(self.dispatcher.running)
 
@@ -271,6 +307,7 @@ class Gateway:
         self._grant(grants)
 
     def _release(self, call: _Call, upstream: str) -> None:
+        call.upstream = None
         if call.waiting is not None:
             self._calls.pop(id(call.waiting), None)
         self._grant(self.dispatcher.release(upstream))
@@ -364,7 +401,8 @@ class Gateway:
             if self._draining:
                 raise ApiError(503, "the gateway is shutting down", "unavailable")
             self._auth(request)
-            body = _check_body(await self._json(request), chat)
+            raw, body = await self._json_raw(request)
+            body = _check_body(body, chat)
             ctx = parse_context(request.headers)
             if not self.dispatcher.serves(body["model"]):
                 raise ApiError(
@@ -382,7 +420,7 @@ class Gateway:
         if created:
             self.policy.on_arrival(app.view, now)
         ticket = self.tracker.start_call(app, ctx.stage, estimate_prompt_tokens(body), now)
-        call = _Call(ticket, body["model"], body, now)
+        call = _Call(ticket, body["model"], body, now, raw=raw)
         try:
             self._enqueue(call, self.policy.priority(ticket.info, app.view, now))
         except ApiError as e:
@@ -391,28 +429,16 @@ class Gateway:
             return e.response({"Retry-After": "1"})
         upstream = await self._wait_turn(request, call)
         if upstream is None:  # the client went away while queued
-            self._end_call(call, 0, 0)
+            self._account(call, {}, "abort")
             return Response(status_code=499)
         self.metrics.queue_time.observe(self.clock() - now)
-        if body.get("stream"):
-            return StreamingResponse(
-                self._stream(call, upstream, path),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
-        return await self._unary(call, upstream, path)
+        answer = await _unless_disconnected(request, self._answer(call, upstream, path))
+        return Response(status_code=499) if answer is None else answer
 
     async def _wait_turn(self, request: Request, call: _Call) -> str | None:
         if call.future.done():
             return call.future.result()
-
-        async def disconnected() -> None:
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    return
-
-        watch: asyncio.Future[None] = asyncio.ensure_future(disconnected())
+        watch: asyncio.Future[None] = asyncio.ensure_future(_until_disconnect(request))
         waiters: set[asyncio.Future[Any]] = {call.future, watch}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -420,11 +446,16 @@ class Gateway:
             watch.cancel()
         if call.future.done():
             return call.future.result()
-        assert call.waiting is not None
-        self.dispatcher.cancel(call.waiting)
-        self._calls.pop(id(call.waiting), None)
-        self._grant([])
+        self._free(call)
         return None
+
+    def _free(self, call: _Call) -> None:
+        """Give back what the call holds, wherever it ended: its slot, or its queue place."""
+        if call.upstream is not None:
+            self._release(call, call.upstream)
+        elif call.waiting is not None and self.dispatcher.cancel(call.waiting):
+            self._calls.pop(id(call.waiting), None)
+            self._grant([])
 
     def _end_call(self, call: _Call, prompt: int, completion: int) -> None:
         now = self.clock()
@@ -433,147 +464,258 @@ class Gateway:
         if t.app.ephemeral and t.app.in_flight == 0:
             self._finish_app(t.app, now)
 
-    def _upstream_body(self, call: _Call, upstream: str, stream: bool) -> dict[str, Any]:
-        body = self.clients[upstream].prepare(
-            call.body, call.waiting.priority if call.waiting else 0.0
-        )
-        if stream:
-            opts = dict(body.get("stream_options") or {})
-            opts["include_usage"] = True  # always, to record usage; stripped if not asked for
-            body["stream_options"] = opts
-        return body
+    def _upstream_body(self, call: _Call, upstream: str, stream: bool) -> bytes:
+        extra = {}
+        if stream:  # usage always, to record it; stripped if not asked for
+            opts = call.body.get("stream_options") or {}
+            extra["stream_options"] = {**opts, "include_usage": True}
+        rank = call.waiting.priority if call.waiting else 0.0
+        return self.clients[upstream].prepare(call.raw, call.body, rank, extra)
 
     async def _retry_elsewhere(self, call: _Call, upstream: str, why: str) -> str | None:
         """After a failure before the first byte: mark the upstream down and queue the call
         once more, first in line; the new upstream, or None if there is none."""
         self.metrics.upstream_errors.labels(upstream, why).inc()
         self._grant(self.dispatcher.set_health(upstream, False))
-        asyncio.get_running_loop().create_task(self._recover(upstream))
+        if upstream not in self._recovering:
+            loop = asyncio.get_running_loop()
+            self._recovering[upstream] = loop.create_task(self._recover(upstream))
         self._release(call, upstream)
+        # Another healthy replica will do, busy or not: the call waits for it, first in line.
         if call.retried or not any(
-            self.dispatcher.busy(u.name) < u.concurrency
+            self.dispatcher.healthy(u.name)
             for u in self.dispatcher.upstreams
             if u.name != upstream and call.model in u.models
         ):
             return None
         call.retried = True
         call.future = asyncio.get_running_loop().create_future()
-        self._enqueue(call, float("-inf"))
+        try:
+            self._enqueue(call, float("-inf"))
+        except ApiError:  # the queue is full
+            return None
         return await call.future
 
     async def _recover(self, upstream: str) -> None:
         client = self.clients[upstream]
-        while not self._draining:
-            await asyncio.sleep(1.0)
-            if await client.healthy():
-                self._grant(self.dispatcher.set_health(upstream, True))
-                return
+        try:
+            while not self._draining:
+                await asyncio.sleep(1.0)
+                if await client.healthy():
+                    self._grant(self.dispatcher.set_health(upstream, True))
+                    return
+        finally:
+            self._recovering.pop(upstream, None)
 
-    async def _unary(self, call: _Call, upstream: str | None, path: str) -> Response:
-        while upstream is not None:
+    async def _answer(self, call: _Call, upstream: str, path: str) -> Response:
+        """The upstream's answer, or an explicit error: an HTTP status until the upstream's
+        headers (a failed connection retried once elsewhere), an SSE error event once a
+        stream has begun. Cancelled when the client hangs up."""
+        stream = bool(call.body.get("stream"))
+        try:
+            upstream, resp = await self._open(call, upstream, path, stream)
+            if stream and resp.status == 200:
+                first = await self._first(upstream, resp)
+                events = self._relay(call, upstream, resp, first)
+                return _Relay(events, lambda: self._relayed(call, resp))
+            return await self._whole(call, upstream, resp)
+        except ApiError as e:
+            self._account(call, {}, "error")
+            return e.response()
+        except asyncio.CancelledError:
+            self._account(call, {}, "abort")
+            raise
+        except Exception:  # a bug: Starlette answers 500; the call is freed all the same
+            self._account(call, {}, "error")
+            raise
+
+    async def _open(
+        self, call: _Call, upstream: str, path: str, stream: bool
+    ) -> tuple[str, aiohttp.ClientResponse]:
+        """The upstream and its response, headers read. Before them nothing has reached the
+        client, so a refused, dropped or timed-out connection is retried on another replica."""
+        while True:
             client = self.clients[upstream]
             try:
-                async with client.session.post(
-                    client.url + path, json=self._upstream_body(call, upstream, False)
-                ) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                body = self._upstream_body(call, upstream, stream)
+                return upstream, await client.session.post(
+                    client.url + path, data=body, headers=_JSON_BODY
+                )
+            except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
+                error: aiohttp.ClientError = e
             except TimeoutError:
                 self.metrics.upstream_errors.labels(upstream, "timeout").inc()
-                self._release(call, upstream)
-                self._end_call(call, 0, 0)
-                return ApiError(
+                raise ApiError(
                     504, f"upstream {upstream!r} timed out", "upstream_timeout"
-                ).response()
+                ) from None
             except aiohttp.ClientError as e:
-                upstream = await self._retry_elsewhere(call, upstream, "connect")
-                if upstream is None:
-                    self._end_call(call, 0, 0)
-                    return ApiError(502, f"upstream unavailable: {e}", "upstream_error").response()
-                continue
-            self._release(call, upstream)
-            usage: dict[str, Any] = {}
-            if status == 200:
-                with contextlib.suppress(ValueError, AttributeError):
-                    usage = json.loads(raw).get("usage") or {}
-            else:
-                self.metrics.upstream_errors.labels(upstream, f"http_{status}").inc()
-            self._account(call, usage)
-            return Response(
-                raw, status_code=status if status < 500 else 502, media_type="application/json"
-            )
-        raise AssertionError("unreachable")
+                error = e
+            nxt = await self._retry_elsewhere(call, upstream, "connect")
+            if nxt is None:
+                raise ApiError(502, f"upstream unavailable: {error}", "upstream_error")
+            upstream = nxt
 
-    def _account(self, call: _Call, usage: dict[str, Any]) -> None:
+    async def _whole(self, call: _Call, upstream: str, resp: aiohttp.ClientResponse) -> Response:
+        """The upstream's answer in one piece: a 4xx as it is (the caller's to fix, e.g. a
+        prompt too long), a 5xx as 502. Not retried: the upstream had begun to answer."""
+        try:
+            raw = await resp.read()
+        except TimeoutError:
+            self.metrics.upstream_errors.labels(upstream, "timeout").inc()
+            raise ApiError(504, f"upstream {upstream!r} timed out", "upstream_timeout") from None
+        except aiohttp.ClientError as e:
+            self.metrics.upstream_errors.labels(upstream, "midstream").inc()
+            raise ApiError(502, f"upstream failed mid-answer: {e}", "upstream_error") from None
+        finally:
+            resp.release()  # read through: back to the pool; cut off: closed
+        status = resp.status
+        if status != 200:
+            self.metrics.upstream_errors.labels(upstream, f"http_{status}").inc()
+        if status >= 500:
+            text = raw.decode("utf-8", "replace")[:300]
+            raise ApiError(
+                502, f"upstream {upstream!r} answered {status}: {text}", "upstream_error"
+            )
+        usage: dict[str, Any] = {}
+        if status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                u = json.loads(raw).get("usage")
+                usage = u if isinstance(u, dict) else {}
+        self._account(call, usage, "stop" if status == 200 else "error")
+        return Response(raw, status_code=status, media_type="application/json")
+
+    async def _first(self, upstream: str, resp: aiohttp.ClientResponse) -> bytes:
+        """A stream's first bytes, read before the client gets its 200: a failure until then is
+        still an HTTP error. Reading from the headers on also keeps what came with a failure:
+        aiohttp raises a failure set while no read was waiting before the data it buffered."""
+        try:
+            first = await resp.content.readany()
+        except asyncio.CancelledError:
+            resp.release()  # closed: the upstream stops
+            raise
+        except TimeoutError:
+            error = ApiError(504, f"upstream {upstream!r} timed out", "upstream_timeout")
+            kind = "timeout"
+        except aiohttp.ClientError as e:
+            error = ApiError(502, f"upstream failed before its first event: {e}", "upstream_error")
+            kind = "midstream"
+        else:
+            if first:
+                return first
+            error = ApiError(502, f"upstream {upstream!r} sent an empty stream", "upstream_error")
+            kind = "empty"
+        resp.release()
+        self.metrics.upstream_errors.labels(upstream, kind).inc()
+        raise error
+
+    def _account(self, call: _Call, usage: dict[str, Any], finish: str) -> None:
+        """The call is over: free what it holds and count it, once, by how it finished."""
+        if call.ended:
+            return
+        call.ended = True
+        self._free(call)
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         self.metrics.prompt_tokens.inc(prompt)
         self.metrics.generation_tokens.inc(completion)
         self.metrics.e2e.observe(self.clock() - call.arrived_s)
-        self.metrics.requests.labels("stop" if completion else "error").inc()
+        self.metrics.requests.labels(finish).inc()
         self._end_call(call, prompt or call.ticket.info.prompt_tokens, completion)
 
-    async def _stream(self, call: _Call, upstream: str, path: str) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, call: _Call, upstream: str, resp: aiohttp.ClientResponse, first: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        """The upstream's events as they come, its usage-only event dropped unless asked for;
+        a failure becomes an SSE error event, the client having had its 200."""
         wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        usage: dict[str, Any] = {}
-        chunks = 0
-        started = False
-        current: str | None = upstream
         try:
-            while current is not None:
-                client = self.clients[current]
-                try:
-                    async with client.session.post(
-                        client.url + path, json=self._upstream_body(call, current, True)
-                    ) as resp:
-                        if resp.status != 200:
-                            raw = await resp.read()
-                            self.metrics.upstream_errors.labels(
-                                current, f"http_{resp.status}"
-                            ).inc()
-                            yield _sse_error(resp.status, raw.decode("utf-8", "replace")[:500])
-                            return
-                        buffer = b""
-                        async for piece in resp.content.iter_any():
-                            buffer += piece
-                            while b"\n\n" in buffer:
-                                event, buffer = buffer.split(b"\n\n", 1)
-                                u = _usage_of(event)
-                                if u is not None:
-                                    usage = u
-                                    if not wants_usage and _is_usage_only(event):
-                                        continue
-                                if not started:
-                                    started = True
-                                    self.metrics.ttft.observe(self.clock() - call.arrived_s)
-                                chunks += 1
-                                yield event + b"\n\n"
-                        if buffer.strip():
-                            yield buffer
-                        return
-                except TimeoutError:
-                    self.metrics.upstream_errors.labels(current, "timeout").inc()
-                    yield _sse_error(504, f"upstream {current!r} timed out")
-                    return
-                except aiohttp.ClientError as e:
-                    if started:
-                        self.metrics.upstream_errors.labels(current, "midstream").inc()
-                        yield _sse_error(502, f"upstream failed mid-stream: {e}")
-                        return
-                    nxt = await self._retry_elsewhere(call, current, "connect")
-                    current = nxt
-                    if nxt is None:
-                        yield _sse_error(502, f"upstream unavailable: {e}")
-                        return
+            buffer = b""
+            piece = first
+            while piece:  # b"": the end of the stream
+                buffer += piece
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    u = _usage_of(event)
+                    if u is not None:
+                        call.usage = u
+                        if not wants_usage and _is_usage_only(event):
+                            continue
+                    if not call.chunks:
+                        self.metrics.ttft.observe(self.clock() - call.arrived_s)
+                    call.chunks += 1
+                    yield event + b"\n\n"
+                piece = await resp.content.readany()
+            if buffer.strip():
+                yield buffer
+            call.finish = "stop"
+        except TimeoutError:
+            self.metrics.upstream_errors.labels(upstream, "timeout").inc()
+            call.finish = "error"
+            yield _sse_error(504, f"upstream {upstream!r} timed out")
+        except aiohttp.ClientError as e:
+            self.metrics.upstream_errors.labels(upstream, "midstream").inc()
+            call.finish = "error"
+            yield _sse_error(502, f"upstream failed mid-stream: {e}")
         finally:
-            if current is not None:
-                self._release(call, current)
-            if not usage:
-                usage = {
-                    "prompt_tokens": call.ticket.info.prompt_tokens,
-                    "completion_tokens": max(0, chunks - 1),
-                }
-            self._account(call, usage)
+            # Here, before Starlette's last send, so that a client holding its whole answer
+            # finds the call ended; `_Relay` ends the streams that never got here.
+            self._relayed(call, resp)
+
+    def _relayed(self, call: _Call, resp: aiohttp.ClientResponse) -> None:
+        resp.release()  # cut off (the client hung up): closed, and the upstream stops
+        usage = call.usage or {
+            "prompt_tokens": call.ticket.info.prompt_tokens,
+            "completion_tokens": max(0, call.chunks - 1),
+        }
+        self._account(call, usage, call.finish)
+
+
+class _Relay(StreamingResponse):
+    """An event stream relayed from upstream that closes its body iterator and runs `on_close`
+    however it ends: when the client hangs up, Starlette cancels the stream, leaving an
+    iterator cut off at a `yield` to the garbage collector, and never starting one whose
+    client left before the first chunk."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
+        headers = {"Cache-Control": "no-cache"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._events.aclose()
+            finally:
+                self._on_close()
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, Response]
+) -> Response | None:
+    """`work`'s response, or None if the client hangs up first: `work` is cancelled then, and
+    with it the upstream call (Starlette notices a disconnect by itself only while streaming)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    # A response done before the cancel took effect is still sent: sending it frees it.
+    return None if task.cancelled() else task.result()
 
 
 def _usage_of(event: bytes) -> dict[str, Any] | None:
