@@ -1,31 +1,35 @@
-"""What the gateway costs: latency added over calling an instant upstream directly, and the most
-calls per second it sustains.
+"""What the gateway costs: latency added over calling an instant upstream directly, the most
+calls per second it sustains, and its CPU time per call.
 
 Three processes, so that none shares a GIL with another:
 
 - the upstream: a raw asyncio HTTP/1.1 server that answers every POST with one canned chat
   completion (no framework, no JSON parsing: as close to zero time as Python serves);
-- the gateway: `hermes.gateway.serve.running`, as `hermes serve` runs it (uvicorn, the
-  production log level), one vLLM-kind backend of concurrency 4,096 so no call queues;
+- the gateway: `hermes.gateway.serve`, as `hermes serve` runs it (uvicorn at the production
+  log level), one vLLM-kind backend of concurrency 4,096 so that no call queues;
 - the load generator: a raw asyncio HTTP/1.1 client on keep-alive connections. Open loop: a
   call sent every 1/rate s whatever the answers (latency from the write to the last byte,
   stamped in `data_received`, so the generator's own scheduling does not count). Closed loop:
-  N connections each sending its next call when the last is answered, N rising until the
-  throughput stops rising.
+  N connections, each sending its next call when its last is answered.
 
 The machine has 2 cores. By default the gateway gets core 0 to itself and the upstream and the
 load generator share core 1 (`--pin none` lets the OS place them). Direct calls are measured
 with the same generator on the same core, so "added" is gateway minus direct at each
 percentile.
 
-Variants (each its own gateway process, measured one after another in one run): the policy
-(`vllm`, `gittins`), the upstream client (aiohttp, the gateway's own; httpx, a branch defined
-here), and `--baseline-src DIR`: the gateway from another source tree (e.g. a copy of `src/`
-before a change), for before/after side by side.
+Variants, each a gateway process of its own: the policy (`vllm`, `gittins`); the upstream
+client (aiohttp, the gateway's own; httpx, a branch defined here); `--baseline-src DIR`, the
+gateway from another source tree (a copy of `src/` before a change); `--access-log`, uvicorn's
+access log back on; `--fast-path DIR`, uvicorn on httptools (and uvloop) found in DIR. All are
+started at once and measured in turn, round after round, so that a busy spell of the shared
+machine hits every variant alike; the summary gives medians over rounds. Each phase also
+records the share of the machine's CPU that other processes took, and the server's CPU time
+per call (from /proc), which unlike latency does not grow when others take its core.
 
 Usage:
-    python benchmarks/gateway_overhead.py [--json OUT] [--seconds 10] [--rate 500]
-        [--policies vllm,gittins] [--clients aiohttp,httpx] [--baseline-src DIR]
+    python benchmarks/gateway_overhead.py [--json OUT] [--rate 500] [--seconds 10]
+        [--rounds 3] [--concurrency 4,16,64] [--policies vllm,gittins]
+        [--clients aiohttp,httpx] [--baseline-src DIR] [--access-log] [--fast-path DIR]
         [--profile OUT.txt] [--pin split|none]
 """
 
@@ -515,7 +519,11 @@ def _summary(rounds: list[dict[str, Any]], direct: list[dict[str, Any]] | None) 
     opened = [r["open_loop"] for r in rounds]
     out: dict[str, Any] = {
         "latency_ms": {k: _median([o["latency_ms"][k] for o in opened]) for k in keys},
-        "errors": sum(o["errors"] + o["unfinished"] for o in opened),
+        "errors": sum(
+            o["errors"] + o["unfinished"]
+            for r in rounds
+            for o in [r["open_loop"], *r["closed_loop"]]
+        ),
         "achieved_per_s": _median([o["achieved_per_s"] for o in opened]),
     }
     if direct is not None:

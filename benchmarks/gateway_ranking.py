@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -183,7 +184,9 @@ async def rerank(queued: int, repeat: int, seed: int) -> dict[str, Any]:
 async def run(queued: int, ops: int, repeat: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": {
+            "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(),

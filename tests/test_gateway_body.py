@@ -49,6 +49,12 @@ def test_otherwise_the_body_is_re_encoded(raw: bytes) -> None:
     assert out.count(b'"priority"') == 1
 
 
+def test_no_fields_sends_the_bytes_or_encodes_the_body() -> None:
+    raw = b'{"model": "m"} '
+    assert with_fields(raw, json.loads(raw), {}) is raw
+    assert json.loads(with_fields(b"", {"model": "m"}, {})) == {"model": "m"}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
