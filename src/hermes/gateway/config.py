@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hermes.sim.config import ConfigError, PolicyOptions, validation_messages
+from hermes.sim.config import PolicyOptions, read_yaml, validated
 
 BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
 
@@ -72,25 +71,12 @@ class GatewayConfig(_Strict):
 
 
 def gateway_config_from_dict(data: Any, source: str = "config") -> GatewayConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {validation_messages(err)}") from None
+    return validated(GatewayConfig, data, source)
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read: {err.strerror or err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    return gateway_config_from_dict({} if data is None else data, str(p))
+    return gateway_config_from_dict(read_yaml(p), str(p))
 
 
 def emulated_default(port: int = 8080, time_scale: float = 1.0) -> GatewayConfig:

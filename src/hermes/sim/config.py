@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -185,27 +185,40 @@ def validation_messages(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def config_from_dict(data: Any, source: str = "config") -> SimConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: Any, source: str) -> M:
+    """`data` as a `model`, or a ConfigError naming `source`, the field and what it expected."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     try:
-        return SimConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{source}: {validation_messages(err)}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path` ({} when empty), or a ConfigError saying why not."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return {} if data is None else data
+
+
+def config_from_dict(data: Any, source: str = "config") -> SimConfig:
+    return validated(SimConfig, data, source)
 
 
 def load_config(path: str | Path) -> SimConfig:
     """Read a YAML config file; paths inside it are taken relative to the file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read: {err.strerror or err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    config = config_from_dict({} if data is None else data, str(p))
+    config = config_from_dict(read_yaml(p), str(p))
     return _relative_to(config, p.parent)
 
 
