@@ -3,10 +3,6 @@ the official `openai` client; and the command line's errors."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,46 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
-from hermes.gateway.config import GatewayConfig, emulated_default
-from hermes.gateway.serve import running
-
-
-@contextmanager
-def gateway_thread(config: GatewayConfig) -> Iterator[str]:
-    """The gateway and its emulated engines on an event loop in a thread; yields the URL."""
-    ready = threading.Event()
-    url: list[str] = []
-    failure: list[BaseException] = []
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def main() -> None:
-        try:
-            async with running(config) as (_, base):
-                url.append(base)
-                ready.set()
-                await stop.wait()
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    ready.wait(20)
-    if failure:
-        raise RuntimeError("gateway did not start") from failure[0]
-    try:
-        yield url[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(20)
-        loop.close()
+from hermes.gateway.config import emulated_default
+from hermes.testing.gateway_thread import gateway_in_thread
 
 
 def test_emulated_gateway_serves_the_official_client() -> None:
     cfg = emulated_default(port=0, time_scale=0.05)
-    with gateway_thread(cfg) as base:
+    with gateway_in_thread(cfg) as (_, base):
         assert httpx.get(base + "/healthz").json()["status"] == "ok"
         heads = {"x-hermes-app-id": "a", "x-hermes-app-type": "demo", "x-hermes-stage": "ask"}
         with openai.OpenAI(base_url=base + "/v1", api_key="-", default_headers=heads) as c:
@@ -103,7 +66,7 @@ def test_the_client_helper_tags_stages_and_reports_tools() -> None:
         "x-hermes-deadline-ms": "1500",
         "x-hermes-slo-class": "rt",
     }
-    with gateway_thread(emulated_default(port=0, time_scale=0.05)) as base:
+    with gateway_in_thread(emulated_default(port=0, time_scale=0.05)) as (_, base):
         with openai.OpenAI(base_url=base + "/v1", api_key="-") as c:
             app = HermesApp(c, app_type="helper_demo")
             msgs = [{"role": "user", "content": "plan"}]

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,36 +30,13 @@ from starlette.routing import Route
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.serve import running
 from hermes.gateway.server import Gateway
+from hermes.testing.asgi_thread import serving
 
 CHAT = "/v1/chat/completions"
 TOO_LONG = {"object": "error", "message": "the prompt is too long", "code": 400}
 
 
 # Fake upstreams --------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(app: Any, log_level: str = "warning") -> Iterator[str]:
-    """`app` on uvicorn in a thread, on a free port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _chunk(model: str, choices: list[Any], usage: dict[str, int] | None = None) -> bytes:

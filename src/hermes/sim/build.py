@@ -151,11 +151,9 @@ def policy_context(
     from fresh template runs (a seed apart from the workload's) of every application type in
     the workload."""
     opts = config.policy_options
-    if graphs is not None:
-        pass
-    elif opts.pdgraphs is not None:
+    if graphs is None and opts.pdgraphs is not None:
         graphs = load_pdgraphs(opts.pdgraphs)
-    else:
+    elif graphs is None:
         graphs = template_graphs([run.app for _, run in runs], opts.training_runs, config.seed)
     models = {name: DemandModel(g, cost) for name, g in graphs.items()}
     return PolicyContext(models, cost, opts.refine, opts.samples, config.seed)
