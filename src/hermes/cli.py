@@ -72,6 +72,14 @@ def learn_cmd(
         "pdgraphs.json"
     ),
     window: Annotated[int, typer.Option(min=1, help="Sliding-window size per node.")] = 1000,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            metavar="PATH",
+            help="Also append the runs to this gateway run store (SQLite), created if needed.",
+        ),
+    ] = None,
 ) -> None:
     """Learn one PDGraph per application type found in the run files."""
     runs = _read_all(run_files)
@@ -81,9 +89,35 @@ def learn_cmd(
         graphs = learn(runs, window=window)
     except ValueError as e:
         raise _fail(str(e)) from None
+    # The store first: a bad store path fails the command before anything is written.
+    held = None if store is None else _seed_store(store, runs)
     save_pdgraphs(output, graphs)
     counts = ", ".join(f"{a} ({g.runs_seen} runs)" for a, g in sorted(graphs.items()))
     out.print(f"learned {len(graphs)} PDGraphs to {output}: {counts}")
+    if held is not None:
+        out.print(f"added {len(runs)} runs to {store}, which now holds {held}")
+
+
+def _seed_store(path: Path, runs: list[AppRun]) -> int:
+    """Append `runs` to the gateway's run store at `path`, created if needed; how many runs
+    it holds now."""
+    import sqlite3
+
+    from hermes.gateway.run_store import RunStore
+
+    try:
+        store = RunStore(path)
+    except ValueError as e:  # not an SQLite file, or a directory
+        raise _fail(str(e)) from None
+    except OSError as e:  # its folder cannot be made: a file in the way, no permission
+        raise _fail(f"{path}: not a usable run store: {e}") from None
+    try:
+        store.add(runs)
+        return store.count()
+    except sqlite3.DatabaseError as e:  # e.g. a read-only file
+        raise _fail(f"{path}: not a usable run store: {e}") from None
+    finally:
+        store.close()
 
 
 def _fmt(stats: dict[str, float], keys: tuple[str, ...] = ("mean", "p50", "p90")) -> str:
@@ -568,6 +602,87 @@ def bench_hermes(
     paths = report.write(results, out_dir)
     _print_targets(results)
     out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
+
+
+@bench.command("bros")
+def bench_bros(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/bros"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A short run at two loads (a smoke test).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated policies. [default: vllm,vllm-priority,split,bros,"
+            "bros-nobidir, those that can run here]"
+        ),
+    ] = None,
+    duration_s: Annotated[
+        float | None,
+        typer.Option(
+            "--duration-s", help="Simulated seconds of RT arrivals. [default: 600; --quick: 60]"
+        ),
+    ] = None,
+) -> None:
+    """The BROS paper's experiment: real-time and best-effort requests co-served on one
+    engine, by policy and RT load, on Llama-2-7B (2 × A100) and Llama-2-70B TP4 (8 × A100)."""
+    from hermes.experiments import bros_paper, bros_report
+    from hermes.experiments.bros_sim import POLICIES
+
+    overrides: dict[str, Any] = {"seed": seed}
+    if policies is not None:
+        chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
+        for p in chosen:
+            if p not in POLICIES:
+                raise _fail(f"--policies: unknown policy {p!r}; known: {', '.join(POLICIES)}")
+        if not chosen:
+            raise _fail("--policies: name at least one policy")
+        missing = bros_paper.unavailable_policies(chosen)
+        if missing:
+            raise _fail("; ".join(f"{p}: {why}" for p, why in missing.items()))
+        overrides["policies"] = chosen
+    if duration_s is not None:
+        if not duration_s > 0:
+            raise _fail(f"--duration-s: expected a positive number, got {duration_s}")
+        base = bros_paper.quick_settings() if quick else bros_paper.BrosSettings()
+        # Keep the warm-up's share of the run.
+        overrides["duration_s"] = duration_s
+        overrides["warmup_s"] = duration_s * base.warmup_s / base.duration_s
+    try:
+        settings = (
+            bros_paper.quick_settings(**overrides)
+            if quick
+            else bros_paper.BrosSettings(**overrides)
+        )
+        for p, why in bros_paper.unavailable_policies(settings.policies).items():
+            err.print(f"[yellow]skipping {escape(p)}:[/] {escape(why)}")
+        with err.status("starting") as status:
+            results = bros_paper.run_all(settings, lambda m: status.update(escape(m)))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    paths = bros_report.write(results, out_dir)
+    _print_bros_targets(results)
+    out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
+
+
+def _print_bros_targets(r: dict[str, Any]) -> None:
+    table = Table(title=f"BROS targets ({r['wall_s']:.0f} s)")
+    for col in ("deployment", "target", "measured", "goal", "met"):
+        table.add_column(col)
+    for t in r["targets"]:
+        v = t["measured"]
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "[red]no[/]")
+        table.add_row(
+            escape(t["deployment"]),
+            escape(t["target"]),
+            "-" if v is None else f"{v:.3f}",
+            t["goal"],
+            met,
+        )
+    out.print(table)
 
 
 def _print_recorded(r: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@
     app.llm("fix").chat.completions.create(model=..., messages=...)
     app.finish()
 
+Each `llm(...)` and `tool(...)` opens the application's next stage and sends its index, so two
+consecutive stages of one name (an agent thinking twice) stay apart: call `llm` once per stage
+and issue a fan-out's calls on the client it returns.
+
 `tag(client, app_id, ...)` alone is the one-line form: it returns a copy of the client whose
 calls carry the headers. Works with `openai.AsyncOpenAI` too for `tag` and `llm`; the tool and
 finish reports are plain synchronous HTTP posts.
@@ -40,6 +44,7 @@ def app_headers(
     stage: str | None = None,
     deadline_ms: float | None = None,
     slo_class: str | None = None,
+    stage_index: int | None = None,
 ) -> dict[str, str]:
     """The `x-hermes-*` headers of one call."""
     h = {"x-hermes-app-id": app_id}
@@ -51,6 +56,8 @@ def app_headers(
         h["x-hermes-deadline-ms"] = f"{deadline_ms:g}"
     if slo_class is not None:
         h["x-hermes-slo-class"] = slo_class
+    if stage_index is not None:
+        h["x-hermes-stage-index"] = str(stage_index)
     return h
 
 
@@ -82,21 +89,31 @@ class HermesApp:
         if slo_class is not None:
             self._context["slo_class"] = slo_class
         self._admin_key = admin_key
+        self._stages = 0  # stages opened so far: the next one's index
         self._root = str(client.base_url).rstrip("/").removesuffix("/v1")
 
     def llm(self, stage: str) -> Any:
-        """The client for the calls of stage `stage` (issue them in parallel for a fan-out)."""
-        return tag(self.client, self.app_id, stage=stage, **self._context)
+        """The client for the calls of the next stage, `stage` (issue them in parallel on it
+        for a fan-out)."""
+        index = self._next_stage()
+        return tag(self.client, self.app_id, stage=stage, stage_index=index, **self._context)
 
     @contextmanager
     def tool(self, stage: str, backend: str | None = None) -> Iterator[None]:
-        """Report a tool stage to the gateway for as long as the block runs."""
-        started = {"event": "stage_started", "stage": stage, "backend": backend or stage}
-        self._post("events", {**started, "app_type": self.app_type})
+        """Report the next stage, tool stage `stage`, to the gateway for as long as the block
+        runs."""
+        event = {"stage": stage, "stage_index": self._next_stage()}
+        # The context too: the gateway may first see the application here.
+        started = {**event, **self._context, "backend": backend or stage}
+        self._post("events", {**started, "event": "stage_started"})
         try:
             yield
         finally:
-            self._post("events", {"event": "stage_finished", "stage": stage})
+            self._post("events", {**event, "event": "stage_finished"})
+
+    def _next_stage(self) -> int:
+        self._stages += 1
+        return self._stages - 1
 
     def finish(self) -> None:
         """The application is done: the gateway records its run and learns from it."""

@@ -34,14 +34,19 @@ IntArray = NDArray[np.int64]
 
 
 def next_backend_probability(graph: PDGraph | DemandModel, stage: str) -> dict[str, float]:
-    """P(the stage after ``stage`` is a tool stage on backend b), per tool backend b seen
-    after it; backends never seen next are absent. Ordered by backend name."""
+    """P(the stage after ``stage`` needs backend b), per backend b seen after it: a tool
+    stage's backend, or an LLM stage's model where the graph knows it (a model can be cold
+    too: asleep, or a LoRA adapter not loaded). Backends never seen next are absent. Ordered
+    by backend name."""
     g = graph.graph if isinstance(graph, DemandModel) else graph
     out: dict[str, float] = {}
     for dst, p in g.transition_probabilities(stage).items():
         node = g.nodes.get(dst)
-        if node is not None and node.kind == "tool":
-            out[node.backend] = out.get(node.backend, 0.0) + p
+        if node is None:
+            continue
+        backend = node.backend if node.kind == "tool" else node.model
+        if backend is not None:
+            out[backend] = out.get(backend, 0.0) + p
     return dict(sorted(out.items()))
 
 

@@ -26,8 +26,9 @@ class EngineRequest:
     """A generation of `output_tokens` tokens after a `prompt_tokens`-token prompt.
 
     `priority`: lower runs first; ties go to the earlier `arrival_s`, then the earlier
-    submission. `slo_class` is carried for class-aware batch selection (real-time vs
-    best-effort); the vLLM-style scheduler ignores it.
+    submission. `slo_class` is "rt" (real-time: `ttft_slo_s` and `tpot_slo_s` set) or "be"
+    (best-effort: no SLO, wants throughput), for class-aware batch selection (BROS); the
+    vLLM-style scheduler ignores it.
 
     Token bookkeeping follows vLLM V1: `num_tokens` (prompt + generated) is what the request
     has; `num_computed` catches up to it, a chunk per iteration; when it does, a token is
@@ -39,7 +40,9 @@ class EngineRequest:
     output_tokens: int
     arrival_s: float
     priority: float = 0.0
-    slo_class: str = "best-effort"
+    slo_class: str = "be"
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
     # Progress, written by the engine.
     state: RequestState = RequestState.WAITING
     num_tokens: int = 0

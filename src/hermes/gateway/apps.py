@@ -5,9 +5,12 @@ the `AppView`s that policies rank, and each finished application into a recorded
 v1) for learning. Pure: time is an argument; the server owns the clock.
 
 Stage boundaries: a call whose stage name differs from the application's current stage starts
-a new stage (and finishes the current one), as does a tool event; consecutive calls of the same
-stage name belong to one stage, however far apart, so a loop must alternate stages (as agents
-do: thought, act, thought) or report its tool steps.
+a new stage (and finishes the current one), as does a tool event. A call may also carry the
+stage's index (`x-hermes-stage-index`, its 0-based position among the application's stages,
+tool stages included): a call whose index differs from the one the current stage was opened
+with starts a new stage too, so a loop may call stage "think" twice in a row. Without an index,
+consecutive calls of the same stage name belong to one stage, however far apart, so such a
+loop must alternate stages (as agents do: thought, act, thought) or report its tool steps.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ class _StageLog:
     name: str
     kind: str  # "llm" | "tool"
     backend: str
+    index: int | None = None  # the client's stage index, if it sent one
     calls: list[LLMCall | ToolCall] = field(default_factory=list)
     in_flight: int = 0
     started_s: float = 0.0
+    model: str | None = None  # an LLM stage's model, as its first call asked
 
     def frozen(self) -> Stage:
         if self.kind == "llm":
             llm = tuple(c for c in self.calls if isinstance(c, LLMCall))
-            return Stage(self.name, "llm", self.backend, llm)
+            return Stage(self.name, "llm", self.backend, llm, self.model)
         tools = tuple(c for c in self.calls if isinstance(c, ToolCall))
         return Stage(self.name, "tool", self.backend, tools)
 
@@ -90,12 +95,28 @@ class AppTracker:
         return app, True
 
     def start_call(
-        self, app: GatewayApp, stage_name: str, prompt_tokens: int, now: float
+        self,
+        app: GatewayApp,
+        stage_name: str,
+        prompt_tokens: int,
+        now: float,
+        stage_index: int | None = None,
+        model: str | None = None,
     ) -> CallTicket:
-        """A call of `app` in stage `stage_name` is about to queue."""
+        """A call of `app` in stage `stage_name` (at the client's `stage_index`, if it sent
+        one) is about to queue."""
         cur = app.current
-        if cur is None or cur.kind != "llm" or cur.name != stage_name:
-            cur = self._new_stage(app, stage_name, "llm", "llm", now)
+        if (
+            cur is None
+            or cur.kind != "llm"
+            or cur.name != stage_name
+            or (stage_index is not None and stage_index != cur.index)
+        ):
+            cur = self._new_stage(app, stage_name, "llm", "llm", now, stage_index)
+        if model is not None and cur.model is None:
+            # The stage's model is learned with it: a prewarm policy can then warm a cold
+            # one (an adapter, a sleeping replica) ahead of the stage.
+            cur.model = model
         cur.in_flight += 1
         app.calls += 1
         app.last_seen_s = now
@@ -118,15 +139,27 @@ class AppTracker:
             app.view.served_tokens += prompt_tokens + completion_tokens
         self._refresh(app)
 
-    def tool_started(self, app: GatewayApp, stage: str, backend: str, now: float) -> None:
-        self._new_stage(app, stage, "tool", backend, now).in_flight = 1
+    def tool_started(
+        self,
+        app: GatewayApp,
+        stage: str,
+        backend: str,
+        now: float,
+        stage_index: int | None = None,
+    ) -> None:
+        self._new_stage(app, stage, "tool", backend, now, stage_index).in_flight = 1
         app.last_seen_s = now
         self._refresh(app)
 
-    def tool_finished(self, app: GatewayApp, stage: str, now: float) -> bool:
-        """The tool stage `stage` ended; False if it was not the one in progress."""
+    def tool_finished(
+        self, app: GatewayApp, stage: str, now: float, stage_index: int | None = None
+    ) -> bool:
+        """The tool stage `stage` (at `stage_index`, if given) ended; False if it was not the
+        one in progress."""
         cur = app.current
         if cur is None or cur.kind != "tool" or cur.name != stage or cur.in_flight == 0:
+            return False
+        if stage_index is not None and stage_index != cur.index:
             return False
         cur.in_flight = 0
         cur.calls.append(ToolCall(max(0.0, now - cur.started_s)))
@@ -149,12 +182,18 @@ class AppTracker:
         ]
 
     def _new_stage(
-        self, app: GatewayApp, name: str, kind: str, backend: str, now: float
+        self,
+        app: GatewayApp,
+        name: str,
+        kind: str,
+        backend: str,
+        now: float,
+        index: int | None = None,
     ) -> _StageLog:
         cur = app.current
         if cur is not None and cur.calls:
             app.view.finished.append(cur.frozen())
-        stage = _StageLog(name, kind, backend, started_s=now)
+        stage = _StageLog(name, kind, backend, index, started_s=now)
         app.stages.append(stage)
         v = app.view
         v.stage_index = len(app.stages) - 1

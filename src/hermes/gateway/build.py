@@ -14,6 +14,7 @@ from hermes.gateway.config import GatewayConfig
 from hermes.gateway.run_store import RunStore
 from hermes.gateway.server import Clock, Gateway
 from hermes.policies.base import PolicyContext
+from hermes.policies.prewarm import make_prewarm
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile
 from hermes.workloads.pdgraph_files import load_pdgraphs
@@ -50,7 +51,10 @@ def build_gateway(config: GatewayConfig, clock: Clock = time.monotonic) -> Gatew
         except ValueError as e:  # e.g. a stage name reused for another kind of stage
             log.warning("run %s of %s not learned: %s", run.run_id, run.app, e)
 
-    gateway = Gateway(config, policy, clock, learn, cost)
+    # The same context: prewarm plans read the graphs as they learn.
+    cold_starts = {t.name: t.cold_start_s for t in config.prewarm_targets}
+    prewarm = make_prewarm(opts.prewarm, ctx, k=opts.prewarm_k, cold_starts=cold_starts)
+    gateway = Gateway(config, policy, clock, learn, cost, prewarm)
     gateway.graphs = graphs
     gateway.store = store
     return gateway

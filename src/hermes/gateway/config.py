@@ -44,6 +44,62 @@ class Backend(_Strict):
         return self
 
 
+class HttpHook(_Strict):
+    """An HTTP call the gateway makes to a tool backend's manager. Its JSON body is `body`
+    plus `backend`, `hold_s` (keep the instance that long after it is ready, if unused),
+    `reason` ("prewarm" or "retain"), `app_id` and `app_type`."""
+
+    url: str
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _url(self) -> HttpHook:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        return self
+
+
+PrewarmAction = Literal["http", "vllm-wake-up", "vllm-load-lora"]
+
+
+class PrewarmTarget(_Strict):
+    """Something cold that the prewarm policy may warm ahead of need: a tool backend (its
+    manager called over HTTP), a vLLM replica put to sleep, or a LoRA adapter loaded at run
+    time. `name` is the backend name the applications' stages use (a tool stage's `backend`;
+    for an adapter, the model name calls ask for)."""
+
+    name: str = Field(min_length=1)
+    action: PrewarmAction
+    cold_start_s: float = Field(gt=0, allow_inf_nan=False)  # what the policy plans with
+    hook: HttpHook | None = None  # http: the warm-up call
+    upstream: str | None = None  # vllm-*: the backend (by name) to act on
+    lora_path: str | None = None  # vllm-load-lora: where the engine finds the adapter
+    # vllm-wake-up: put the replica to sleep (level 1) after this many idle seconds; None:
+    # the gateway never puts it to sleep, it only wakes it.
+    sleep_after_idle_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _fields(self) -> PrewarmTarget:
+        need = {
+            "http": ("hook",),
+            "vllm-wake-up": ("upstream",),
+            "vllm-load-lora": ("upstream", "lora_path"),
+        }[self.action]
+        for name in need:
+            if getattr(self, name) is None:
+                raise ValueError(f"action {self.action!r} needs {name!r}")
+        extra = {"hook", "upstream", "lora_path", "sleep_after_idle_s"} - set(need)
+        if self.action == "vllm-wake-up":
+            extra.discard("sleep_after_idle_s")
+        for name in sorted(extra):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name!r} has no meaning for action {self.action!r}")
+        return self
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -61,12 +117,44 @@ class GatewayConfig(_Strict):
     # The engine profile that weighs tokens into seconds of service for the demand models.
     demand_model: str = "llama-2-7b"
     demand_gpu: str = "a100"
+    # Cold things the prewarm policy (policy_options.prewarm: pdgraph or on-queue) warms.
+    prewarm_targets: list[PrewarmTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backends: names must be unique, got {names}")
+        targets = [t.name for t in self.prewarm_targets]
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"prewarm_targets: names must be unique, got {targets}")
+        kinds = {b.name: b.kind for b in self.backends}
+        models = {b.name: b.models for b in self.backends}
+        adapters: dict[str, set[str]] = {}
+        for t in self.prewarm_targets:
+            if t.action == "vllm-load-lora" and t.upstream is not None:
+                adapters.setdefault(t.upstream, set()).add(t.name)
+        for i, t in enumerate(self.prewarm_targets):
+            if t.upstream is None:
+                continue
+            lora = t.action == "vllm-load-lora"
+            if lora and set(models.get(t.upstream, ())) <= adapters.get(t.upstream, set()):
+                raise ValueError(
+                    f"prewarm_targets.{i}: backend {t.upstream!r} serves only adapters; "
+                    "list its base model too"
+                )
+            if lora and t.upstream in models and t.name not in models[t.upstream]:
+                raise ValueError(
+                    f"prewarm_targets.{i}: list the adapter {t.name!r} in the models of "
+                    f"backend {t.upstream!r}, so that its calls are routed there"
+                )
+            if t.upstream not in kinds:
+                raise ValueError(f"prewarm_targets.{i}.upstream: no backend named {t.upstream!r}")
+            if kinds[t.upstream] not in ("vllm", "emulated"):
+                raise ValueError(
+                    f"prewarm_targets.{i}: {t.action} needs a vllm (or emulated) backend, "
+                    f"{t.upstream!r} is {kinds[t.upstream]!r}"
+                )
         return self
 
 

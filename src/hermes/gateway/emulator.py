@@ -14,6 +14,11 @@ so a gateway can be developed and tested with no GPU and no other server:
 - `POST /v1/chat/completions`, `POST /v1/completions`: JSON, or server-sent events
   (`data: {chunk}\\n\\n` per token, then `data: [DONE]\\n\\n`); one choice per request.
 - `GET /v1/models`, `GET /health`.
+- vLLM's development-mode controls: `POST /sleep?level=1|2`, `POST /wake_up`,
+  `GET /is_sleeping`, and runtime LoRA adapters, `POST /v1/load_lora_adapter` and
+  `POST /v1/unload_lora_adapter` (`{"lora_name", "lora_path"}`). Waking takes `wake_s` and
+  loading an adapter `lora_load_s` of wall time; a sleeping server answers generation requests
+  with 503, as a gateway must wake it first. An adapter is served by the server's first engine.
 
 What the emulator makes up, deterministically:
 
@@ -366,7 +371,13 @@ class _ApiError(Exception):
         self.param = param
 
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError"}
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    503: "ServiceUnavailableError",
+}
 
 
 def _error_response(
@@ -477,9 +488,17 @@ def _completion_prompt_tokens(body: Mapping[str, Any]) -> int:
 
 
 class _Api:
-    def __init__(self, engines: Mapping[str, EmulatedEngine]) -> None:
+    def __init__(
+        self, engines: Mapping[str, EmulatedEngine], wake_s: float, lora_load_s: float
+    ) -> None:
         self.engines = dict(engines)
         self.created = int(time.time())
+        self.wake_s = wake_s
+        self.lora_load_s = lora_load_s
+        self.sleep_level = 0  # 0: awake
+        self.adapters: dict[str, str] = {}  # LoRA name -> path
+        # What the controls were asked to do, in order, for tests and the demo to read.
+        self.control_log: list[tuple[str, str]] = []
 
     # Endpoints -----------------------------------------------------------------------------
 
@@ -499,7 +518,70 @@ class _Api:
             }
             for name, engine in self.engines.items()
         ]
+        base = next(iter(self.engines), None)
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "hermes-emulator",
+                "root": path,
+                "parent": base,
+            }
+            for name, path in self.adapters.items()
+        ]
         return JSONResponse({"object": "list", "data": data})
+
+    async def is_sleeping(self, request: Request) -> Response:
+        return JSONResponse({"is_sleeping": self.sleep_level > 0})
+
+    async def sleep(self, request: Request) -> Response:
+        raw = request.query_params.get("level", "1")
+        if raw not in ("1", "2"):
+            raise _bad(f"`level` must be 1 or 2, got {raw[:20]!r}", "level")
+        busy = sum(e.outstanding for e in self.engines.values())
+        if busy:
+            raise _ApiError(409, f"{busy} requests are in progress; sleep when idle")
+        self.sleep_level = int(raw)
+        self.control_log.append(("sleep", raw))
+        return Response(status_code=200)
+
+    async def wake_up(self, request: Request) -> Response:
+        if self.sleep_level:
+            self.control_log.append(("wake_up", str(self.sleep_level)))
+            await asyncio.sleep(self.wake_s)
+            self.sleep_level = 0
+        return Response(status_code=200)
+
+    async def load_lora(self, request: Request) -> Response:
+        name, path = self._lora_fields(await self._body(request), need_path=True)
+        if name in self.adapters or name in self.engines:
+            raise _bad(f"The lora adapter '{name}' has already been loaded.", "lora_name")
+        self.control_log.append(("load_lora_adapter", name))
+        await asyncio.sleep(self.lora_load_s)
+        self.adapters[name] = path
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", status_code=200)
+
+    async def unload_lora(self, request: Request) -> Response:
+        name, _ = self._lora_fields(await self._body(request), need_path=False)
+        if self.adapters.pop(name, None) is None:
+            raise _ApiError(404, f"The lora adapter '{name}' cannot be found.", "lora_name")
+        self.control_log.append(("unload_lora_adapter", name))
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.", status_code=200)
+
+    def _lora_fields(self, body: dict[str, Any], need_path: bool) -> tuple[str, str]:
+        name, path = body.get("lora_name"), body.get("lora_path", "")
+        if not isinstance(name, str) or not name:
+            raise _bad("`lora_name` must be a non-empty string", "lora_name")
+        if not isinstance(path, str) or (need_path and not path):
+            raise _bad("`lora_path` must be a non-empty string", "lora_path")
+        return name, path
+
+    def _engine(self, model: str) -> EmulatedEngine | None:
+        engine = self.engines.get(model)
+        if engine is None and model in self.adapters:
+            engine = next(iter(self.engines.values()))
+        return engine
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
@@ -527,9 +609,11 @@ class _Api:
         model = body.get("model")
         if not isinstance(model, str):
             raise _bad("`model` must be a string", "model")
-        engine = self.engines.get(model)
+        engine = self._engine(model)
         if engine is None:
             raise _ApiError(404, f"The model `{model}` does not exist.", "model")
+        if self.sleep_level:
+            raise _ApiError(503, "The engine is sleeping; POST /wake_up first.")
         tokens = prompt_tokens(body)
         max_tokens = _opt_int(body, "max_completion_tokens", 1)
         if max_tokens is None:
@@ -707,13 +791,20 @@ class _EventStream(Response):
             await asyncio.gather(watcher, return_exceptions=True)
 
 
-def emulator_app(engines: Mapping[str, EmulatedEngine]) -> Starlette:
-    """An OpenAI-compatible app serving each engine under its model name.
+def emulator_app(
+    engines: Mapping[str, EmulatedEngine], *, wake_s: float = 0.0, lora_load_s: float = 0.0
+) -> Starlette:
+    """An OpenAI-compatible app serving each engine under its model name; `wake_s` and
+    `lora_load_s` are the wall seconds a wake-up and an adapter load take. `app.state.api`
+    holds the controls' state (`sleep_level`, `adapters`, `control_log`).
 
     Its lifespan closes the engines on shutdown; an app that mounts this one (a mounted app's
     lifespan does not run) should `await engine.aclose()` in its own.
     """
-    api = _Api(engines)
+    for name, value in (("wake_s", wake_s), ("lora_load_s", lora_load_s)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"emulator_app: {name} must be finite and >= 0, got {value!r}")
+    api = _Api(engines, wake_s, lora_load_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -731,13 +822,20 @@ def emulator_app(engines: Mapping[str, EmulatedEngine]) -> Starlette:
         assert isinstance(exc, HTTPException)
         return _error_response(exc.status_code, exc.detail, headers=exc.headers)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
+            Route("/sleep", api.sleep, methods=["POST"]),
+            Route("/wake_up", api.wake_up, methods=["POST"]),
+            Route("/is_sleeping", api.is_sleeping, methods=["GET"]),
+            Route("/v1/load_lora_adapter", api.load_lora, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", api.unload_lora, methods=["POST"]),
         ],
         exception_handlers={_ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,
     )
+    app.state.api = api
+    return app

@@ -71,5 +71,36 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.prewarm_orders = Counter(
+            "hermes:prewarm_orders",
+            "Prewarm orders carried out, by target and reason (prewarm, retain)",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.prewarm_actions = Counter(
+            "hermes:prewarm_actions",
+            "Prewarm actions (hook calls, wake-ups, adapter loads), by target and result",
+            ["target", "result"],
+            registry=r,
+        )
+        self.prewarm_on_demand = Counter(
+            "hermes:prewarm_on_demand",
+            "Calls that had to wake a replica or load an adapter first, by target",
+            ["target"],
+            registry=r,
+        )
+        self.prewarm_tool_starts = Counter(
+            "hermes:prewarm_tool_starts",
+            "Tool stages started on a prewarm target, by what they found (warm, warming, cold)",
+            ["target", "state"],
+            registry=r,
+        )
+        self.prewarm_sleeps = Counter(
+            "hermes:prewarm_sleeps",
+            "Idle replicas put to sleep, by upstream and result",
+            ["upstream", "result"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

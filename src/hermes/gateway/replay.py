@@ -99,8 +99,9 @@ class _Client:
                 sent = [self.post("/v1/chat/completions", body, headers) for body in step.bodies]
                 ok = all(await asyncio.gather(*sent))
             else:
-                event = {"stage": step.stage, "backend": step.backend, "app_type": app.app_type}
-                ok = await self.post(events, {**event, "event": "stage_started"}, self.admin)
+                event = {"stage": step.stage, "stage_index": step.stage_index}
+                started = {**event, **_first_sight(app), "backend": step.backend}
+                ok = await self.post(events, {**started, "event": "stage_started"}, self.admin)
                 if ok:
                     await asyncio.sleep(step.duration_s)
                     ok = await self.post(events, {**event, "event": "stage_finished"}, self.admin)
@@ -111,6 +112,15 @@ class _Client:
         # timeout.
         finished = await self.post(f"/v1/apps/{app.app_id}/finish", {}, self.admin)
         return Outcome(app.app_type, act if ok and finished else None, app.deadline_s)
+
+
+def _first_sight(app: AppPlan) -> dict[str, Any]:
+    """What a tool event tells the gateway about an application it may not have seen yet (a
+    run that starts with a tool stage)."""
+    seen: dict[str, Any] = {"app_type": app.app_type}
+    if app.deadline_s is not None:
+        seen["deadline_ms"] = app.deadline_s * 1e3
+    return seen
 
 
 def _bearer(key: str | None) -> dict[str, str]:

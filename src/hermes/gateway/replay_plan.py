@@ -4,7 +4,8 @@ Pure: no I/O, no clock; randomness only from the seed. `plan` picks which runs a
 (all of them once in file order, or `apps` drawn with replacement), when (a Poisson process of
 `rate_per_s`, shifted so that the first application arrives at 0), and turns each run's stages
 into steps: an LLM stage is one chat completion per call, sent together; a tool stage is a
-wait between a `stage_started` and a `stage_finished` event.
+wait between a `stage_started` and a `stage_finished` event. Every step carries its stage's
+index in the run, so that the gateway keeps two consecutive stages of one name apart.
 
 Calls are not streamed: a non-streaming response carries `usage` on every engine (llama.cpp's
 server leaves it off streams), so the gateway learns exact token counts, and a replay measures
@@ -27,6 +28,7 @@ from hermes.gateway.context import (
     DEADLINE_MS,
     SLO_CLASS,
     STAGE,
+    STAGE_INDEX,
     HeaderError,
     parse_context,
 )
@@ -55,6 +57,7 @@ class ToolStep:
     stage: str
     backend: str
     duration_s: float
+    stage_index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +78,10 @@ def prompt_text(tokens: int, tag: str) -> str:
     return tag + FILLER * filler
 
 
-def _headers(app_id: str, run: AppRun, stage: Stage, deadline_s: float | None) -> dict[str, str]:
-    h = {APP_ID: app_id, APP_TYPE: run.app, STAGE: stage.name}
+def _headers(
+    app_id: str, run: AppRun, stage: Stage, index: int, deadline_s: float | None
+) -> dict[str, str]:
+    h = {APP_ID: app_id, APP_TYPE: run.app, STAGE: stage.name, STAGE_INDEX: str(index)}
     if deadline_s is not None:
         h[DEADLINE_MS] = f"{deadline_s * 1e3:.3f}"
     if run.slo_class is not None:
@@ -104,9 +109,9 @@ def app_plan(
     for i, stage in enumerate(run.stages):
         if stage.kind == "tool":
             longest = max(c.duration_s for c in stage.tool_calls())
-            steps.append(ToolStep(stage.name, stage.backend, longest * time_scale))
+            steps.append(ToolStep(stage.name, stage.backend, longest * time_scale, i))
             continue
-        headers = _headers(app_id, run, stage, deadline)
+        headers = _headers(app_id, run, stage, i, deadline)
         name = model or stage.model or default_model
         bodies = tuple(
             {

@@ -11,12 +11,14 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import uvicorn
 
-from hermes.engine.engine_config import EngineConfig
+from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
 from hermes.gateway.build import build_gateway
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.emulator import EmulatedEngine, emulator_app
 from hermes.gateway.server import Gateway
 from hermes.profiles import load_profile
+
+EMULATED_LORA_LOAD_S = 0.37
 
 
 class _QuietServer(uvicorn.Server):
@@ -61,16 +63,23 @@ async def _server(
         await task
 
 
-async def _emulate(backend: Backend, stack: AsyncExitStack) -> Backend:
-    """Start an emulated engine server for `backend`; the backend with its URL."""
+async def _emulate(backend: Backend, stack: AsyncExitStack, adapters: set[str]) -> Backend:
+    """Start an emulated engine server for `backend`; the backend with its URL. Its models
+    named in `adapters` are LoRA adapters, served once loaded at run time."""
     cost = load_profile(backend.emulate_model, backend.emulate_gpu, None)
     engine = EmulatedEngine(
         cost, EngineConfig(max_num_seqs=backend.emulate_max_num_seqs), time_scale=backend.time_scale
     )
-    sock = _bound("127.0.0.1", 0)
-    await stack.enter_async_context(
-        _server(emulator_app(dict.fromkeys(backend.models, engine)), sock, "warning")
+    # Waking from sleep level 1 copies the weights back from CPU memory, each GPU its shard
+    # over its own PCIe link; a LoRA adapter loads in ~370 ms (CALIBRATION.md).
+    wake_s = cost.weight_bytes / cost.tp / DEFAULT_SWAP_BYTES_PER_S * backend.time_scale
+    app = emulator_app(
+        dict.fromkeys([m for m in backend.models if m not in adapters], engine),
+        wake_s=wake_s,
+        lora_load_s=EMULATED_LORA_LOAD_S * backend.time_scale,
     )
+    sock = _bound("127.0.0.1", 0)
+    await stack.enter_async_context(_server(app, sock, "warning"))
     port = sock.getsockname()[1]
     return backend.model_copy(update={"url": f"http://127.0.0.1:{port}", "health_path": "/health"})
 
@@ -80,9 +89,14 @@ async def running(
     config: GatewayConfig, log_level: str = "warning", access_log: bool = False
 ) -> AsyncIterator[tuple[Gateway, str]]:
     """The gateway and its emulated engines, serving; yields the gateway and its base URL."""
+    adapters: dict[str, set[str]] = {}
+    for t in config.prewarm_targets:
+        if t.action == "vllm-load-lora" and t.upstream is not None:
+            adapters.setdefault(t.upstream, set()).add(t.name)
     async with AsyncExitStack() as stack:
         backends = [
-            await _emulate(b, stack) if b.kind == "emulated" else b for b in config.backends
+            await _emulate(b, stack, adapters.get(b.name, set())) if b.kind == "emulated" else b
+            for b in config.backends
         ]
         config = config.model_copy(update={"backends": backends})
         gateway = build_gateway(config)

@@ -33,12 +33,14 @@ from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
 from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
 from hermes.gateway.config import GatewayConfig
-from hermes.gateway.context import HeaderError, parse_context
+from hermes.gateway.context import HeaderError, event_context, parse_context
 from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Upstream, Waiting
 from hermes.gateway.metrics import GatewayMetrics
+from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.run_store import RunStore
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
+from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
 from hermes.policies.registry import make_policy
 
 Clock = Callable[[], float]
@@ -129,6 +131,7 @@ class Gateway:
         clock: Clock = time.monotonic,
         on_run: Callable[[AppRun], None] | None = None,
         cost: DemandCost | None = None,
+        prewarm: PrewarmPolicy | None = None,
     ) -> None:
         self.config = config
         self.policy = policy or make_policy(config.policy, PolicyContext())
@@ -143,6 +146,9 @@ class Gateway:
         self.dispatcher = Dispatcher(
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
+        )
+        self.prewarm = PrewarmActuator(
+            config, prewarm or NoPrewarm(), self.clients, clock, self.metrics
         )
         self.graphs: dict[str, PDGraph] = {}  # what the policy learned, for inspection
         self.store: RunStore | None = None
@@ -176,6 +182,7 @@ class Gateway:
     async def start(self) -> None:
         for c in self.clients.values():
             await c.start()
+        await self.prewarm.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(
             loop.create_task(self._every(self.config.policy_options.rank_interval_s, self._rerank))
@@ -201,6 +208,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        await self.prewarm.close()
         for c in self.clients.values():
             await c.close()
         if self.store is not None:
@@ -239,6 +247,8 @@ class Gateway:
         for app in self.tracker.idle(now, self.config.app_idle_timeout_s):
             self._finish_app(app, now)
         self.metrics.apps_active.set(len(self.tracker.apps))
+        if self.prewarm.active:
+            self.prewarm.on_idle(now, lambda u: self.dispatcher.busy(u) > 0)
 
     def _finish_app(self, app: GatewayApp, now: float) -> None:
         self.metrics.act.labels(app.app_type).observe(
@@ -358,24 +368,30 @@ class Gateway:
                 )
             if not isinstance(stage, str) or not stage:
                 raise ApiError(400, "'stage' must be a non-empty string")
+            index = body.get("stage_index")
+            if index is not None and (type(index) is not int or index < 0):
+                raise ApiError(400, f"'stage_index' must be a non-negative integer, got {index!r}")
             app = self.tracker.apps.get(request.path_params["app_id"])
             now = self.clock()
             if app is None:
-                ctx = parse_context(
-                    {
-                        "x-hermes-app-id": request.path_params["app_id"],
-                        "x-hermes-app-type": str(body.get("app_type", "default")),
-                    }
-                )
+                ctx = event_context(request.path_params["app_id"], body)
                 app, _ = self.tracker.app_for(ctx, now)
                 self.policy.on_arrival(app.view, now)
             if kind == "stage_started":
                 backend = body.get("backend", stage)
                 if not isinstance(backend, str) or not backend:
                     raise ApiError(400, "'backend' must be a non-empty string")
-                self.tracker.tool_started(app, stage, backend, now)
-            elif not self.tracker.tool_finished(app, stage, now):
-                raise ApiError(409, f"tool stage {stage!r} is not in progress for this application")
+                self.tracker.tool_started(app, stage, backend, now, index)
+                self.prewarm.on_tool_started(backend, now)
+                self.prewarm.on_stage(app, now)
+            else:
+                current = app.current
+                if not self.tracker.tool_finished(app, stage, now, index):
+                    raise ApiError(
+                        409, f"tool stage {stage!r} is not in progress for this application"
+                    )
+                assert current is not None  # a tool stage was in progress
+                self.prewarm.on_tool_finished(app, stage, current.backend, now)
         except (ApiError, HeaderError) as e:
             err = e if isinstance(e, ApiError) else ApiError(400, str(e))
             return err.response()
@@ -419,7 +435,13 @@ class Gateway:
         app, created = self.tracker.app_for(ctx, now)
         if created:
             self.policy.on_arrival(app.view, now)
-        ticket = self.tracker.start_call(app, ctx.stage, estimate_prompt_tokens(body), now)
+        prompt = estimate_prompt_tokens(body)
+        stages = len(app.stages)
+        ticket = self.tracker.start_call(
+            app, ctx.stage, prompt, now, ctx.stage_index, body["model"]
+        )
+        if len(app.stages) != stages:
+            self.prewarm.on_stage(app, now)
         call = _Call(ticket, body["model"], body, now, raw=raw)
         try:
             self._enqueue(call, self.policy.priority(ticket.info, app.view, now))
@@ -536,6 +558,16 @@ class Gateway:
         client, so a refused, dropped or timed-out connection is retried on another replica."""
         while True:
             client = self.clients[upstream]
+            if self.prewarm.active and not await self.prewarm.ready(upstream, call.model):
+                nxt = await self._retry_elsewhere(call, upstream, "prewarm")
+                if nxt is None:
+                    raise ApiError(
+                        502,
+                        f"upstream {upstream!r} could not be woken or load {call.model!r}",
+                        "upstream_error",
+                    )
+                upstream = nxt
+                continue
             try:
                 body = self._upstream_body(call, upstream, stream)
                 return upstream, await client.session.post(
