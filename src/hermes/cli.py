@@ -398,9 +398,22 @@ def serve(
         await serve_until_stopped(cfg, stop)
 
     try:
-        asyncio.run(main())
+        _run_fast(main())
     except (OSError, ValueError) as e:
         raise _fail(str(e)) from None
+
+
+def _run_fast(coro: Any) -> None:
+    """Run `coro` on uvloop when it is installed (`pip install 'hermes[fast]'`), else on
+    asyncio's own loop."""
+    import asyncio
+
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 @app.command()

@@ -301,14 +301,17 @@ class BrosEngine:
     def _resume(self, r: EngineRequest, tokens: int) -> int | None:
         """Bring suspended `r` back with room for `tokens`; the slots copied back, or None
         (left suspended) when its KV does not fit with a block to spare for each running RT
-        request: without that margin the next RT block would suspend it again at once."""
+        request: without that margin the next RT block would take it off again at once, and
+        each round trip copies KV (a lazily suspended request with nothing lost needs none)."""
         on_cpu = self._cpu_held.get(id(r), 0)
         spare = self.block_size * sum(1 for q in self.running if q.slo_class == "rt")
         if self.bidirectional and r in self.bidir:
             # Slots overwritten while suspended are on CPU memory (`_cpu_held`), charged below.
-            self.bidir.resume(r)
+            # Suspending again costs nothing unless slots were lost: no margin needed then.
+            lost = self.bidir.resume(r)
             need = max(0, tokens - self.bidir.held(r))
-            if need + spare > self.bidir.free_slots or not self.bidir.fits(r, "be", tokens):
+            margin = spare if lost else 0
+            if need + margin > self.bidir.free_slots or not self.bidir.fits(r, "be", tokens):
                 self.bidir.suspend(r)
                 return None
             self.bidir.grow(r, "be", tokens)
@@ -346,6 +349,7 @@ class BrosEngine:
         budget = cfg.max_num_batched_tokens
         copied = 0
         scheduled: set[int] = set()
+        preempted: set[int] = set()
         rts = [r for r in self.running if r.slo_class == "rt"] + self.rt_waiting
         slack = {id(r): self._slack(r, now) for r in rts}
         rts.sort(key=lambda r: slack[id(r)])
@@ -384,8 +388,12 @@ class BrosEngine:
 
         # 1. Urgent RT.
         # A first token is what a user waits for: RT prefills never wait for BE work.
-        urgent = [r for r in rts if slack[id(r)] <= horizon or r.first_token_s is None]
-        relaxed = [r for r in rts if slack[id(r)] > horizon and r.first_token_s is not None]
+        # Only running decodes may wait: one recomputed after preemption is a prefill again.
+        def relaxes(r: EngineRequest) -> bool:
+            return slack[id(r)] > horizon and r.state is RequestState.RUNNING
+
+        urgent = [r for r in rts if not relaxes(r)]
+        relaxed = [r for r in rts if relaxes(r)]
         for r in urgent:
             if budget <= 0 or len(batch.chunks) >= cfg.max_num_seqs:
                 break
@@ -405,15 +413,22 @@ class BrosEngine:
                 continue
             total = r.num_computed + n
             while not self._fits(r, total):
+                # KV of suspended requests goes first: they are not running anyway.
+                resident = self._newest_resident(exclude=r)
+                if resident is not None:
+                    copied += self._checkpoint_whole(resident)
+                    continue
                 victim = self._be_victim(scheduled, exclude=r)
                 if victim is None:
                     break
                 copied += self._swap_out(victim)
+                preempted.add(id(victim))
             if self._fits(r, total):
                 self._grow(r, total)
                 take(r, n)
             else:  # the latest BE request left: it gives way itself
                 copied += self._swap_out(r)
+                preempted.add(id(r))
         # 3. Relaxed RT decodes, where budget and sequences are left: one token each costs
         # the iteration little, and a request ahead of its pace leaves later iterations room.
         for r in relaxed:
@@ -422,7 +437,11 @@ class BrosEngine:
             n = min(r.num_tokens - r.num_computed, budget)
             copied += self._schedule_rt(r, n, now, take, scheduled, steal=False)
         # 4. Suspended BE back, then waiting BE.
-        for r in list(self.suspended):
+        for r in sorted(self.suspended, key=lambda q: (q.arrival_s, q.seq)):
+            if r.state is not RequestState.SWAPPED:  # dropped to make room for an older one
+                continue
+            if id(r) in preempted:  # taken off in this iteration: not back in the same one
+                continue
             if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
                 break
             n = room(r, min(r.num_tokens - r.num_computed, budget))
@@ -430,6 +449,14 @@ class BrosEngine:
                 capped = True
                 break
             back = self._resume(r, r.num_computed + n)
+            while back is None:
+                # Suspended requests' KV left on the GPU blocks the oldest from coming back:
+                # the newest one's goes to CPU memory now (the eager checkpoint, late).
+                newest = self._newest_resident(exclude=r)
+                if newest is None:
+                    break
+                copied += self._checkpoint_whole(newest)
+                back = self._resume(r, r.num_computed + n)
             if back is None:
                 break
             copied += back
@@ -455,6 +482,10 @@ class BrosEngine:
             self.running.append(r)
             take(r, n)
         self.bros.capped_iterations += capped
+        if not batch.chunks and copied == 0 and relaxed:
+            # Relaxed decodes alone, none with memory to grow: the least slack takes some.
+            r = relaxed[0]
+            copied += self._schedule_rt(r, 1, now, take, scheduled)
         if not batch.chunks and copied == 0:
             raise RuntimeError(
                 "BrosEngine: work is queued but nothing can be scheduled "
@@ -475,6 +506,29 @@ class BrosEngine:
             if best is None or (r.arrival_s, r.seq) > (best.arrival_s, best.seq):
                 best = r
         return best
+
+    def _newest_resident(self, exclude: EngineRequest) -> EngineRequest | None:
+        """The latest-arrived suspended request with KV still on the GPU (bidirectional)."""
+        best = None
+        for r in self.suspended:
+            if r is exclude or not (self.bidirectional and r in self.bidir):
+                continue
+            if best is None or (r.arrival_s, r.seq) > (best.arrival_s, best.seq):
+                best = r
+        return best
+
+    def _checkpoint_whole(self, r: EngineRequest) -> int:
+        """Copy suspended `r`'s resident KV to CPU memory and free its GPU slots (or drop it
+        all when CPU memory is full); the slots copied."""
+        resident = min(self.bidir.held(r), r.num_computed)
+        if self.cpu_slots_used + resident > self.cpu_slots_total:
+            self._drop_kv(r)
+            return 0
+        self.bidir.release(r)
+        self._cpu_held[id(r)] = self._cpu_held.get(id(r), 0) + resident
+        self.cpu_slots_used += resident
+        self.bros.checkpoint_slots += resident
+        return resident
 
     def _rt_victim(
         self, scheduled: set[int], exclude: EngineRequest, now: float
@@ -517,6 +571,11 @@ class BrosEngine:
             victim = self._be_victim(scheduled, exclude=r)
             if victim is not None:
                 copied += self._suspend_for_rt(victim)
+                continue
+            # Suspended KV out of this request's reach (beside other RT requests) is freed.
+            resident = self._newest_resident(exclude=r)
+            if resident is not None:
+                copied += self._checkpoint_whole(resident)
                 continue
             # No BE memory left to take: the RT request with the most slack starts over.
             rt_victim = self._rt_victim(scheduled, exclude=r, now=now)
