@@ -39,7 +39,7 @@ from hermes.core.pdgraph import learn
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.gateway.apps import CallTicket, GatewayApp, _StageLog
 from hermes.gateway.config import Backend, GatewayConfig
-from hermes.gateway.dispatch import Dispatcher, Upstream, Waiting
+from hermes.gateway.dispatch import BE, Dispatcher, Upstream, Waiting
 from hermes.gateway.server import Gateway, _Call
 from hermes.policies.base import AppView, CallInfo, PolicyContext
 from hermes.policies.registry import make_policy
@@ -99,7 +99,7 @@ async def gateway_decisions(queued: int, ops: int, rng: np.random.Generator) -> 
     release: list[float] = []
     enqueue: list[float] = []
     for i in range(ops):
-        head = gw._calls[id(gw.dispatcher._heaps["m"][0][2])]  # the call the slot goes to
+        head = gw._calls[id(gw.dispatcher._heaps["m"][BE][0][2])]  # the call the slot goes to
         t = time.perf_counter()
         gw._release(running, "u")
         release.append(time.perf_counter() - t)

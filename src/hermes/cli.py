@@ -639,13 +639,23 @@ def bench_bros(
             "--duration-s", help="Simulated seconds of RT arrivals. [default: 600; --quick: 60]"
         ),
     ] = None,
+    slo_margin: Annotated[
+        float,
+        typer.Option(
+            "--slo-margin",
+            min=0.0,
+            max=0.95,
+            help="BROS aims each RT token this fraction of its SLO early: higher trades BE "
+            "throughput for RT latency.",
+        ),
+    ] = 0.1,
 ) -> None:
     """The BROS paper's experiment: real-time and best-effort requests co-served on one
     engine, by policy and RT load, on Llama-2-7B (2 × A100) and Llama-2-70B TP4 (8 × A100)."""
     from hermes.experiments import bros_paper, bros_report
     from hermes.experiments.bros_sim import POLICIES
 
-    overrides: dict[str, Any] = {"seed": seed}
+    overrides: dict[str, Any] = {"seed": seed, "slo_margin": slo_margin}
     if policies is not None:
         chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
         for p in chosen:

@@ -568,14 +568,15 @@ class BrosEngine:
         while not self._fits(r, total, reclaim):
             if not steal:
                 return copied
-            victim = self._be_victim(scheduled, exclude=r)
-            if victim is not None:
-                copied += self._suspend_for_rt(victim)
-                continue
-            # Suspended KV out of this request's reach (beside other RT requests) is freed.
+            # KV of requests suspended already, out of this request's reach (beside other RT
+            # requests), is freed before another running request is stopped.
             resident = self._newest_resident(exclude=r)
             if resident is not None:
                 copied += self._checkpoint_whole(resident)
+                continue
+            victim = self._be_victim(scheduled, exclude=r)
+            if victim is not None:
+                copied += self._suspend_for_rt(victim)
                 continue
             # No BE memory left to take: the RT request with the most slack starts over.
             rt_victim = self._rt_victim(scheduled, exclude=r, now=now)

@@ -53,6 +53,7 @@ from hermes.experiments.bros_workload import (
     rt_trace,
 )
 from hermes.experiments.common import reduction
+from hermes.policies.bros import BrosOptions
 from hermes.profiles import load_profile
 
 Progress = Callable[[str], None]
@@ -125,6 +126,9 @@ class BrosSettings:
     ttft_ceiling_s: float = DEFAULT_TTFT_CEILING_S
     tpot_ceiling_s: float = DEFAULT_TPOT_CEILING_S
     vllm_miss_attainment: float = 0.9
+    # BROS aims each RT token this fraction of its SLO early (`BrosOptions.slo_margin`): the
+    # lever between RT latency (higher) and BE throughput (lower).
+    slo_margin: float = BrosOptions().slo_margin
     # RT capacity is measured over this span of a saturated run; the 70B engine, with room
     # for 256 long requests, needs minutes to leave its start-up transient.
     capacity_window_s: tuple[float, float] = (300.0, 1200.0)
@@ -255,7 +259,7 @@ def run_deployment(
                 continue
             rt_prio, be_prio = priorities(policy)
             run = simulate(
-                make_policy_engine(policy, cost, cfg),
+                make_policy_engine(policy, cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
                 rt_trace(clipped, rate / d.instances, w.end_s, s.seed),
                 BeStream(s.seed),
                 w,

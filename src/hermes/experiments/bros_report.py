@@ -100,7 +100,8 @@ def markdown(r: Mapping[str, Any]) -> str:
         "independent, so one is simulated at its share of the RT rate and BE figures are for "
         "the whole deployment. `split`: one instance serves only RT at the full rate, the "
         "other only BE. `vllm`: FCFS over both classes; `vllm-priority`: RT before BE "
-        f"(static priority). RT load in multiples of the deployment's RT capacity. Seed "
+        f"(static priority). RT load in multiples of the deployment's RT capacity. BROS aims "
+        f"each RT token {s['slo_margin']:g} of its SLO early (`--slo-margin`). Seed "
         f"{s['seed']}; {r['wall_s']:.0f} s of wall time.",
         "",
     ]

@@ -32,6 +32,7 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
 from hermes.experiments.bros_workload import LengthPool, PoolStream, RtTrace
+from hermes.policies.bros import BrosOptions
 
 # Co-served: RT and BE requests share each engine. `split`: dedicated RT and BE instances.
 CO_SERVED_POLICIES = ("vllm", "vllm-priority", "bros", "bros-nobidir")
@@ -65,7 +66,10 @@ class LengthSource(Protocol):
 
 
 def make_policy_engine(
-    policy: str, cost: StepCostModel, config: EngineConfig | None = None
+    policy: str,
+    cost: StepCostModel,
+    config: EngineConfig | None = None,
+    options: BrosOptions | None = None,
 ) -> EngineLike:
     """A fresh engine for a co-served policy. `vllm` and `vllm-priority` are the vLLM-style
     `Engine` with its defaults (they differ in the priorities the loop gives requests,
@@ -75,7 +79,7 @@ def make_policy_engine(
     if policy in ("bros", "bros-nobidir"):
         from hermes.policies.bros import make_engine
 
-        engine: EngineLike = make_engine(policy, cost, config)
+        engine: EngineLike = make_engine(policy, cost, config, options)
         return engine
     raise ValueError(f"unknown co-served policy {policy!r}; known: {', '.join(CO_SERVED_POLICIES)}")
 

@@ -107,6 +107,9 @@ class GatewayConfig(_Strict):
     policy_options: PolicyOptions = PolicyOptions()
     backends: list[Backend] = Field(min_length=1)
     queue_limit: int = Field(default=10_000, ge=1)  # beyond it: 429 with Retry-After
+    # Real-time calls (x-hermes-slo-class: rt) go first; best-effort ones still get at least
+    # this share of the grants while both wait.
+    be_min_share: float = Field(default=0.1, ge=0, le=1)
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
     upstream_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     connect_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)

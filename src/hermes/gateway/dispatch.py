@@ -5,6 +5,11 @@ queue here, where the policy orders them, rather than inside the engine. A call 
 upstream serving its model; a freed slot goes to the best-ranked call that upstream can serve,
 and a new call goes to the serving upstream with the most free slots (least outstanding work).
 
+SLO classes (BROS in the gateway): real-time calls (`rt`) go ahead of best-effort ones (`be`,
+and calls that name no class), each class in policy order; best-effort calls still get at
+least `be_min_share` of the recent grants while both wait, so a stream of real-time calls
+cannot starve them.
+
 Pure: `submit`, `release`, `cancel` and `rerank` return the grants to carry out; the server
 turns them into started upstream calls. Picking the best call is a heap pop (O(log n)); a
 re-rank rebuilds the heaps in O(n).
@@ -13,8 +18,12 @@ re-rank rebuilds the heaps in O(n).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+RT, BE = 0, 1  # heap index per SLO class
+SHARE_WINDOW = 100  # grants over which the best-effort share is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,7 @@ class Waiting:
     seq: int = 0
     cancelled: bool = False
     granted: bool = False
+    rt: bool = False  # real-time: ahead of best-effort calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +60,19 @@ class QueueFullError(Exception):
 class Dispatcher:
     upstreams: Sequence[Upstream]
     limit: int = 10_000
-    _heaps: dict[str, list[tuple[float, int, Waiting]]] = field(default_factory=dict)
+    be_min_share: float = 0.1
+    # Per model, one heap per class (RT, BE) of (priority, seq, call).
+    _heaps: dict[str, tuple[list[tuple[float, int, Waiting]], ...]] = field(default_factory=dict)
+    _recent: deque[int] = field(default_factory=lambda: deque(maxlen=SHARE_WINDOW))
+    _recent_be: int = 0
     _busy: dict[str, int] = field(default_factory=dict)
     _healthy: dict[str, bool] = field(default_factory=dict)
     _seq: int = 0
     _queued: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.be_min_share <= 1.0:
+            raise ValueError(f"be_min_share must be in [0, 1], got {self.be_min_share!r}")
         names = [u.name for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
@@ -64,7 +80,7 @@ class Dispatcher:
             self._busy[u.name] = 0
             self._healthy[u.name] = True
             for m in u.models:
-                self._heaps.setdefault(m, [])
+                self._heaps.setdefault(m, ([], []))
 
     # Queries ---------------------------------------------------------------------------------
 
@@ -89,22 +105,26 @@ class Dispatcher:
         return self._healthy[upstream]
 
     def waiting(self) -> Iterable[Waiting]:
-        for heap in self._heaps.values():
-            for _, _, w in heap:
-                if not w.cancelled:
-                    yield w
+        for heaps in self._heaps.values():
+            for heap in heaps:
+                for _, _, w in heap:
+                    if not w.cancelled:
+                        yield w
 
     # Inputs ----------------------------------------------------------------------------------
 
-    def submit(self, key: Hashable, model: str, priority: float) -> tuple[Waiting, list[Grant]]:
-        """Queue a call; KeyError for a model no upstream serves, QueueFullError when full."""
+    def submit(
+        self, key: Hashable, model: str, priority: float, rt: bool = False
+    ) -> tuple[Waiting, list[Grant]]:
+        """Queue a call (`rt`: real-time); KeyError for a model no upstream serves,
+        QueueFullError when full."""
         if model not in self._heaps:
             raise KeyError(model)
         if self._queued >= self.limit:
             raise QueueFullError(self.limit)
-        w = Waiting(key, model, priority, self._seq)
+        w = Waiting(key, model, priority, self._seq, rt=rt)
         self._seq += 1
-        heapq.heappush(self._heaps[model], (priority, w.seq, w))
+        heapq.heappush(self._heaps[model][RT if rt else BE], (priority, w.seq, w))
         self._queued += 1
         return w, self._fill(model)
 
@@ -130,39 +150,49 @@ class Dispatcher:
 
     def rerank(self, priority: Callable[[Waiting], float]) -> None:
         """Give every waiting call a new priority (dynamic policies, once per round)."""
-        for model, heap in self._heaps.items():
-            fresh = []
-            for _, seq, w in heap:
-                if not w.cancelled:
-                    w.priority = priority(w)
-                    fresh.append((w.priority, seq, w))
-            heapq.heapify(fresh)
-            self._heaps[model] = fresh
+        for heaps in self._heaps.values():
+            for heap in heaps:
+                fresh = []
+                for _, seq, w in heap:
+                    if not w.cancelled:
+                        w.priority = priority(w)
+                        fresh.append((w.priority, seq, w))
+                heapq.heapify(fresh)
+                heap[:] = fresh
 
     # Internals -------------------------------------------------------------------------------
 
     def _free(self, u: Upstream) -> int:
         return u.concurrency - self._busy[u.name] if self._healthy[u.name] else 0
 
-    def _pop(self, model: str) -> Waiting | None:
-        heap = self._heaps[model]
-        while heap:
-            _, _, w = heapq.heappop(heap)
-            if not w.cancelled:
-                self._queued -= 1
-                w.granted = True
-                return w
-        return None
+    def _class(self, rt_waiting: bool, be_waiting: bool) -> int | None:
+        """Which class gets the next grant: RT, unless BE is owed its share."""
+        if not (rt_waiting and be_waiting):
+            return RT if rt_waiting else BE if be_waiting else None
+        owed = self._recent_be < self.be_min_share * (len(self._recent) + 1)
+        return BE if owed else RT
+
+    def _granted(self, w: Waiting) -> None:
+        self._queued -= 1
+        w.granted = True
+        cls = RT if w.rt else BE
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_be -= self._recent[0]
+        self._recent.append(cls)
+        self._recent_be += cls
 
     def _fill(self, model: str) -> list[Grant]:
         grants: list[Grant] = []
+        heaps = self._heaps[model]
         while True:
             free = [u for u in self.upstreams if model in u.models and self._free(u) > 0]
             if not free:
                 return grants
-            w = self._pop(model)
-            if w is None:
+            cls = self._class(bool(self._prune(heaps[RT])), bool(self._prune(heaps[BE])))
+            if cls is None:
                 return grants
+            _, _, w = heapq.heappop(heaps[cls])
+            self._granted(w)
             best = max(free, key=self._free)
             self._busy[best.name] += 1
             grants.append(Grant(w, best.name))
@@ -171,19 +201,24 @@ class Dispatcher:
         u = next(x for x in self.upstreams if x.name == name)
         grants: list[Grant] = []
         while self._free(u) > 0:
-            # The best head among the models this upstream serves.
-            heads = [(h[0][0], h[0][1], m) for m in u.models if (h := self._prune(m))]
-            if not heads:
+            # The best head of the chosen class among the models this upstream serves.
+            heads: tuple[list[tuple[float, int, str]], list[tuple[float, int, str]]] = ([], [])
+            for m in u.models:
+                for k, heap in enumerate(self._heaps[m]):
+                    if self._prune(heap):
+                        heads[k].append((heap[0][0], heap[0][1], m))
+            cls = self._class(bool(heads[RT]), bool(heads[BE]))
+            if cls is None:
                 break
-            _, _, model = min(heads)
-            w = self._pop(model)
-            assert w is not None
+            _, _, model = min(heads[cls])
+            _, _, w = heapq.heappop(self._heaps[model][cls])
+            self._granted(w)
             self._busy[name] += 1
             grants.append(Grant(w, name))
         return grants
 
-    def _prune(self, model: str) -> list[tuple[float, int, Waiting]]:
-        heap = self._heaps[model]
+    @staticmethod
+    def _prune(heap: list[tuple[float, int, Waiting]]) -> list[tuple[float, int, Waiting]]:
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
         return heap

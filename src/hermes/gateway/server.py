@@ -44,6 +44,9 @@ from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
 from hermes.policies.registry import make_policy
 
 Clock = Callable[[], float]
+# Subtracted from a real-time call's rank (seconds) for the engine's priority: more than any
+# rank differs by, so the engine, too, serves real-time calls first.
+RT_ENGINE_LEAD_S = 1e9
 _JSON_BODY = {"Content-Type": "application/json"}
 
 
@@ -119,6 +122,7 @@ class _Call:
     chunks: int = 0
     finish: str = "abort"  # until the stream ends otherwise: the client hung up
     ended: bool = False  # counted, and what it held freed: see `_account`
+    rt: bool = False  # x-hermes-slo-class: rt
 
 
 class Gateway:
@@ -146,6 +150,7 @@ class Gateway:
         self.dispatcher = Dispatcher(
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
+            be_min_share=config.be_min_share,
         )
         self.prewarm = PrewarmActuator(
             config, prewarm or NoPrewarm(), self.clients, clock, self.metrics
@@ -307,7 +312,7 @@ class Gateway:
 
     def _enqueue(self, call: _Call, priority: float) -> None:
         try:
-            waiting, grants = self.dispatcher.submit(call.ticket, call.model, priority)
+            waiting, grants = self.dispatcher.submit(call.ticket, call.model, priority, call.rt)
         except QueueFullError:
             raise ApiError(
                 429, "the gateway's queue is full; retry later", "rate_limit_error"
@@ -442,7 +447,7 @@ class Gateway:
         )
         if len(app.stages) != stages:
             self.prewarm.on_stage(app, now)
-        call = _Call(ticket, body["model"], body, now, raw=raw)
+        call = _Call(ticket, body["model"], body, now, raw=raw, rt=ctx.slo_class == "rt")
         try:
             self._enqueue(call, self.policy.priority(ticket.info, app.view, now))
         except ApiError as e:
@@ -492,6 +497,8 @@ class Gateway:
             opts = call.body.get("stream_options") or {}
             extra["stream_options"] = {**opts, "include_usage": True}
         rank = call.waiting.priority if call.waiting else 0.0
+        if call.rt:  # real-time calls ahead of every other at the engine too
+            rank -= RT_ENGINE_LEAD_S
         return self.clients[upstream].prepare(call.raw, call.body, rank, extra)
 
     async def _retry_elsewhere(self, call: _Call, upstream: str, why: str) -> str | None:
