@@ -691,6 +691,60 @@ def bench_bros(
     out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
 
 
+@bench.command("qlm")
+def bench_qlm(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/qlm"),
+    quick: Annotated[bool, typer.Option(help="A short run at two loads (a smoke test).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    policies: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated policies. [default: vllm,edf,qlm-noplan,qlm]"),
+    ] = None,
+    workloads: Annotated[
+        str | None, typer.Option(help="Comma-separated workloads. [default: WA,WB,WC]")
+    ] = None,
+    instances: Annotated[int, typer.Option(min=1, max=64, help="Instances (A100).")] = 4,
+) -> None:
+    """The QLM paper's workloads (WA: interactive and batch on one model; WB: three models,
+    batch; WC: with mega-prompts) under vllm, edf, qlm-noplan and qlm, over bursty load."""
+    from hermes.experiments import qlm_paper, qlm_report
+
+    overrides: dict[str, Any] = {"seed": seed, "instances": instances}
+    for option, value, known in (
+        ("policies", policies, qlm_paper.POLICIES),
+        ("workloads", workloads, qlm_paper.WORKLOADS),
+    ):
+        if value is None:
+            continue
+        chosen = tuple(x.strip() for x in value.split(",") if x.strip())
+        bad = [x for x in chosen if x not in known]
+        if bad or not chosen:
+            raise _fail(f"--{option}: expected some of {', '.join(known)}, got {value!r}")
+        overrides[option] = chosen
+    settings = (
+        qlm_paper.quick_settings(**overrides) if quick else qlm_paper.QlmSettings(**overrides)
+    )
+    with err.status("starting") as status:
+        results = qlm_paper.run_all(settings, lambda m: status.update(escape(m)))
+    paths = qlm_report.write(results, out_dir)
+    table = Table(title=f"QLM targets ({results['wall_s']:.0f} s)")
+    for col in ("workload", "target", "measured", "goal", "met"):
+        table.add_column(col)
+    for t in results["targets"]:
+        v = t["measured"]
+        table.add_row(
+            t["workload"],
+            escape(t["target"]),
+            "-" if v is None else f"{v:.2f}",
+            t["goal"],
+            "yes" if t["met"] else "[red]no[/]",
+        )
+    out.print(table)
+    out.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _print_bros_targets(r: dict[str, Any]) -> None:
     table = Table(title=f"BROS targets ({r['wall_s']:.0f} s)")
     for col in ("deployment", "target", "measured", "goal", "met"):

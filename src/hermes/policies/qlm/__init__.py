@@ -1,0 +1,83 @@
+"""QLM (arXiv 2407.00047): multi-model queue management. Requests are grouped (`groups`),
+groups are queued per instance in an order planned from estimated waiting times (`estimator`,
+`planner`), and the plan becomes serving operations (`operations`); `policy` ties them into
+the policies the shells call, with the baselines QLM is measured against."""
+
+from hermes.policies.qlm.estimator import (
+    GroupView,
+    InstanceView,
+    drain_times,
+    group_tokens,
+    waiting_times,
+    z_for,
+)
+from hermes.policies.qlm.groups import (
+    Grouper,
+    GroupKey,
+    LengthStats,
+    Member,
+    RequestGroup,
+    length_bucket,
+)
+from hermes.policies.qlm.operations import (
+    Evict,
+    MoveGroup,
+    Operation,
+    Pull,
+    RunningView,
+    ScaleOut,
+    SwapKV,
+    SwapModel,
+    moves,
+    operations_for,
+)
+from hermes.policies.qlm.planner import MilpSettings, Plan, edf_order, plan, plan_edf, plan_milp
+from hermes.policies.qlm.policy import (
+    POLICY_NAMES,
+    EdfPolicy,
+    FcfsPerModel,
+    QLMOptions,
+    QLMPolicy,
+    QueuePolicy,
+    make_qlm_policy,
+    register_qlm_policy,
+)
+
+__all__ = [
+    "POLICY_NAMES",
+    "EdfPolicy",
+    "Evict",
+    "FcfsPerModel",
+    "GroupKey",
+    "GroupView",
+    "Grouper",
+    "InstanceView",
+    "LengthStats",
+    "Member",
+    "MilpSettings",
+    "MoveGroup",
+    "Operation",
+    "Plan",
+    "Pull",
+    "QLMOptions",
+    "QLMPolicy",
+    "QueuePolicy",
+    "RequestGroup",
+    "RunningView",
+    "ScaleOut",
+    "SwapKV",
+    "SwapModel",
+    "drain_times",
+    "edf_order",
+    "group_tokens",
+    "length_bucket",
+    "make_qlm_policy",
+    "moves",
+    "operations_for",
+    "plan",
+    "plan_edf",
+    "plan_milp",
+    "register_qlm_policy",
+    "waiting_times",
+    "z_for",
+]

@@ -1,0 +1,345 @@
+"""QLM as a policy the shells call, and the baselines it is measured against.
+
+Every policy here has the same three methods: `on_arrival` when a request arrives,
+`on_finished` when one completes (with its output length, which QLM learns from), and
+`decide(instances, running, now)`, which returns the operations to carry out now. A policy
+assumes the shell carries out every operation it returns, in order: pulled requests leave its
+queues at once. The shell calls `decide` at its own cadence (after arrivals and completions,
+or every planning interval).
+
+- `qlm`: request groups, virtual queues planned by EDF and, when EDF predicts violations, by
+  the MILP (`planner`), carried out by `operations_for`.
+- `qlm-noplan`: the same with EDF plans only.
+- `vllm`: first come first served per model, as separate vLLM deployments would be: an
+  instance pulls its active model's requests in arrival order; an idle instance with none
+  waiting swaps to the model whose oldest request has waited longest among those no instance
+  serves (else it stays as it is).
+- `edf`: one global queue of requests by deadline, no groups: each request in turn goes to the
+  instance with room that has its model active and the most room; failing that, an idle
+  instance swaps to its model; failing that, it waits and later requests may go ahead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+from hermes.policies.qlm.estimator import GroupView, InstanceView, z_for
+from hermes.policies.qlm.groups import Grouper, GroupKey, LengthStats, length_bucket
+from hermes.policies.qlm.operations import (
+    Evict,
+    Operation,
+    Pull,
+    RunningView,
+    SwapKV,
+    SwapModel,
+    operations_for,
+)
+from hermes.policies.qlm.planner import MilpSettings, Plan, plan, plan_edf
+
+
+@dataclass(frozen=True, slots=True)
+class QLMOptions:
+    """`violation_probability`: the chance a group's estimate may be exceeded (sets z).
+    `time_limit_s` bounds HiGHS alone; a planning round adds ~15 ms of Python around it, so the
+    default keeps a round of 1,000 groups on 8 instances within 50 ms. `pull_threshold`: the
+    most requests a policy lets run on an instance at once. `planner`: "milp" (qlm) or "edf"
+    (qlm-noplan). `prior_output_*`: output lengths assumed before any are observed.
+    `class_weights`: how much a violation of each SLO class counts (1 if absent)."""
+
+    violation_probability: float = 0.05
+    time_limit_s: float = 0.03
+    max_group_size: int = 64
+    group_window_s: float = 2.0
+    pull_threshold: int = 32
+    planner: Literal["milp", "edf"] = "milp"
+    prior_output_mean: float = 256.0
+    prior_output_std: float = 128.0
+    milp_window: int = 192
+    mip_rel_gap: float = 0.01
+    class_weights: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        z_for(self.violation_probability)  # validates it
+        if not (math.isfinite(self.time_limit_s) and self.time_limit_s > 0):
+            raise ValueError(f"QLMOptions.time_limit_s must be > 0, got {self.time_limit_s!r}")
+        if self.pull_threshold < 1:
+            raise ValueError(f"QLMOptions.pull_threshold must be >= 1, got {self.pull_threshold!r}")
+        if self.planner not in ("milp", "edf"):
+            raise ValueError(f"QLMOptions.planner must be 'milp' or 'edf', got {self.planner!r}")
+        for name, w in self.class_weights:
+            if not (math.isfinite(w) and w > 0):
+                raise ValueError(f"QLMOptions.class_weights[{name!r}] must be > 0, got {w!r}")
+        # The rest are checked where they are used, at construction.
+        Grouper(self.max_group_size, self.group_window_s)
+        LengthStats(self.prior_output_mean, self.prior_output_std)
+        MilpSettings(self.milp_window, self.mip_rel_gap)
+
+
+class QueuePolicy(Protocol):
+    def on_arrival(
+        self,
+        request_id: str,
+        model: str,
+        slo_class: str,
+        prompt_tokens: int,
+        slo_s: float,
+        now: float,
+    ) -> None: ...
+
+    def on_finished(self, request_id: str, output_tokens: int, now: float) -> None: ...
+
+    def decide(
+        self,
+        instances: Sequence[InstanceView],
+        running: Mapping[str, Sequence[RunningView]],
+        now: float,
+    ) -> list[Operation]: ...
+
+
+class QLMPolicy:
+    """QLM (`planner="milp"`) or QLM without its planner (`planner="edf"`)."""
+
+    def __init__(self, options: QLMOptions | None = None) -> None:
+        self.options = o = options or QLMOptions()
+        self.grouper = Grouper(o.max_group_size, o.group_window_s)
+        self.stats = LengthStats(o.prior_output_mean, o.prior_output_std)
+        self.z = z_for(o.violation_probability)
+        self.settings = MilpSettings(o.milp_window, o.mip_rel_gap)
+        self.weights = dict(o.class_weights) or None
+        self.queues: dict[str, tuple[int, ...]] = {}  # the virtual queues, by instance
+        self.evicted: dict[str, list[RunningView]] = {}  # parked in CPU memory, by instance
+        self.last_plan: Plan | None = None
+        self._class_slo_s: dict[str, float] = {}
+        self._key_of: dict[str, GroupKey] = {}  # every request not yet finished
+
+    def on_arrival(
+        self,
+        request_id: str,
+        model: str,
+        slo_class: str,
+        prompt_tokens: int,
+        slo_s: float,
+        now: float,
+    ) -> None:
+        if request_id in self._key_of:
+            raise ValueError(f"request {request_id!r} arrived twice")
+        group = self.grouper.add(request_id, model, slo_class, prompt_tokens, now, slo_s)
+        self._key_of[request_id] = group.key
+        self._class_slo_s[slo_class] = min(slo_s, self._class_slo_s.get(slo_class, math.inf))
+
+    def on_finished(self, request_id: str, output_tokens: int, now: float) -> None:
+        key = self._key_of.pop(request_id, None)
+        if key is None:
+            raise ValueError(f"request {request_id!r} finished but never arrived")
+        self.stats.observe(key, output_tokens)
+
+    def decide(
+        self,
+        instances: Sequence[InstanceView],
+        running: Mapping[str, Sequence[RunningView]],
+        now: float,
+    ) -> list[Operation]:
+        o = self.options
+        views = {
+            g.id: GroupView(g.id, g.key, g.size, g.deadline_s) for g in self.grouper.groups.values()
+        }
+        groups = list(views.values())
+        if o.planner == "milp":
+            new = plan(
+                groups,
+                instances,
+                now,
+                self.stats,
+                self.z,
+                o.time_limit_s,
+                self.weights,
+                self.settings,
+            )
+        else:
+            new = plan_edf(groups, instances, now, self.stats, self.z, self.weights)
+        ops = operations_for(
+            new,
+            self.queues,
+            views,
+            instances,
+            running,
+            now=now,
+            stats=self.stats,
+            z=self.z,
+            pull_threshold=o.pull_threshold,
+            class_slo_s=self._class_slo_s,
+            evicted=self.evicted,
+        )
+        self.last_plan = new
+        self.queues = {name: tuple(q) for name, q in new.queues.items()}
+        return [self._carry(op, running) for op in ops]
+
+    def _carry(self, op: Operation, running: Mapping[str, Sequence[RunningView]]) -> Operation:
+        """Book what the shell is about to do; name a pull's requests."""
+        if isinstance(op, Pull) and op.group_id is not None:
+            taken = self.grouper.take(op.group_id, op.count)
+            if op.group_id not in self.grouper.groups:
+                self.queues[op.instance] = tuple(
+                    gid for gid in self.queues[op.instance] if gid != op.group_id
+                )
+            return replace(op, request_ids=tuple(m.request_id for m in taken))
+        if isinstance(op, Evict):
+            ids = set(op.request_ids)
+            parked = [r for r in running.get(op.instance, ()) if r.request_id in ids]
+            self.evicted.setdefault(op.instance, []).extend(parked)
+        elif isinstance(op, SwapKV) and op.to == "gpu":
+            ids = set(op.request_ids)
+            left = [r for r in self.evicted.get(op.instance, ()) if r.request_id not in ids]
+            self.evicted[op.instance] = left
+        return op
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request_id: str
+    model: str
+    deadline_s: float
+    arrival_s: float
+
+
+class _RequestQueues:
+    """Waiting requests of the baselines, which know no groups."""
+
+    def __init__(self, options: QLMOptions | None = None) -> None:
+        self.options = options or QLMOptions()
+        self.waiting: dict[str, _Waiting] = {}  # in arrival order
+        self._arrived: set[str] = set()
+
+    def on_arrival(
+        self,
+        request_id: str,
+        model: str,
+        slo_class: str,
+        prompt_tokens: int,
+        slo_s: float,
+        now: float,
+    ) -> None:
+        if request_id in self._arrived:
+            raise ValueError(f"request {request_id!r} arrived twice")
+        length_bucket(prompt_tokens)  # validates it
+        self._arrived.add(request_id)
+        self.waiting[request_id] = _Waiting(request_id, model, now + slo_s, now)
+
+    def on_finished(self, request_id: str, output_tokens: int, now: float) -> None:
+        if request_id not in self._arrived:
+            raise ValueError(f"request {request_id!r} finished but never arrived")
+        self._arrived.discard(request_id)
+
+    def _pulls(self, chosen: Mapping[str, list[str]]) -> list[Operation]:
+        ops: list[Operation] = []
+        for name, ids in chosen.items():
+            if ids:
+                for rid in ids:
+                    del self.waiting[rid]
+                ops.append(Pull(name, None, len(ids), tuple(ids)))
+        return ops
+
+
+class FcfsPerModel(_RequestQueues):
+    """`vllm`: first come first served per model (see the module docstring)."""
+
+    def decide(
+        self,
+        instances: Sequence[InstanceView],
+        running: Mapping[str, Sequence[RunningView]],
+        now: float,
+    ) -> list[Operation]:
+        by_model: dict[str, deque[_Waiting]] = {}
+        for w in self.waiting.values():
+            by_model.setdefault(w.model, deque()).append(w)
+        served = {inst.active_model for inst in instances}
+        ops: list[Operation] = []
+        chosen: dict[str, list[str]] = {}
+        for inst in instances:
+            busy = running.get(inst.name, ())
+            model = inst.active_model
+            if not busy and (model is None or not by_model.get(model)):
+                unserved = [
+                    m for m, q in by_model.items() if q and m not in served and inst.serves(m)
+                ]
+                if unserved:
+                    model = min(unserved, key=lambda m: (by_model[m][0].arrival_s, m))
+                    ops.append(SwapModel(inst.name, model, model in inst.warm_models))
+                    served.add(model)
+            queue = by_model.get(model) if model is not None else None
+            room = self.options.pull_threshold - len(busy)
+            while queue and room > 0:
+                chosen.setdefault(inst.name, []).append(queue.popleft().request_id)
+                room -= 1
+        return ops + self._pulls(chosen)
+
+
+class EdfPolicy(_RequestQueues):
+    """`edf`: one global earliest-deadline-first queue of requests (see the module docstring)."""
+
+    def decide(
+        self,
+        instances: Sequence[InstanceView],
+        running: Mapping[str, Sequence[RunningView]],
+        now: float,
+    ) -> list[Operation]:
+        room = {
+            inst.name: self.options.pull_threshold - len(running.get(inst.name, ()))
+            for inst in instances
+        }
+        model = {inst.name: inst.active_model for inst in instances}
+        idle = [inst for inst in instances if not running.get(inst.name)]
+        ops: list[Operation] = []
+        chosen: dict[str, list[str]] = {}
+        for w in sorted(
+            self.waiting.values(), key=lambda w: (w.deadline_s, w.arrival_s, w.request_id)
+        ):
+            ready = [
+                inst for inst in instances if room[inst.name] > 0 and model[inst.name] == w.model
+            ]
+            if ready:
+                target = max(ready, key=lambda inst: room[inst.name]).name
+            else:
+                spare = next(
+                    (inst for inst in idle if inst.serves(w.model) and inst.name not in chosen),
+                    None,
+                )
+                if spare is None:
+                    continue
+                target = spare.name
+                idle.remove(spare)
+                ops.append(SwapModel(target, w.model, w.model in spare.warm_models))
+                model[target] = w.model
+            chosen.setdefault(target, []).append(w.request_id)
+            room[target] -= 1
+        return ops + self._pulls(chosen)
+
+
+POLICY_NAMES: tuple[str, ...] = ("vllm", "edf", "qlm-noplan", "qlm")
+Factory = Callable[[QLMOptions | None], QueuePolicy]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register_qlm_policy(name: str, factory: Factory) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"QLM policy {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def make_qlm_policy(name: str, options: QLMOptions | None = None) -> QueuePolicy:
+    """A fresh policy by name; `options` (pull threshold and, for QLM, the rest) default."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown QLM policy {name!r}; known: {', '.join(_REGISTRY)}") from None
+    return factory(options)
+
+
+register_qlm_policy("vllm", FcfsPerModel)
+register_qlm_policy("edf", EdfPolicy)
+register_qlm_policy("qlm-noplan", lambda o: QLMPolicy(replace(o or QLMOptions(), planner="edf")))
+register_qlm_policy("qlm", lambda o: QLMPolicy(replace(o or QLMOptions(), planner="milp")))
