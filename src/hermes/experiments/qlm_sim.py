@@ -56,6 +56,7 @@ class RunCounters:
     moves: int = 0
     evictions: int = 0
     restores: int = 0
+    shell_restores: int = 0  # evicted requests the shell brought back on an idle instance
     scale_outs: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # operations that could not be done
 
@@ -173,8 +174,20 @@ def simulate(
             if op.instance in steps:  # at the iteration boundary, as an engine would
                 held_back.setdefault(op.instance, []).append(op)
                 return
-            reqs = [live[r].engine_req for r in op.request_ids if r in live]
-            inst.evict([r for r in reqs if r is not None], now)
+            # Held back to a step's end, some may have finished or been evicted meanwhile.
+            engine = inst.engine
+            queued = (
+                set()
+                if engine is None
+                else {id(r) for r in (*engine.running, *engine.waiting, *engine.swapped)}
+            )
+            reqs: list[EngineRequest] = []
+            for r in op.request_ids:
+                lv = live.get(r)
+                if lv is not None and lv.engine_req is not None and id(lv.engine_req) in queued:
+                    reqs.append(lv.engine_req)
+            if reqs:
+                inst.evict(reqs, now)
             counters.evictions += len(reqs)
         elif isinstance(op, SwapKV):
             if op.to == "gpu":
@@ -182,9 +195,12 @@ def simulate(
                 if op.instance in steps or inst.swapping:
                     held_back.setdefault(op.instance, []).append(op)
                     return
-                reqs = [live[r].engine_req for r in op.request_ids if r in live]
                 held = {id(e) for e in inst.evicted}
-                back = [r for r in reqs if r is not None and id(r) in held]
+                back = [
+                    e
+                    for r in dict.fromkeys(op.request_ids)  # restored once, however often named
+                    if r in live and (e := live[r].engine_req) is not None and id(e) in held
+                ]
                 if back and inst.active_model == inst.evicted_model(back[0]):
                     inst.restore(back, now)
                     counters.restores += len(back)
@@ -241,6 +257,15 @@ def simulate(
                 carry(op)
         if deferred:
             place_deferred()
+        # A safety net, so that nothing is lost: requests evicted on an instance that has
+        # their model active and nothing else to do come back, whatever the policy thinks.
+        for name, inst in by_name.items():
+            if name in steps or inst.swapping or held_back.get(name) or not inst.idle:
+                continue
+            stranded = [e for e in inst.evicted if inst.evicted_model(e) == inst.active_model]
+            if stranded:
+                inst.restore(stranded, now)
+                counters.shell_restores += len(stranded)
         # Start steps where none is in flight.
         for name, inst in by_name.items():
             if name not in steps and not inst.swapping and now >= inst.free_at_s:
@@ -310,6 +335,8 @@ def summary(run: QlmRun, window: tuple[float, float] | None = None) -> dict[str,
         "decide_ms_p95": float(np.percentile(decide, 95)) if decide.size else None,
         "decide_ms_max": float(decide.max()) if decide.size else None,
         "evictions": run.counters.evictions,
+        "restores": run.counters.restores,
+        "shell_restores": run.counters.shell_restores,
         "scale_out_recommendations": run.counters.scale_outs,
         "refused_operations": dict(sorted(run.counters.refused.items())),
         "end_s": run.end_s,

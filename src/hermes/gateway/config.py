@@ -6,6 +6,7 @@ simulator's configuration does.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,6 +101,39 @@ class PrewarmTarget(_Strict):
         return self
 
 
+GpuGroupKind = Literal["vllm-sleep", "llamacpp-router"]
+SloClass = Literal["rt", "be"]
+DEFAULT_SLO_S: dict[SloClass, float] = {"rt": 20.0, "be": 3600.0}
+
+
+class GpuGroup(_Strict):
+    """Models that take turns on the same GPUs; the gateway swaps them as the QLM planner
+    orders (`hermes.gateway.model_swaps`).
+
+    - `vllm-sleep`: `backends` are two or more vLLM (or emulated) servers started with sleep
+      mode, one model each, all on the same GPUs; one is awake at a time. A swap puts the
+      awake one to sleep at `sleep_level` (1: its weights wait in CPU memory, a warm swap; 2:
+      they are discarded, a cold one) and wakes the next.
+    - `llamacpp-router`: `backends` is one llama.cpp server in router mode serving several
+      models; a swap unloads the loaded model and loads the next.
+
+    `swap_s` is what the planner expects a swap to take (default 1 s for sleep level 1, else
+    10 s); `throughput_tok_s` its decode throughput until it has measured one."""
+
+    name: str = Field(min_length=1)
+    kind: GpuGroupKind = "vllm-sleep"
+    backends: list[str] = Field(min_length=1)
+    sleep_level: Literal[1, 2] = 1
+    swap_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    throughput_tok_s: float = Field(default=2000.0, gt=0, allow_inf_nan=False)
+
+    @property
+    def swap_estimate_s(self) -> float:
+        if self.swap_s is not None:
+            return self.swap_s
+        return 1.0 if self.kind == "vllm-sleep" and self.sleep_level == 1 else 10.0
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -122,6 +156,92 @@ class GatewayConfig(_Strict):
     demand_gpu: str = "a100"
     # Cold things the prewarm policy (policy_options.prewarm: pdgraph or on-queue) warms.
     prewarm_targets: list[PrewarmTarget] = Field(default_factory=list)
+    # Models that share GPUs, swapped in and out as the QLM planner orders.
+    gpu_groups: list[GpuGroup] = Field(default_factory=list)
+    # The SLO class of a call without x-hermes-slo-class, by model (else best-effort).
+    model_slo_class: dict[str, SloClass] = Field(default_factory=dict)
+    # The completion time each class is planned for (model swaps): a call's deadline is its
+    # arrival plus this, or its application's x-hermes-deadline-ms if that is earlier.
+    slo_s: dict[SloClass, float] = Field(default_factory=lambda: dict(DEFAULT_SLO_S))
+
+    def slo_class_of(self, model: str, header: SloClass | None) -> SloClass:
+        """A call's SLO class: its header's, else its model's default, else best-effort."""
+        return header or self.model_slo_class.get(model, "be")
+
+    def slo_seconds(self, slo_class: SloClass) -> float:
+        return self.slo_s.get(slo_class, DEFAULT_SLO_S[slo_class])
+
+    @model_validator(mode="after")
+    def _swaps(self) -> GatewayConfig:
+        backends = {b.name: b for b in self.backends}
+        for cls, s in self.slo_s.items():
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"slo_s.{cls}: must be a positive number of seconds, got {s!r}")
+        served = {m for b in self.backends for m in b.models}
+        for model in self.model_slo_class:
+            if model not in served:
+                raise ValueError(f"model_slo_class: no backend serves model {model!r}")
+        groups = [g.name for g in self.gpu_groups]
+        if len(set(groups)) != len(groups):
+            raise ValueError(f"gpu_groups: names must be unique, got {groups}")
+        owner: dict[str, str] = {}
+        for i, g in enumerate(self.gpu_groups):
+            where = f"gpu_groups.{i} ({g.name!r})"
+            for name in g.backends:
+                b = backends.get(name)
+                if b is None:
+                    raise ValueError(f"{where}.backends: no backend named {name!r}")
+                if name in owner:
+                    raise ValueError(
+                        f"{where}: backend {name!r} is in gpu group {owner[name]!r} already; "
+                        "a backend belongs to at most one group"
+                    )
+                owner[name] = g.name
+            members = [backends[n] for n in g.backends]
+            if g.kind == "vllm-sleep":
+                if len(members) < 2:
+                    raise ValueError(
+                        f"{where}: a vllm-sleep group needs at least 2 backends to swap "
+                        f"between, got {len(members)}"
+                    )
+                for b in members:
+                    if b.kind not in ("vllm", "emulated"):
+                        raise ValueError(
+                            f"{where}: backend {b.name!r} is of kind {b.kind!r}; vllm-sleep "
+                            "swaps need vllm (or emulated) backends"
+                        )
+                    if len(b.models) != 1:
+                        raise ValueError(
+                            f"{where}: backend {b.name!r} serves {len(b.models)} models; a "
+                            "vllm-sleep member serves exactly one"
+                        )
+                models = [b.models[0] for b in members]
+                if len(set(models)) != len(models):
+                    raise ValueError(f"{where}: two backends serve the same model: {models}")
+            else:
+                if len(members) != 1:
+                    raise ValueError(
+                        f"{where}: a llamacpp-router group is one llama.cpp server, got "
+                        f"{len(members)} backends"
+                    )
+                (b,) = members
+                if b.kind != "llamacpp":
+                    raise ValueError(
+                        f"{where}: backend {b.name!r} is of kind {b.kind!r}; a "
+                        "llamacpp-router group needs a llamacpp backend"
+                    )
+                if len(set(b.models)) < 2:
+                    raise ValueError(
+                        f"{where}: backend {b.name!r} serves {len(set(b.models))} model; "
+                        "a router group swaps between at least 2"
+                    )
+        for i, t in enumerate(self.prewarm_targets):
+            if t.upstream in owner:
+                raise ValueError(
+                    f"prewarm_targets.{i}: backend {t.upstream!r} is in gpu group "
+                    f"{owner[t.upstream]!r}, whose model swaps decide when it sleeps"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:

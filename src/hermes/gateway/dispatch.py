@@ -10,6 +10,10 @@ and calls that name no class), each class in policy order; best-effort calls sti
 least `be_min_share` of the recent grants while both wait, so a stream of real-time calls
 cannot starve them.
 
+An upstream takes calls only for the models it has loaded now (`set_loaded`; at first, all of
+its models): engines that share a GPU take turns with their models (`model_swaps`), and calls
+for a model that none has loaded wait here until one does.
+
 Pure: `submit`, `release`, `cancel` and `rerank` return the grants to carry out; the server
 turns them into started upstream calls. Picking the best call is a heap pop (O(log n)); a
 re-rank rebuilds the heaps in O(n).
@@ -67,6 +71,7 @@ class Dispatcher:
     _recent_be: int = 0
     _busy: dict[str, int] = field(default_factory=dict)
     _healthy: dict[str, bool] = field(default_factory=dict)
+    _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
     _seq: int = 0
     _queued: int = 0
 
@@ -79,6 +84,7 @@ class Dispatcher:
         for u in self.upstreams:
             self._busy[u.name] = 0
             self._healthy[u.name] = True
+            self._loaded[u.name] = u.models
             for m in u.models:
                 self._heaps.setdefault(m, ([], []))
 
@@ -103,6 +109,10 @@ class Dispatcher:
 
     def healthy(self, upstream: str) -> bool:
         return self._healthy[upstream]
+
+    def loaded(self, upstream: str) -> frozenset[str]:
+        """The models `upstream` takes calls for now."""
+        return self._loaded[upstream]
 
     def waiting(self) -> Iterable[Waiting]:
         for heaps in self._heaps.values():
@@ -148,6 +158,19 @@ class Dispatcher:
         self._healthy[upstream] = healthy
         return self._fill_upstream(upstream) if healthy else []
 
+    def set_loaded(self, upstream: str, models: Iterable[str]) -> list[Grant]:
+        """`upstream` takes calls only for `models` (some of its own) from now on: none while
+        it is asleep or swapping; calls it holds run on. The grants its new models get."""
+        u = self._upstream(upstream)
+        loaded = frozenset(models)
+        if not loaded <= u.models:
+            raise ValueError(
+                f"upstream {upstream!r} does not serve {sorted(loaded - u.models)}; "
+                f"it serves {sorted(u.models)}"
+            )
+        self._loaded[upstream] = loaded
+        return self._fill_upstream(upstream)
+
     def rerank(self, priority: Callable[[Waiting], float]) -> None:
         """Give every waiting call a new priority (dynamic policies, once per round)."""
         for heaps in self._heaps.values():
@@ -185,7 +208,9 @@ class Dispatcher:
         grants: list[Grant] = []
         heaps = self._heaps[model]
         while True:
-            free = [u for u in self.upstreams if model in u.models and self._free(u) > 0]
+            free = [
+                u for u in self.upstreams if model in self._loaded[u.name] and self._free(u) > 0
+            ]
             if not free:
                 return grants
             cls = self._class(bool(self._prune(heaps[RT])), bool(self._prune(heaps[BE])))
@@ -197,13 +222,19 @@ class Dispatcher:
             self._busy[best.name] += 1
             grants.append(Grant(w, best.name))
 
+    def _upstream(self, name: str) -> Upstream:
+        u = next((x for x in self.upstreams if x.name == name), None)
+        if u is None:
+            raise KeyError(name)
+        return u
+
     def _fill_upstream(self, name: str) -> list[Grant]:
-        u = next(x for x in self.upstreams if x.name == name)
+        u = self._upstream(name)
         grants: list[Grant] = []
         while self._free(u) > 0:
-            # The best head of the chosen class among the models this upstream serves.
+            # The best head of the chosen class among the models this upstream has loaded.
             heads: tuple[list[tuple[float, int, str]], list[tuple[float, int, str]]] = ([], [])
-            for m in u.models:
+            for m in self._loaded[name]:
                 for k, heap in enumerate(self._heaps[m]):
                     if self._prune(heap):
                         heads[k].append((heap[0][0], heap[0][1], m))

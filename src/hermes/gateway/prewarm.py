@@ -275,28 +275,10 @@ class PrewarmActuator:
     async def _post(
         self, upstream: str, path: str, body: dict[str, Any] | None, duplicate_ok: bool = False
     ) -> bool:
-        client = self.clients[upstream]
-        try:
-            async with client.session.post(client.url + path, json=body) as resp:
-                if resp.status < 300:
-                    return True
-                text = (await resp.text())[:200]
-                if duplicate_ok and resp.status == 400 and "already" in text:
-                    return True
-                log.warning("%s %s: HTTP %d %s", upstream, path, resp.status, text)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning("%s %s failed: %r", upstream, path, e)
-        return False
+        return await post_control(self.clients[upstream], path, body, duplicate_ok) is None
 
     async def _is_sleeping(self, upstream: str) -> bool:
-        client = self.clients[upstream]
-        try:
-            async with client.session.get(client.url + "/is_sleeping") as resp:
-                if resp.status == 200:
-                    return bool((await resp.json()).get("is_sleeping", False))
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            pass
-        return False  # no sleep mode there (not in vLLM's development mode): awake
+        return await is_sleeping(self.clients[upstream])
 
     # Scheduling ------------------------------------------------------------------------------
 
@@ -316,3 +298,42 @@ class PrewarmActuator:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+# Engine controls, shared with the model swapper (`model_swaps`) ----------------------------
+
+
+async def post_control(
+    client: UpstreamClient,
+    path: str,
+    body: dict[str, Any] | None = None,
+    duplicate_ok: bool = False,
+) -> str | None:
+    """POST one of an engine's controls (sleep, wake-up, adapter or model loads): None if it
+    succeeded, else what went wrong (logged too). `duplicate_ok`: a 400 saying the thing is
+    loaded "already" is a success."""
+    name = client.backend.name
+    try:
+        async with client.session.post(client.url + path, json=body) as resp:
+            if resp.status < 300:
+                return None
+            text = (await resp.text())[:200]
+            if duplicate_ok and resp.status == 400 and "already" in text:
+                return None
+            log.warning("%s %s: HTTP %d %s", name, path, resp.status, text)
+            return f"{path} answered HTTP {resp.status}: {text}"
+    except (aiohttp.ClientError, TimeoutError) as e:
+        log.warning("%s %s failed: %r", name, path, e)
+        return f"{path} failed: {e!r}"
+
+
+async def is_sleeping(client: UpstreamClient) -> bool:
+    """vLLM's `GET /is_sleeping`; False (awake) when the engine has no sleep mode (vLLM
+    outside its development mode) or does not answer."""
+    try:
+        async with client.session.get(client.url + "/is_sleeping") as resp:
+            if resp.status == 200:
+                return bool((await resp.json()).get("is_sleeping", False))
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+        pass
+    return False

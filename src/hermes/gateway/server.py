@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from hermes.gateway.config import GatewayConfig
 from hermes.gateway.context import HeaderError, event_context, parse_context
 from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Upstream, Waiting
 from hermes.gateway.metrics import GatewayMetrics
+from hermes.gateway.model_swaps import PERIOD_S as SWAP_PERIOD_S
+from hermes.gateway.model_swaps import ModelSwapper
 from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.run_store import RunStore
 from hermes.gateway.upstream import UpstreamClient
@@ -122,7 +125,8 @@ class _Call:
     chunks: int = 0
     finish: str = "abort"  # until the stream ends otherwise: the client hung up
     ended: bool = False  # counted, and what it held freed: see `_account`
-    rt: bool = False  # x-hermes-slo-class: rt
+    rt: bool = False  # real-time: x-hermes-slo-class rt, or its model's default class
+    deadline_s: float = math.inf  # arrival + its class's slo_s, or its app's deadline
 
 
 class Gateway:
@@ -155,6 +159,18 @@ class Gateway:
         self.prewarm = PrewarmActuator(
             config, prewarm or NoPrewarm(), self.clients, clock, self.metrics
         )
+        self.swapper: ModelSwapper | None = None
+        if config.gpu_groups:
+            self.swapper = ModelSwapper(
+                config,
+                self.dispatcher,
+                self.clients,
+                self.metrics.registry,
+                clock,
+                self._grant,
+                self._deadline_of,
+                self._fail_waiting,
+            )
         self.graphs: dict[str, PDGraph] = {}  # what the policy learned, for inspection
         self.store: RunStore | None = None
         self._calls: dict[int, _Call] = {}  # by id(Waiting)
@@ -192,6 +208,9 @@ class Gateway:
         self._tasks.append(
             loop.create_task(self._every(self.config.policy_options.rank_interval_s, self._rerank))
         )
+        if self.swapper is not None:
+            await self.swapper.start()
+            self._tasks.append(loop.create_task(self._every(SWAP_PERIOD_S, self.swapper.tick)))
         self._tasks.append(loop.create_task(self._every(1.0, self._reap_idle_apps)))
 
     async def drain(self, drain_s: float = 30.0) -> None:
@@ -213,6 +232,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.swapper is not None:
+            await self.swapper.close()
         await self.prewarm.close()
         for c in self.clients.values():
             await c.close()
@@ -320,6 +341,25 @@ class Gateway:
         call.waiting = waiting
         self._calls[id(waiting)] = call
         self._grant(grants)
+        if self.swapper is not None and not waiting.granted:
+            self.swapper.on_queued(call.model)
+
+    def _deadline_of(self, waiting: Waiting) -> float:
+        call = self._calls.get(id(waiting))
+        return call.deadline_s if call is not None else self.clock() + self.config.slo_seconds("be")
+
+    def _fail_waiting(self, model: str, message: str) -> int:
+        """End every call waiting for `model` with 503 (`message`); how many there were."""
+        failed = 0
+        for w in list(self.dispatcher.waiting()):
+            if w.model != model or not self.dispatcher.cancel(w):
+                continue
+            call = self._calls.pop(id(w), None)
+            if call is not None and not call.future.done():
+                call.future.set_exception(ApiError(503, message, "unavailable"))
+                failed += 1
+        self._grant([])
+        return failed
 
     def _release(self, call: _Call, upstream: str) -> None:
         call.upstream = None
@@ -447,14 +487,22 @@ class Gateway:
         )
         if len(app.stages) != stages:
             self.prewarm.on_stage(app, now)
-        call = _Call(ticket, body["model"], body, now, raw=raw, rt=ctx.slo_class == "rt")
+        slo = self.config.slo_class_of(body["model"], ctx.slo_class)
+        deadline = now + self.config.slo_seconds(slo)
+        if app.view.deadline_s is not None:
+            deadline = min(deadline, app.view.deadline_s)
+        call = _Call(ticket, body["model"], body, now, raw=raw, rt=slo == "rt", deadline_s=deadline)
         try:
             self._enqueue(call, self.policy.priority(ticket.info, app.view, now))
         except ApiError as e:
             self._end_call(call, 0, 0)
             self.metrics.rejections.labels(str(e.status)).inc()
             return e.response({"Retry-After": "1"})
-        upstream = await self._wait_turn(request, call)
+        try:
+            upstream = await self._wait_turn(request, call)
+        except ApiError as e:  # it waited for a model that could not be swapped in
+            self._account(call, {}, "error")
+            return e.response()
         if upstream is None:  # the client went away while queued
             self._account(call, {}, "abort")
             return Response(status_code=499)
@@ -652,9 +700,13 @@ class Gateway:
         if call.ended:
             return
         call.ended = True
+        upstream = call.upstream
         self._free(call)
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
+        if self.swapper is not None:
+            cls = "rt" if call.rt else "be"
+            self.swapper.on_ended(upstream, call.model, cls, completion, finish == "stop")
         self.metrics.prompt_tokens.inc(prompt)
         self.metrics.generation_tokens.inc(completion)
         self.metrics.e2e.observe(self.clock() - call.arrived_s)
