@@ -39,7 +39,7 @@ class QlmSettings:
     workloads: tuple[str, ...] = WORKLOADS
     rates: tuple[tuple[str, tuple[float, ...]], ...] = (
         ("WA", (10.0, 20.0, 30.0, 40.0, 50.0)),
-        ("WB", (10.0, 20.0, 30.0, 40.0, 50.0)),
+        ("WB", (10.0, 20.0, 40.0, 60.0, 80.0)),
         ("WC", (10.0, 20.0, 30.0, 40.0, 50.0)),
     )
     duration_s: float = 300.0

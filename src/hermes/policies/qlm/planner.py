@@ -119,9 +119,10 @@ class _Lanes:
         self, g: GroupView, tokens: float, candidates: Sequence[int], due_s: float = math.inf
     ) -> None:
         """Append `g` where it drains earliest among `candidates` (the first on ties), but
-        on a queue that already ends with its model if one drains it within `due_s`: a swap
-        costs more than its load time (the instance drains its running batch first, serving
-        ever fewer requests), so groups of a model are kept together while deadlines allow."""
+        on a queue that already ends with its model if one drains it within `due_s`, or if no
+        queue does: a swap costs more than its load time (the instance drains its running
+        batch first, serving ever fewer requests), so groups of a model stay together unless
+        moving one saves its deadline."""
         model = g.model
         best, best_t = -1, math.inf
         same, same_t = -1, math.inf
@@ -131,7 +132,9 @@ class _Lanes:
                 best, best_t = i, t
             if self.model[i] == model and t < same_t:
                 same, same_t = i, t
-        if same >= 0 and same_t <= due_s:
+        # Kept with its model when that meets its deadline, or when nothing does: a swap
+        # cannot save a group that is late anyway, and it costs every group behind it.
+        if same >= 0 and (same_t <= due_s or best_t > due_s):
             best, best_t = same, same_t
         if model != self.model[best]:
             self.model[best], self.changed[best] = model, True
