@@ -36,7 +36,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_pool import BlockPool
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.scheduler import EngineStats, Step, StepResult
+from hermes.engine.scheduler import EngineStats, Step, StepResult, sample_token
 from hermes.policies.bros import AdaptiveCap, BrosOptions, next_deadline
 
 
@@ -624,18 +624,8 @@ class BrosEngine:
                 if end > next_deadline(r) + 1e-9:
                     self.bros.rt_late_tokens += 1
                     missed = True
-            r.generated += 1
-            r.num_tokens += 1
+            sample_token(r, end, stats, first_tokens, finished)
             tokens += 1
-            if r.first_token_s is None:
-                r.first_token_s = end
-                first_tokens.append(r)
-            else:
-                assert r.last_token_s is not None
-                stats.itl_single.append(end - r.last_token_s)
-            r.last_token_s = end
-            if r.generated >= r.output_tokens:
-                finished.append(r)
         if any(r.slo_class == "rt" for r, _, _ in chunks) or missed:
             self.cap.observe(missed)
         for r in finished:

@@ -110,6 +110,28 @@ class EngineStats:
     itl_runs: list[tuple[float, float, int, int]] = field(default_factory=list)
 
 
+def sample_token(
+    r: EngineRequest,
+    end: float,
+    stats: EngineStats,
+    first_tokens: list[EngineRequest],
+    finished: list[EngineRequest],
+) -> None:
+    """`r` caught up with its tokens in an iteration ending at `end` and sampled one more:
+    count it, and note its first token, its gap since the last, or its finish."""
+    r.generated += 1
+    r.num_tokens += 1
+    if r.first_token_s is None:
+        r.first_token_s = end
+        first_tokens.append(r)
+    else:
+        assert r.last_token_s is not None
+        stats.itl_single.append(end - r.last_token_s)
+    r.last_token_s = end
+    if r.generated >= r.output_tokens:
+        finished.append(r)
+
+
 class Engine:
     def __init__(
         self,
@@ -523,18 +545,8 @@ class Engine:
                     stats.prefill_tokens += n
                 r.num_computed += n
                 if r.num_computed == r.num_tokens:
-                    r.generated += 1
-                    r.num_tokens += 1
+                    sample_token(r, end, stats, first_tokens, finished)
                     tokens += 1
-                    if r.first_token_s is None:
-                        r.first_token_s = end
-                        first_tokens.append(r)
-                    else:
-                        assert r.last_token_s is not None
-                        stats.itl_single.append(end - r.last_token_s)
-                    r.last_token_s = end
-                    if r.generated >= r.output_tokens:
-                        finished.append(r)
         stats.peak_blocks = max(stats.peak_blocks, gpu.used)
         if finished:
             for r in finished:
