@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from hermes.profiles import load_profile
 from hermes.workloads.qlm_workloads import (
     MEGA_PROMPT_TOKENS,
+    WB_CLASSES,
     WB_MODELS,
     QlmRequest,
     SloClass,
@@ -138,7 +139,7 @@ def test_reproducible_from_the_seed() -> None:
 
 def test_arrivals_do_not_move_with_the_mix_or_a_longer_run() -> None:
     short = workload_a(5.0, 500.0, seed=9)
-    other_mix = workload_b(5.0, 500.0, seed=9)
+    other_mix = workload_a(5.0, 500.0, seed=9, classes=WB_CLASSES)
     assert [r.arrival_s for r in short] == [r.arrival_s for r in other_mix]
     longer = workload_a(5.0, 5000.0, seed=9)
     assert [r.arrival_s for r in longer[: len(short)]] == [r.arrival_s for r in short]

@@ -66,14 +66,7 @@ def workload(name: str, rate: float, duration_s: float, seed: int) -> list[wl.Ql
     if name == "WC":
         return wl.workload_c(rate, duration_s, seed)
     if name == "WB":
-        reqs: list[wl.QlmRequest] = []
-        share = rate / len(wl.WB_MODELS)
-        for k, m in enumerate(wl.WB_MODELS):
-            reqs += wl.qlm_workload(
-                share, duration_s, seed * 31 + k + 1, models={m: 1.0}, classes=wl.WB_CLASSES
-            )
-        reqs.sort(key=lambda r: (r.arrival_s, r.model))
-        return [dataclasses.replace(r, id=i) for i, r in enumerate(reqs)]
+        return wl.workload_b(rate, duration_s, seed)
     raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
 
 

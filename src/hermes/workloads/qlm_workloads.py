@@ -2,8 +2,8 @@
 
 - WA: one model, interactive and batch requests mixed. Default mix (`WA_CLASSES`): 30 %
   interactive (SLO 20 s), 40 % batch with a 60 s SLO, 30 % batch with a 1 h SLO.
-- WB: three models, batch only. Default: `WB_MODELS` in equal shares, and `WB_CLASSES`,
-  half with a 60 s SLO and half with 1 h.
+- WB: three models, batch only, each model a bursty stream of its own. Default: `WB_MODELS`
+  in equal shares, and `WB_CLASSES`, half with a 60 s SLO and half with 1 h.
 - WC: one model, the WA mix, with 'mega-prompts' near the context limit mixed in: by default
   5 % of requests get a prompt drawn uniformly from 3,000-3,900 tokens (`max_model_len`
   4,096), their output from the trace, cut to fit.
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from numbers import Integral, Real
@@ -218,20 +218,33 @@ def workload_b(
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     lengths: TraceLengths | None = None,
 ) -> list[QlmRequest]:
-    """WB: several models (a sequence: equal shares; a mapping: model -> share), batch only."""
+    """WB: several models (a sequence: equal shares; a mapping: model -> share), batch only.
+
+    Each model's requests are a bursty stream of their own (model k's seeded `seed·31 + k + 1`,
+    at its share of the rate), so the load moves between models over time, unlike one stream
+    whose requests draw their model independently. Merged in arrival order, ids renumbered.
+    """
     shares = dict(models) if isinstance(models, Mapping) else dict.fromkeys(models, 1.0)
     if not isinstance(models, Mapping) and len(shares) != len(models):
         raise ValueError(f"models listed twice: {list(models)}")
-    return qlm_workload(
-        rate_per_s,
-        duration_s,
-        seed,
-        models=shares,
-        classes=classes,
-        cv=cv,
-        max_model_len=max_model_len,
-        lengths=lengths,
-    )
+    total = sum(shares.values())
+    if not total > 0:
+        raise ValueError(f"model shares must have a positive sum, got {shares}")
+    reqs: list[QlmRequest] = []
+    for k, (model, share) in enumerate(shares.items()):
+        if share > 0:
+            reqs += qlm_workload(
+                rate_per_s * share / total,
+                duration_s,
+                seed * 31 + k + 1,
+                models={model: 1.0},
+                classes=classes,
+                cv=cv,
+                max_model_len=max_model_len,
+                lengths=lengths,
+            )
+    reqs.sort(key=lambda r: (r.arrival_s, r.model))
+    return [replace(r, id=i) for i, r in enumerate(reqs)]
 
 
 def workload_c(
