@@ -687,7 +687,7 @@ def bench_bros(
     except ValueError as e:
         raise _fail(str(e)) from None
     paths = bros_report.write(results, out_dir)
-    _print_bros_targets(results)
+    _print_targets(results, "deployment", "BROS")
     out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
 
 
@@ -729,37 +729,8 @@ def bench_qlm(
     with err.status("starting") as status:
         results = qlm_paper.run_all(settings, lambda m: status.update(escape(m)))
     paths = qlm_report.write(results, out_dir)
-    table = Table(title=f"QLM targets ({results['wall_s']:.0f} s)")
-    for col in ("workload", "target", "measured", "goal", "met"):
-        table.add_column(col)
-    for t in results["targets"]:
-        v = t["measured"]
-        table.add_row(
-            t["workload"],
-            escape(t["target"]),
-            "-" if v is None else f"{v:.2f}",
-            t["goal"],
-            "yes" if t["met"] else "[red]no[/]",
-        )
-    out.print(table)
+    _print_targets(results, "workload", "QLM")
     out.print("wrote " + ", ".join(str(p) for p in paths))
-
-
-def _print_bros_targets(r: dict[str, Any]) -> None:
-    table = Table(title=f"BROS targets ({r['wall_s']:.0f} s)")
-    for col in ("deployment", "target", "measured", "goal", "met"):
-        table.add_column(col)
-    for t in r["targets"]:
-        v = t["measured"]
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "[red]no[/]")
-        table.add_row(
-            escape(t["deployment"]),
-            escape(t["target"]),
-            "-" if v is None else f"{v:.3f}",
-            t["goal"],
-            met,
-        )
-    out.print(table)
 
 
 def _print_recorded(r: dict[str, Any]) -> None:
@@ -780,14 +751,16 @@ def _print_recorded(r: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _print_targets(r: dict[str, Any]) -> None:
-    table = Table(title=f"targets ({r['wall_s']:.0f} s)")
-    for col in ("target", "measured", "goal", "met"):
+def _print_targets(r: dict[str, Any], group: str | None = None, name: str = "") -> None:
+    """The run's targets as a table; `group` names an extra first column."""
+    table = Table(title=f"{name + ' ' if name else ''}targets ({r['wall_s']:.0f} s)")
+    for col in ([group] if group else []) + ["target", "measured", "goal", "met"]:
         table.add_column(col)
     for t in r["targets"]:
         v = t["measured"]
         met = "-" if t["met"] is None else ("yes" if t["met"] else "[red]no[/]")
-        table.add_row(escape(t["target"]), "-" if v is None else f"{v:.3f}", t["goal"], met)
+        cells = [escape(t["target"]), "-" if v is None else f"{v:.3f}", t["goal"], met]
+        table.add_row(*([escape(str(t[group]))] if group else []), *cells)
     out.print(table)
 
 

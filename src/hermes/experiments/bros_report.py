@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 
 import matplotlib.pyplot as plt
 
+from hermes.experiments.report import targets_table
+
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
@@ -72,18 +74,6 @@ def load_table(dep: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets_table(r: Mapping[str, Any]) -> str:
-    lines = ["| deployment | target | measured | goal | met |", "|---|---|---|---|---|"]
-    for t in r["targets"]:
-        v = t["measured"]
-        met = "-" if t["met"] is None else ("met" if t["met"] else "**not met**")
-        lines.append(
-            f"| {t['deployment']} | {t['target']} | {'-' if v is None else f'{v:.3f}'} | "
-            f"{t['goal']} | {met} |"
-        )
-    return "\n".join(lines)
-
-
 def markdown(r: Mapping[str, Any]) -> str:
     s = r["settings"]
     parts = [
@@ -112,7 +102,7 @@ def markdown(r: Mapping[str, Any]) -> str:
             + ". Their targets are unknown (-).",
             "",
         ]
-    parts += ["## Targets", "", targets_table(r), ""]
+    parts += ["## Targets", "", targets_table(r["targets"], "deployment"), ""]
     for key, dep in r["deployments"].items():
         parts += [
             f"## {dep['title']}",

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from hermes.experiments.report import targets_table
+
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
@@ -28,13 +30,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        "| workload | target | measured | goal | met |",
-        "|---|---|---|---|---|",
+        targets_table(r["targets"], "workload"),
     ]
-    for t in r["targets"]:
-        m = "-" if t["measured"] is None else f"{t['measured']:.2f}"
-        met = "met" if t["met"] else "**not met**"
-        lines.append(f"| {t['workload']} | {t['target']} | {m} | {t['goal']} | {met} |")
     for name, w in r["workloads"].items():
         lines += [
             "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +139,21 @@ def _overhead_table(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _targets_table(r: Mapping[str, Any]) -> str:
-    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
-    for t in r["targets"]:
+def targets_table(targets: Sequence[Mapping[str, Any]], group: str | None = None) -> str:
+    """The targets as a markdown table; `group` names an extra first column (e.g. the
+    deployment or workload each target belongs to)."""
+    head = ([group] if group else []) + ["target", "measured", "goal", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in targets:
         v = t["measured"]
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(
-            f"| {t['target']} | {'-' if v is None else f'{v:.3f}'} | {t['goal']} | {met} |"
-        )
+        met = "-" if t["met"] is None else ("met" if t["met"] else "**not met**")
+        cells = ([str(t[group])] if group else []) + [
+            t["target"],
+            "-" if v is None else f"{v:.3f}",
+            t["goal"],
+            met,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -164,7 +171,7 @@ def markdown(r: Mapping[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        _targets_table(r),
+        targets_table(r["targets"]),
     ]
     for seqs in r["load"]:
         parts += [

@@ -1,8 +1,9 @@
 """QLM's planner: which instance's virtual queue each group joins, and in what order.
 
 EDF (`plan_edf`). Groups in deadline order, each appended to the queue where it would drain
-earliest, swap time included: the queue whose instance has the group's model active when loads
-are equal, the least-loaded one when swaps are equal (load balancing). O(groups × instances).
+earliest, swap time included (load balancing), except that a group stays on a queue already
+ending with its model if that meets its deadline, or if no queue does: a swap first drains
+the instance, so moving a group pays only when it saves the deadline. O(groups × instances).
 
 MILP (`plan_milp`, run by `plan` only when EDF predicts violations). EDF's two blind spots are
 the ones a plan can fix: it never gives up a group that is lost anyway, which makes the groups
