@@ -10,9 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
+from hermes.cluster.multi_model import ModelInstance, MultiModelConfig
 from hermes.experiments.qlm_paper import QlmSettings, _instances, workload
 from hermes.experiments.qlm_sim import QlmRun, RunCounters, simulate, summary
 from hermes.policies.qlm.policy import make_qlm_policy
+from hermes.profiles import load_profile
 from hermes.workloads.qlm_workloads import QlmRequest
 
 
@@ -83,3 +85,19 @@ def test_bench_qlm_quick_writes_its_files(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["bench", "qlm", "--workloads", "WZ"])
     assert bad.exit_code == 2
     assert "--workloads: expected some of WA, WB, WC" in bad.output
+
+
+def test_instances_that_start_cold_load_their_model_and_serve_everything() -> None:
+    s = QlmSettings(instances=2)
+    reqs = workload("WA", 4.0, 30.0, seed=0)
+    cold = [
+        ModelInstance(
+            {"llama-2-7b": load_profile("llama-2-7b", "a100", None)},
+            MultiModelConfig(cpu_memory_bytes=s.cpu_memory_bytes, cpu_kv_bytes=s.cpu_kv_bytes),
+            name=f"g{i}",
+        )
+        for i in range(2)
+    ]
+    run = simulate(reqs, make_qlm_policy("qlm"), cold, horizon_s=3000.0)
+    assert all(f is not None for f in run.finish_s)
+    assert run.swaps["cold"] >= 1  # no model was loaded: the first is loaded from disk

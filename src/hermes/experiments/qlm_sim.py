@@ -79,7 +79,8 @@ def _view(inst: ModelInstance, now: float) -> InstanceView:
         inst.active_model,
         frozenset(inst.warm_models),
         inst.swap_times(),
-        inst.throughput(),
+        # An instance with no model loaded yet plans with its first model's prior.
+        inst.throughput(inst.active_model or inst.models[0]),
         inst.drain_time_s(now),
     )
 
