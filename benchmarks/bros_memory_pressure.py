@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from hermes.engine.bros_engine import BrosEngine
+from hermes.engine.bros_engine import BrosEngine, make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.policies.bros import make_engine
 from hermes.profiles import load_profile
 
 TTFT_SLO_S, TPOT_SLO_S = 1.0, 0.15

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
+from hermes.engine.bros_engine import make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
@@ -21,8 +22,6 @@ from hermes.experiments.bros_sim import (
     Window,
     be_metrics,
     derive_slos,
-    make_policy_engine,
-    priorities,
     rt_metrics,
     simulate,
 )
@@ -35,6 +34,7 @@ from hermes.experiments.bros_workload import (
     default_be_backlog,
     rt_trace,
 )
+from hermes.policies.bros import class_priority
 from hermes.profiles import load_profile
 
 runner = CliRunner()
@@ -178,16 +178,15 @@ def test_slos_are_positive_and_monotone_in_the_multiples(pool: LengthPool) -> No
 
 def _run(pool: LengthPool, policy: str, cost_name: str = "llama-2-7b@a100") -> RunOutput:
     cost = load_profile(cost_name)
-    rt_prio, be_prio = priorities(policy)
     return simulate(
-        make_policy_engine(policy, cost, CFG),
+        make_engine(policy, cost, CFG),
         rt_trace(pool, 1.5, 60.0, 0),
         BeStream(0),
         Window(10.0, 60.0, 60.0),
         ttft_slo_s=1.0,
         tpot_slo_s=0.05,
-        rt_priority=rt_prio,
-        be_priority=be_prio,
+        rt_priority=class_priority(policy, "rt"),
+        be_priority=class_priority(policy, "be"),
         be_backlog=5,
     )
 
@@ -222,8 +221,8 @@ def test_bros_engines_run_in_the_loop(pool: LengthPool) -> None:
 
 
 def test_unknown_policy_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown co-served policy"):
-        make_policy_engine("split", load_profile("llama-2-7b@a100"), CFG)
+    with pytest.raises(ValueError, match="unknown BROS policy 'split'"):
+        make_engine("split", load_profile("llama-2-7b@a100"), CFG)
 
 
 # Metrics ---------------------------------------------------------------------------------

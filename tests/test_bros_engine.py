@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hermes.engine.bros_engine import BrosEngine
+from hermes.engine.bros_engine import BrosEngine, make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
@@ -17,7 +17,6 @@ from hermes.policies.bros import (
     AdaptiveCap,
     BrosOptions,
     class_priority,
-    make_engine,
     next_deadline,
 )
 from hermes.profiles import load_profile

@@ -629,8 +629,7 @@ def bench_bros(
     policies: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated policies. [default: vllm,vllm-priority,split,bros,"
-            "bros-nobidir, those that can run here]"
+            help="Comma-separated policies. [default: vllm,vllm-priority,split,bros,bros-nobidir]"
         ),
     ] = None,
     duration_s: Annotated[
@@ -663,9 +662,6 @@ def bench_bros(
                 raise _fail(f"--policies: unknown policy {p!r}; known: {', '.join(POLICIES)}")
         if not chosen:
             raise _fail("--policies: name at least one policy")
-        missing = bros_paper.unavailable_policies(chosen)
-        if missing:
-            raise _fail("; ".join(f"{p}: {why}" for p, why in missing.items()))
         overrides["policies"] = chosen
     if duration_s is not None:
         if not duration_s > 0:
@@ -680,8 +676,6 @@ def bench_bros(
             if quick
             else bros_paper.BrosSettings(**overrides)
         )
-        for p, why in bros_paper.unavailable_policies(settings.policies).items():
-            err.print(f"[yellow]skipping {escape(p)}:[/] {escape(why)}")
         with err.status("starting") as status:
             results = bros_paper.run_all(settings, lambda m: status.update(escape(m)))
     except ValueError as e:

@@ -36,7 +36,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_pool import BlockPool
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.scheduler import EngineStats, Step, StepResult, sample_token
+from hermes.engine.scheduler import Engine, EngineStats, Step, StepResult, sample_token
 from hermes.policies.bros import AdaptiveCap, BrosOptions, next_deadline
 
 
@@ -662,3 +662,22 @@ class BrosEngine:
             self.bidir.check_invariants()
         else:
             assert self.gpu.used == sum(r.blocks for r in self.running), "GPU blocks leaked"
+
+
+POLICY_NAMES: tuple[str, ...] = ("vllm", "vllm-priority", "bros", "bros-nobidir")
+
+
+def make_engine(
+    policy: str,
+    cost: StepCostModel,
+    config: EngineConfig | None = None,
+    options: BrosOptions | None = None,
+) -> Engine | BrosEngine:
+    """The engine that serves both classes under `policy`: `vllm` (first come first served
+    over both), `vllm-priority` (vLLM's priority scheduling; requests carry
+    `policies.bros.class_priority`), `bros`, `bros-nobidir`."""
+    if policy in ("vllm", "vllm-priority"):
+        return Engine(cost, config)
+    if policy in ("bros", "bros-nobidir"):
+        return BrosEngine(cost, config, options, bidirectional=policy == "bros")
+    raise ValueError(f"unknown BROS policy {policy!r}; known: {', '.join(POLICY_NAMES)}")

@@ -19,12 +19,12 @@ Nothing here writes files.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hermes.engine.bros_engine import make_engine
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.scheduler import Engine
@@ -39,8 +39,6 @@ from hermes.experiments.bros_sim import (
     Window,
     be_metrics,
     derive_slos,
-    make_policy_engine,
-    priorities,
     rt_capacity,
     rt_metrics,
     simulate,
@@ -53,7 +51,7 @@ from hermes.experiments.bros_workload import (
     rt_trace,
 )
 from hermes.experiments.common import reduction
-from hermes.policies.bros import BrosOptions
+from hermes.policies.bros import BrosOptions, class_priority
 from hermes.profiles import load_profile
 
 Progress = Callable[[str], None]
@@ -162,22 +160,6 @@ def quick_settings(**overrides: Any) -> BrosSettings:
     return BrosSettings(**{**base, **overrides})
 
 
-def unavailable_policies(policies: Sequence[str]) -> dict[str, str]:
-    """Policies that cannot run here, each with why (the BROS engine is not installed)."""
-    out: dict[str, str] = {}
-    for p in policies:
-        if p not in ("bros", "bros-nobidir"):
-            continue
-        try:
-            module = importlib.import_module("hermes.policies.bros")
-        except ImportError as e:
-            out[p] = f"hermes.policies.bros cannot be imported ({e})"
-            continue
-        if not hasattr(module, "make_engine"):
-            out[p] = "hermes.policies.bros has no make_engine yet"
-    return out
-
-
 def _quiet(_: str) -> None:
     return None
 
@@ -257,16 +239,15 @@ def run_deployment(
                 wall = time.perf_counter() - start
                 rows[policy] = _row(run, slos, w, instances=1, be_run=split_be, wall_s=wall)
                 continue
-            rt_prio, be_prio = priorities(policy)
             run = simulate(
-                make_policy_engine(policy, cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
+                make_engine(policy, cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
                 rt_trace(clipped, rate / d.instances, w.end_s, s.seed),
                 BeStream(s.seed),
                 w,
                 ttft_slo_s=slos.ttft_s,
                 tpot_slo_s=slos.tpot_s,
-                rt_priority=rt_prio,
-                be_priority=be_prio,
+                rt_priority=class_priority(policy, "rt"),
+                be_priority=class_priority(policy, "be"),
                 be_backlog=backlog,
             )
             wall = time.perf_counter() - start
@@ -290,10 +271,9 @@ def run_deployment(
 
 def run_all(s: BrosSettings, progress: Progress = _quiet) -> dict[str, Any]:
     start = time.perf_counter()
-    skipped = unavailable_policies(s.policies)
-    policies = [p for p in s.policies if p not in skipped]
+    policies = list(s.policies)
     pool = conversation_lengths()
-    results: dict[str, Any] = {"settings": settings_dict(s), "skipped": skipped}
+    results: dict[str, Any] = {"settings": settings_dict(s)}
     results["deployments"] = {
         d.key: run_deployment(s, d, pool, policies, progress) for d in s.deployments
     }

@@ -95,13 +95,6 @@ def markdown(r: Mapping[str, Any]) -> str:
         f"{s['seed']}; {r['wall_s']:.0f} s of wall time.",
         "",
     ]
-    if r.get("skipped"):
-        parts += [
-            "Not run: "
-            + "; ".join(f"`{p}` ({why})" for p, why in r["skipped"].items())
-            + ". Their targets are unknown (-).",
-            "",
-        ]
     parts += ["## Targets", "", targets_table(r["targets"], "deployment"), ""]
     for key, dep in r["deployments"].items():
         parts += [

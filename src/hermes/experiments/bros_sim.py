@@ -32,10 +32,9 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
 from hermes.experiments.bros_workload import LengthPool, PoolStream, RtTrace
-from hermes.policies.bros import BrosOptions
 
-# Co-served: RT and BE requests share each engine. `split`: dedicated RT and BE instances.
-CO_SERVED_POLICIES = ("vllm", "vllm-priority", "bros", "bros-nobidir")
+# The co-served policies (`engine.bros_engine.POLICY_NAMES`: RT and BE requests share each
+# engine), and `split`: dedicated RT and BE instances.
 POLICIES = ("vllm", "vllm-priority", "split", "bros", "bros-nobidir")
 # Defaults of `derive_slos`; see its docstring.
 DEFAULT_TTFT_MULTIPLE = 5.0
@@ -63,31 +62,6 @@ class LengthSource(Protocol):
     taken: int
 
     def take(self, n: int) -> list[tuple[int, int]]: ...
-
-
-def make_policy_engine(
-    policy: str,
-    cost: StepCostModel,
-    config: EngineConfig | None = None,
-    options: BrosOptions | None = None,
-) -> EngineLike:
-    """A fresh engine for a co-served policy. `vllm` and `vllm-priority` are the vLLM-style
-    `Engine` with its defaults (they differ in the priorities the loop gives requests,
-    `priorities`); `bros` and `bros-nobidir` come from `hermes.policies.bros.make_engine`."""
-    if policy in ("vllm", "vllm-priority"):
-        return Engine(cost, config)
-    if policy in ("bros", "bros-nobidir"):
-        from hermes.policies.bros import make_engine
-
-        engine: EngineLike = make_engine(policy, cost, config, options)
-        return engine
-    raise ValueError(f"unknown co-served policy {policy!r}; known: {', '.join(CO_SERVED_POLICIES)}")
-
-
-def priorities(policy: str) -> tuple[float, float]:
-    """(RT, BE) `EngineRequest.priority` (lower first): static RT-first for `vllm-priority`;
-    equal, so that the engine serves by arrival (FCFS), for every other policy."""
-    return (0.0, 1.0) if policy == "vllm-priority" else (0.0, 0.0)
 
 
 # SLOs ------------------------------------------------------------------------------------

@@ -18,17 +18,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from hermes.engine.cost_model import StepCostModel
-from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest
-from hermes.engine.scheduler import Engine
-
-if TYPE_CHECKING:  # the engine imports this module's decisions
-    from hermes.engine.bros_engine import BrosEngine
-
-POLICY_NAMES: tuple[str, ...] = ("vllm", "vllm-priority", "bros", "bros-nobidir")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +82,6 @@ class AdaptiveCap:
             self.value = max(o.cap_min, self.value * o.cap_backoff)
         else:
             self.value = min(o.cap_max, self.value + o.cap_increase)
-
-
-def make_engine(
-    policy: str,
-    cost: StepCostModel,
-    config: EngineConfig | None = None,
-    options: BrosOptions | None = None,
-) -> Engine | BrosEngine:
-    """The engine that serves both classes under `policy`: `vllm` (first come first served
-    over both), `vllm-priority` (vLLM's priority scheduling; the caller gives RT requests a
-    lower `priority` than BE ones, see `class_priority`), `bros`, `bros-nobidir`."""
-    from hermes.engine.bros_engine import BrosEngine
-
-    if policy in ("vllm", "vllm-priority"):
-        return Engine(cost, config)
-    if policy in ("bros", "bros-nobidir"):
-        return BrosEngine(cost, config, options, bidirectional=policy == "bros")
-    raise ValueError(f"unknown BROS policy {policy!r}; known: {', '.join(POLICY_NAMES)}")
 
 
 def class_priority(policy: str, slo_class: str) -> float:
