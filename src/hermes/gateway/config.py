@@ -10,15 +10,12 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from hermes.sim.config import PolicyOptions, read_yaml, validated
+from hermes.config_base import PolicyOptions, read_yaml, validated
+from hermes.config_base import StrictModel as _Strict
 
 BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Backend(_Strict):

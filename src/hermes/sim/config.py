@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from hermes.config_base import ConfigError as ConfigError
+from hermes.config_base import PolicyOptions as PolicyOptions
+from hermes.config_base import PrewarmName as PrewarmName
+from hermes.config_base import StrictModel as _Strict
+from hermes.config_base import read_yaml, validated
+from hermes.config_base import validation_messages as validation_messages
 from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
-
-
-class ConfigError(ValueError):
-    """A configuration breaks a rule; the message says where and what was expected."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class InstanceGroup(_Strict):
@@ -115,23 +112,6 @@ class SLOConfig(_Strict):
     e2e_s: float | None = Field(default=None, gt=0)
 
 
-PrewarmName = Literal["none", "keepalive", "on-queue", "pdgraph"]
-
-
-class PolicyOptions(_Strict):
-    """Where the PDGraph policies (gittins, srjf-mean, lstf, and the on-queue and pdgraph
-    prewarm policies) get their demand models, and how tool backends are prewarmed."""
-
-    pdgraphs: str | None = None  # a file from `hermes learn`; default: learn from templates
-    training_runs: int = Field(default=300, ge=1)  # per template application, when learning
-    refine: bool = True  # online refinement of demand estimates
-    samples: int = Field(default=1000, ge=1)
-    rank_interval_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
-    # keepalive: each backend's fixed keepalive_s, nothing warmed ahead (hermes.policies.prewarm)
-    prewarm: PrewarmName = "keepalive"
-    prewarm_k: float = Field(default=0.5, gt=0, le=1)  # pdgraph's threshold on p_s · P(in time)
-
-
 class SimConfig(_Strict):
     seed: int = 0
     policy: str = "vllm"
@@ -161,54 +141,6 @@ class SimConfig(_Strict):
 
 
 DEFAULT_CONFIG = SimConfig(requests=RequestWorkload())
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part not in ("function-after",) and not str(part).startswith("function-"):
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def validation_messages(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{_where(e['loc'])}: unknown field")
-            continue
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        lines.append(f"{_where(e['loc'])}: {msg}{got if e['type'] != 'value_error' else ''}")
-    return "; ".join(lines)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validated(model: type[M], data: Any, source: str) -> M:
-    """`data` as a `model`, or a ConfigError naming `source`, the field and what it expected."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {validation_messages(err)}") from None
-
-
-def read_yaml(path: Path) -> Any:
-    """The YAML document in `path` ({} when empty), or a ConfigError saying why not."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return {} if data is None else data
 
 
 def config_from_dict(data: Any, source: str = "config") -> SimConfig:
