@@ -1,4 +1,4 @@
-"""`hermes learn` on generated runs recovers each application's structure (APPS.md)."""
+"""`hermes learn` on generated runs recovers each application's structure (docs/apps.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hermes.cli import app
 from hermes.core.pdgraph import END, START, PDGraph
 from hermes.workloads.pdgraph_files import load_pdgraphs
 
-# Stage kinds and backends, and the transition probabilities, as APPS.md states them.
+# Stage kinds and backends, and the transition probabilities, as docs/apps.md states them.
 S, E = START, END
 STRUCTURE: dict[str, dict[str, tuple[str, str]]] = {
     "factool_code": {"generate_queries": ("llm", "llm"), "generate_solutions": ("llm", "llm"),
@@ -76,7 +76,7 @@ def test_learned_structure_matches_apps_md(graphs: dict[str, PDGraph], name: str
     for src, expected in TRANSITIONS[name].items():
         learned = g.transition_probabilities(src)
         visits = sum(g.edges[src].values())
-        assert set(learned) <= set(expected), f"{src}: an edge APPS.md does not list"
+        assert set(learned) <= set(expected), f"{src}: an edge docs/apps.md does not list"
         for dst, p in expected.items():
             # four binomial standard errors, with a floor for probabilities near 0 or 1
             tolerance = 4 * math.sqrt(max(p * (1 - p), 0.005) / visits)

@@ -1,4 +1,4 @@
-"""Synthetic application templates against the measured statistics in docs/APPS.md."""
+"""Synthetic application templates against the measured statistics in docs/apps.md."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
 RUNS = 2000
 SEED = 20250614
 
-# APPS.md, per application: stage -> (kind, backend).
+# docs/apps.md, per application: stage -> (kind, backend).
 STAGES: dict[str, dict[str, tuple[str, str]]] = {
     "factool_code": {
         "generate_queries": ("llm", "llm"),
@@ -44,7 +44,7 @@ STAGES: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-# APPS.md "Transitions" lines; react_fever's thought branches (sum 1.001) normalised.
+# docs/apps.md "Transitions" lines; react_fever's thought branches (sum 1.001) normalised.
 _FEVER = 0.535 + 0.461 + 0.005
 TRANSITIONS: dict[str, dict[tuple[str, str], float]] = {
     "factool_code": {
@@ -90,7 +90,7 @@ TRANSITIONS: dict[str, dict[tuple[str, str], float]] = {
     },
 }
 
-# APPS.md per-call (mean, p50): (stage, "prompt" | "completion" | "seconds") -> (mean, p50).
+# docs/apps.md per-call (mean, p50): (stage, "prompt" | "completion" | "seconds") -> (mean, p50).
 PER_CALL: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
     "factool_code": {
         ("generate_queries", "prompt"): (361, 344),
@@ -135,7 +135,7 @@ PER_CALL: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
     },
 }
 
-# APPS.md fan-out means of the stages whose fan-out varies (the others must be 1, or 3).
+# docs/apps.md fan-out means of the stages whose fan-out varies (the others must be 1, or 3).
 FANOUT: dict[str, dict[str, float]] = {
     "factool_code": {"generate_queries": 1, "generate_solutions": 3, "code_execution": 1},
     "factool_kbqa": {"extract_claims": 1, "generate_queries": 3.5, "search": 1, "verifies": 3.5},
@@ -149,7 +149,7 @@ FANOUT: dict[str, dict[str, float]] = {
     },
 }
 
-# APPS.md per run: (total tokens mean, llm calls mean, stages mean).
+# docs/apps.md per run: (total tokens mean, llm calls mean, stages mean).
 PER_RUN: dict[str, tuple[float, float, float]] = {
     "factool_code": (1972, 4.0, 3.0),
     "factool_kbqa": (4076, 8.0, 4.0),
@@ -201,7 +201,7 @@ def test_transition_frequencies_match_within_sampling_error(app: str) -> None:
         path = ["start", *(s.name for s in run.stages), "end"]
         moves.update(pairwise(path))
     expected = TRANSITIONS[app]
-    assert set(moves) <= set(expected), "a transition APPS.md does not list"
+    assert set(moves) <= set(expected), "a transition docs/apps.md does not list"
     leaving: Counter[str] = Counter()
     for (src, _), count in moves.items():
         leaving[src] += count

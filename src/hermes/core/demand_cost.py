@@ -37,8 +37,8 @@ class LinearCost:
 
     Defaults: prefill at the Vidur non-attention cost of Llama-2-7B on an A100 at 4,096 tokens
     (0.063 ms/token), decode at the median time per output token of an 8B model on vLLM on an
-    A100 (12.0 ms); both from CALIBRATION.md. Tool time is weighted 0 by default because a tool
-    call does not occupy the LLM engine that the ranking shares out.
+    A100 (12.0 ms); both from docs/calibration.md. Tool time is weighted 0 by default because a
+    tool call does not occupy the LLM engine that the ranking shares out.
     """
 
     prefill_s_per_token: float = 6.3e-5

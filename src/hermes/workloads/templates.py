@@ -1,4 +1,4 @@
-"""Synthetic runs of six CTaskBench applications, fitted to the statistics in docs/APPS.md.
+"""Synthetic runs of six CTaskBench applications, fitted to the statistics in docs/apps.md.
 
 What is fitted to what:
 
@@ -230,8 +230,8 @@ def _step_exit_prob(exit_freq: float, cap: int) -> float:
     """Per-step exit probability of a loop of at most ``cap`` steps whose aggregate exit frequency
     (exits / steps over many runs, the forced exits at the cap included) is ``exit_freq``.
 
-    APPS.md's transition probabilities are such aggregate frequencies, measured on real runs that
-    stay within the cap. Exiting with probability exit_freq per step *and* stopping at the cap
+    docs/apps.md's transition probabilities are such aggregate frequencies, measured on real runs
+    that stay within the cap. Exiting with probability exit_freq per step *and* stopping at the cap
     would add forced exits: react_fever would average 1.99 thoughts instead of 2.17, and its
     measured thought -> end frequency would be 0.50 instead of 0.461.
     """
