@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from hermes.engine.bros_engine import BrosEngine, make_engine
+from hermes.engine.bros_engine import BrosEngine
+from hermes.engine.catalog import make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.profiles import load_profile

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hermes.engine.bros_engine import BrosEngine, make_engine
+from hermes.engine.bros_engine import BrosEngine
+from hermes.engine.catalog import make_engine
 from hermes.engine.engine_config import EngineConfig
+from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
 from hermes.policies.bros import (
@@ -36,7 +38,7 @@ def be(i: int, arrival: float, prompt: int = 800, output: int = 80) -> EngineReq
 
 
 def drive(
-    engine: Engine | BrosEngine,
+    engine: LLMEngine,
     rts: list[EngineRequest],
     bes: list[EngineRequest],
     until: float = 1e9,
@@ -171,7 +173,7 @@ def test_requests_the_engine_cannot_serve_are_rejected_with_a_reason() -> None:
     odd = EngineRequest("y", 10, 10, 0.0, slo_class="interactive")
     assert not engine.add(odd, 0.0)
     assert "slo_class must be 'rt' or 'be'" in str(odd.reason)
-    with pytest.raises(ValueError, match="unknown BROS policy 'fifo'"):
+    with pytest.raises(ValueError, match="unknown engine 'fifo'"):
         make_engine("fifo", COST)
 
 

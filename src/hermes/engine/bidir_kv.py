@@ -1,55 +1,17 @@
-"""Bidirectional KV-cache blocks for BROS (arXiv 2504.09590): real-time (RT) and best-effort
-(BE) requests served by one engine share its paged KV cache, down to sharing a block.
-
-Layout. The cache is `num_blocks` blocks of `block_size` token slots. An RT request fills a
-block from the low end upward, a BE request from the high end downward, so one block can
-hold one RT and one BE request at once with its free slots, if any, between them. A block
-never has more than one owner per side (so never more than two owners) and never more slots
-in use than `block_size`. Only counts are kept: where an owner's slots lie in a block follows
-from its side and its count.
-
-Owners are hashable request ids. The first `grow` registers one (even for zero tokens) and
-fixes its side, "rt" or "be"; `release` forgets it.
-
-Growing. `grow(owner, side, tokens_total)` brings the owner up to `tokens_total` slots, taking
-new slots in this order:
-1. the free slots of the owner's own last block, up to where the other side's occupant begins;
-2. the free slots of blocks occupied by the other side only, the block with the most free
-   slots first: this is the sharing (an RT request writes into the unused low end of a BE
-   request's block, and a BE request into the high end of an RT request's block);
-3. wholly free blocks;
-4. for RT only, and only when asked with `reclaim=True`: slots of suspended BE requests, which
-   are overwritten. The RT request pushes its region upward into them, so it reaches those in
-   blocks whose RT end is empty and in its own blocks with no free slot below them (its last
-   block qualifies, since step 1 filled it). Its own blocks come first, the last one first.
-   Suspended slots beside another RT request are out of its reach.
-It is all or nothing: a grow that cannot be met raises ValueError and changes nothing;
-`fits` and `shortfall` answer the same question and change nothing. A suspended owner cannot
-grow, but `fits` answers for it as if resumed, so that a caller can look before resuming.
-
-Suspension (BROS's lazy checkpointing). A preempted BE request is suspended: its KV stays on
-the GPU where it is, nothing is copied, but its slots become reclaimable by step 4. `grow`
-reports the slots it overwrote per suspended owner; the shell copies exactly those to CPU
-memory first, so the count is the checkpoint's cost, paid only when RT memory demand makes
-it necessary. `resume` makes the surviving slots the owner's own again and returns how many
-were overwritten: they must come back from CPU memory, which the caller models by growing the
-owner by that many slots (`grow(owner, "be", held + overwritten)`). RT requests are never
-suspended this way.
-
-Mechanism only: which BE request to suspend, and when to reclaim, is the policy's choice.
-
-Speed. `grow` runs once per request per iteration, so the common case (room left in the
-owner's last block) is a few list operations. Per block the pool keeps each side's owner and
-count in plain lists, and indexes the blocks that step 2 and step 4 draw from (sets keyed by
-side and free count, and the set of suspended blocks with no RT owner), with running totals,
-so `fits` is constant time, except with `reclaim=True`, which scans the owner's own blocks;
-`suspend`, `resume` and `release` touch only the owner's own blocks.
+"""Bidirectional KV-cache blocks for BROS (arXiv 2504.09590): real-time (RT) requests fill
+blocks from the low end, best-effort (BE) ones from the high end, so one block can hold one of
+each. A suspended BE owner keeps its slots until RT growth overwrites them (lazy
+checkpointing); `grow` reports what it overwrote. Only counts are kept. Mechanism only: which
+request to suspend is the engine's choice. The layout, the growth order and the indexes that
+keep `fits` constant-time are described in docs/kv.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+from hermes.engine.bidir_kv_check import check_bidir_pool
 
 _RT, _BE = 0, 1
 _SIDE_NAMES = ("rt", "be")
@@ -325,51 +287,7 @@ class BidirBlockPool:
 
     def check_invariants(self) -> None:
         """Recount everything from scratch; AssertionError on any inconsistency."""
-        n, bs = self._num_blocks, self._block_size
-        live = set(self._index.values())
-        assert all(self._index[self._ids[o]] == o for o in live)
-        assert all(self._suspended[o] is False or self._side[o] == _BE for o in live)
-        assert all(self._lost[o] == 0 or self._suspended[o] for o in live)
-        assert not live & set(self._spare)
-        in_use = 0
-        avail_slots = [0, 0]
-        reclaim_open = set()
-        for b in range(n):
-            rt, be = self._used[_RT][b], self._used[_BE][b]
-            assert min(rt, be) >= 0, (b, rt, be)
-            assert rt + be <= bs, (b, rt, be)  # the two ends never overlap: no slot held twice
-            for s in (_RT, _BE):
-                o = self._owner[s][b]
-                assert (o != _NOBODY) == (self._used[s][b] > 0), (b, s)
-                assert o == _NOBODY or (o in live and self._side[o] == s), (b, s, o)
-            in_use += rt + be
-            rto, beo = self._owner[_RT][b], self._owner[_BE][b]
-            free = bs - rt - be
-            assert self._is_empty[b] == (rto == _NOBODY and beo == _NOBODY), b
-            key = _NOBODY
-            if free and (rto == _NOBODY) != (beo == _NOBODY):
-                sharer = _RT if rto == _NOBODY else _BE
-                key = sharer * self._stride + free
-                avail_slots[sharer] += free
-            assert self._avail_key[b] == key, (b, key)
-            if rto == _NOBODY and beo != _NOBODY and self._suspended[beo]:
-                reclaim_open.add(b)
-        assert sorted(self._empty) == [b for b in range(n) if self._is_empty[b]]
-        assert all(b in self._avail[k] for b, k in enumerate(self._avail_key) if k >= 0)
-        assert sum(map(len, self._avail)) == sum(k >= 0 for k in self._avail_key)
-        assert self._avail_slots == avail_slots, (self._avail_slots, avail_slots)
-        assert self._reclaim_open == reclaim_open
-        assert self._reclaim_count == [self._used[_BE][b] * (b in reclaim_open) for b in range(n)]
-        assert self._reclaim_open_slots == sum(self._reclaim_count)
-        for o in live:
-            s, blocks = self._side[o], self._blocks[o]
-            assert len(set(blocks)) == len(blocks), o
-            assert set(blocks) == {b for b in range(n) if self._owner[s][b] == o}, o
-            assert self._held[o] == sum(self._used[s][b] for b in blocks), o
-        assert self._used_slots == in_use == sum(self._held[o] for o in live)
-        assert self.free_slots == sum(bs - rt - be for rt, be in zip(*self._used, strict=True))
-        assert self.free_slots + self.used_slots == n * bs
-        assert self._reclaimable == sum(self._held[o] for o in live if self._suspended[o])
+        check_bidir_pool(self)
 
     # Internals.
 

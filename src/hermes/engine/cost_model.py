@@ -2,7 +2,7 @@
 
 One iteration runs a forward pass over every scheduled token: prefill chunks plus one token per
 decoding sequence. Its time is split the way the calibration data is split
-(shared/docs/CALIBRATION.md):
+(docs/calibration.md):
 
 - a fixed per-step overhead (scheduler, sampling, launch; BLIS ~126 µs);
 - a per-sequence overhead for each sequence in the batch (sampling, block tables and the

@@ -8,7 +8,8 @@ from typing import Literal
 
 PreemptionMode = Literal["recompute", "swap"]
 
-# PCIe 4.0 x16 host<->device copies run at ~25 GB/s in practice (CALIBRATION.md, weight loads).
+# PCIe 4.0 x16 host<->device copies run at ~25 GB/s in practice (docs/calibration.md,
+# "Cold starts, model loads and swaps").
 DEFAULT_SWAP_BYTES_PER_S = 25e9
 # vLLM's default swap space: 4 GiB of pinned CPU memory per GPU.
 DEFAULT_SWAP_SPACE_BYTES_PER_GPU = 4 * 2**30
