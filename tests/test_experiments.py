@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from hermes.cli import app
 from hermes.core.runs import AppRun
 from hermes.experiments.common import (
-    Engine,
+    EngineSpec,
     Outcome,
     reduction,
     standalone_times,
@@ -44,7 +44,7 @@ def test_summary_statistics_and_deadlines() -> None:
 def test_standalone_time_is_a_floor_under_contention() -> None:
     runs = generate_runs("factool_kbqa", 6, seed=1)
     graphs = template_graphs(["factool_kbqa"], 20, 0)
-    alone = standalone_times(runs, Engine(max_num_seqs=8), graphs, 0)
+    alone = standalone_times(runs, EngineSpec(max_num_seqs=8), graphs, 0)
     assert all(t > 0 for t in alone)
     assert len(set(alone)) > 1  # each run its own time
 

@@ -19,7 +19,7 @@ from hermes.workloads.qlm_workloads import (
     WB_CLASSES,
     WB_MODELS,
     QlmRequest,
-    SloClass,
+    SloTier,
     TraceLengths,
     azure_conversation_lengths,
     profile_name,
@@ -70,7 +70,7 @@ def test_wa_class_shares_and_slos() -> None:
 
 
 def test_custom_class_mix() -> None:
-    mix = (SloClass("interactive", 20.0, 1.0), SloClass("batch-1h", 3600.0, 3.0))
+    mix = (SloTier("interactive", 20.0, 1.0), SloTier("batch-1h", 3600.0, 3.0))
     reqs = workload_a(10.0, 1000.0, seed=2, classes=mix)
     assert shares([r.slo_class for r in reqs])["batch-1h"] == pytest.approx(0.75, abs=0.03)
 
@@ -159,7 +159,7 @@ def test_everything_fits_max_model_len(seed: int, max_model_len: int, mega_share
         100.0,
         seed,
         models={"llama-2-7b": 1.0},
-        classes=(SloClass("batch-1h", 3600.0, 1.0),),
+        classes=(SloTier("batch-1h", 3600.0, 1.0),),
         max_model_len=max_model_len,
         mega_share=mega_share,
         mega_prompt_tokens=(lo, hi),
@@ -184,8 +184,8 @@ def test_arguments_are_validated() -> None:
     with pytest.raises(ValueError, match="mega_share"):
         workload_c(1.0, 10.0, 0, mega_share=1.5)
     with pytest.raises(ValueError, match="unique"):
-        workload_a(1.0, 10.0, 0, classes=(SloClass("a", 1.0, 1.0), SloClass("a", 2.0, 1.0)))
+        workload_a(1.0, 10.0, 0, classes=(SloTier("a", 1.0, 1.0), SloTier("a", 2.0, 1.0)))
     with pytest.raises(ValueError, match="slo_s"):
-        SloClass("a", 0.0, 1.0)
+        SloTier("a", 0.0, 1.0)
     with pytest.raises(ValueError, match="share"):
-        SloClass("a", 1.0, -1.0)
+        SloTier("a", 1.0, -1.0)

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
+from hermes.types import SloClass
+
 
 class _Client(Protocol):
     base_url: Any
@@ -43,7 +45,7 @@ def app_headers(
     app_type: str | None = None,
     stage: str | None = None,
     deadline_ms: float | None = None,
-    slo_class: str | None = None,
+    slo_class: SloClass | None = None,
     stage_index: int | None = None,
 ) -> dict[str, str]:
     """The `x-hermes-*` headers of one call."""
@@ -76,7 +78,7 @@ class HermesApp:
         app_type: str,
         app_id: str | None = None,
         deadline_ms: float | None = None,
-        slo_class: str | None = None,
+        slo_class: SloClass | None = None,
         admin_key: str | None = None,
     ) -> None:
         self.client = client

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float64]
+# Re-exported for modules that still import it from here; new code imports hermes.types.
+from hermes.types import FloatArray as FloatArray
 
 
 class DemandCost(Protocol):

@@ -14,14 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
-from hermes.core.demand_cost import DemandCost, FloatArray, LinearCost
+from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.pdgraph import END, START, PDGraph
 from hermes.core.refinement import Correlation, Refiner
 from hermes.core.runs import Stage
-
-IntArray = NDArray[np.int64]
+from hermes.types import FloatArray, IntArray
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hermes.types import SloClass
+
 StageKind = Literal["llm", "tool"]
-SloClass = Literal["rt", "be"]
 
 
 class RunFormatError(ValueError):

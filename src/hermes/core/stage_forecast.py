@@ -19,18 +19,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
-from hermes.core.demand_cost import FloatArray
 from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import PDGraph
+from hermes.types import FloatArray, IntArray
 
 # A walk that has not reached a tool stage after this many LLM stages stops there. The chain
 # leaves every loop with probability 1 (each learned run ends), so only a pathological graph
 # gets near it; its samples are then lower bounds.
 MAX_WALK_STAGES = 1000
-
-IntArray = NDArray[np.int64]
 
 
 def next_backend_probability(graph: PDGraph | DemandModel, stage: str) -> dict[str, float]:

@@ -41,8 +41,9 @@ STANDALONE_GAP_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
-class Engine:
-    """The serving side of an experiment: one model on one GPU type."""
+class EngineSpec:
+    """What serves an experiment: one model on one GPU type, `replicas` engines of
+    `max_num_seqs` each (a description; `config_for` turns it into instances)."""
 
     model: str = "llama-2-7b"
     gpu: str = "a100"
@@ -75,9 +76,10 @@ def unit_arrivals(count: int, rng: np.random.Generator) -> np.ndarray:
     return compress_to_window(t - t[0], 1.0) if count else t
 
 
-def timed(
+def spread_over(
     runs: Sequence[AppRun], offsets: np.ndarray, window_s: float
 ) -> list[tuple[float, AppRun]]:
+    """(arrival time, run) pairs: unit offsets stretched over `window_s` seconds."""
     return [(float(t) * window_s, r) for t, r in zip(offsets.tolist(), runs, strict=True)]
 
 
@@ -87,7 +89,7 @@ def standalone_schedule(runs: Sequence[AppRun]) -> list[tuple[float, AppRun]]:
 
 def config_for(
     policy: str,
-    engine: Engine,
+    spec: EngineSpec,
     seed: int,
     *,
     options: PolicyOptions | None = None,
@@ -99,10 +101,10 @@ def config_for(
         policy_options=options or PolicyOptions(),
         instances=[
             InstanceGroup(
-                model=engine.model,
-                gpu=engine.gpu,
-                count=engine.replicas,
-                max_num_seqs=engine.max_num_seqs,
+                model=spec.model,
+                gpu=spec.gpu,
+                count=spec.replicas,
+                max_num_seqs=spec.max_num_seqs,
             )
         ],
         tools=list(tools),
@@ -128,10 +130,10 @@ def simulate_apps(
 
 
 def standalone_times(
-    runs: Sequence[AppRun], engine: Engine, graphs: Mapping[str, PDGraph], seed: int
+    runs: Sequence[AppRun], spec: EngineSpec, graphs: Mapping[str, PDGraph], seed: int
 ) -> list[float]:
     """Each run's completion time with the engine to itself (FCFS, warm backends)."""
-    outcomes, _ = simulate_apps(config_for("vllm", engine, seed), standalone_schedule(runs), graphs)
+    outcomes, _ = simulate_apps(config_for("vllm", spec, seed), standalone_schedule(runs), graphs)
     times = []
     for i, o in enumerate(outcomes):
         if o.act_s is None:

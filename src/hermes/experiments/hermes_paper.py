@@ -8,7 +8,7 @@ turn and checks the issue's targets against what was measured. Nothing here writ
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,22 +19,21 @@ from hermes.core.runs import AppRun
 from hermes.experiments.common import (
     BASE_WINDOW_S,
     PAPER_MIX,
-    Engine,
+    EngineSpec,
     Outcome,
     config_for,
     reduction,
     simulate_apps,
+    spread_over,
     standalone_times,
     summary,
     template_workload,
-    timed,
     with_deadlines,
 )
 from hermes.experiments.ranking_overhead import ranking_round_times
 from hermes.sim.build import template_graphs
 from hermes.sim.config import PolicyOptions, ToolBackend
-
-Progress = Callable[[str], None]
+from hermes.types import ProgressLog
 
 LOAD_POLICIES = ("vllm", "parrot", "vtc", "plas", "srjf-mean", "gittins", "oracle")
 PREWARM_POLICIES = ("none", "keepalive", "on-queue", "pdgraph")
@@ -81,8 +80,8 @@ class PaperSettings:
     )
     overhead_apps: tuple[int, ...] = (1, 10, 100, 1000, 10_000)
 
-    def engine(self, max_num_seqs: int) -> Engine:
-        return Engine(self.model, self.gpu, 1, max_num_seqs)
+    def engine_spec(self, max_num_seqs: int) -> EngineSpec:
+        return EngineSpec(self.model, self.gpu, 1, max_num_seqs)
 
 
 @dataclass(slots=True)
@@ -91,7 +90,7 @@ class _Draw:
     offsets: np.ndarray
 
     def at(self, intensity: float) -> list[tuple[float, AppRun]]:
-        return timed(self.runs, self.offsets, BASE_WINDOW_S / intensity)
+        return spread_over(self.runs, self.offsets, BASE_WINDOW_S / intensity)
 
 
 @dataclass(slots=True)
@@ -120,17 +119,17 @@ def _quiet(_: str) -> None:
     return None
 
 
-def load_experiment(s: PaperSettings, w: _Workload, progress: Progress = _quiet) -> dict[str, Any]:
+def load_experiment(
+    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
+) -> dict[str, Any]:
     """ACT of every policy at every intensity, for each batch limit, over the pooled
     applications of every workload draw; the standalone ACT (the floor no order of service
     can beat), per-draw means, and the sorted ACTs at the headline intensity."""
     out: dict[str, Any] = {}
     for seqs in s.batch_limits:
-        engine = s.engine(seqs)
+        spec = s.engine_spec(seqs)
         alone = float(
-            np.mean(
-                [t for d in w.draws for t in standalone_times(d.runs, engine, w.graphs, s.seed)]
-            )
+            np.mean([t for d in w.draws for t in standalone_times(d.runs, spec, w.graphs, s.seed)])
         )
         by_intensity: dict[str, dict[str, Any]] = {}
         cdf: dict[str, list[float]] = {}
@@ -143,7 +142,7 @@ def load_experiment(s: PaperSettings, w: _Workload, progress: Progress = _quiet)
                 means: list[float | None] = []
                 busy: list[float] = []
                 for d in w.draws:
-                    cfg = config_for(policy, engine, s.seed)
+                    cfg = config_for(policy, spec, s.seed)
                     outcomes, res = simulate_apps(cfg, d.at(k), w.graphs)
                     pooled += outcomes
                     means.append(summary(outcomes)["act_mean"])
@@ -171,22 +170,22 @@ def load_experiment(s: PaperSettings, w: _Workload, progress: Progress = _quiet)
 
 
 def deadline_experiment(
-    s: PaperSettings, w: _Workload, progress: Progress = _quiet
+    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
 ) -> dict[str, Any]:
     """Deadline satisfaction of edf and lstf with deadlines at multiples of each application's
     standalone completion time, at the headline intensity."""
     out: dict[str, Any] = {}
     for seqs in s.batch_limits:
-        engine = s.engine(seqs)
-        alone = standalone_times(w.runs, engine, w.graphs, s.seed)
+        spec = s.engine_spec(seqs)
+        alone = standalone_times(w.runs, spec, w.graphs, s.seed)
         rows: dict[str, Any] = {}
         for factor in s.deadline_factors:
             runs = with_deadlines(w.runs, alone, factor)
-            schedule = timed(runs, w.offsets, BASE_WINDOW_S / s.headline_intensity)
+            schedule = spread_over(runs, w.offsets, BASE_WINDOW_S / s.headline_intensity)
             cell: dict[str, Any] = {}
             for policy in ("vllm", "edf", "lstf"):
                 progress(f"deadlines: max_num_seqs {seqs}, {factor}x, {policy}")
-                outcomes, _ = simulate_apps(config_for(policy, engine, s.seed), schedule, w.graphs)
+                outcomes, _ = simulate_apps(config_for(policy, spec, s.seed), schedule, w.graphs)
                 cell[policy] = summary(outcomes)
             rows[str(factor)] = cell
         out[str(seqs)] = rows
@@ -194,16 +193,16 @@ def deadline_experiment(
 
 
 def prewarm_experiment(
-    s: PaperSettings, w: _Workload, progress: Progress = _quiet
+    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
 ) -> dict[str, Any]:
     """Critical-path cold-start wait and warm backend-seconds of each prewarm policy, and of
     the keep-alive TTLs, under gittins at the headline intensity and the first batch limit."""
-    engine = s.engine(s.batch_limits[0])
+    spec = s.engine_spec(s.batch_limits[0])
     schedule = w.at(s.headline_intensity)
 
     def one(prewarm: str, tools: Sequence[ToolBackend]) -> dict[str, Any]:
         options = PolicyOptions(prewarm=prewarm, prewarm_k=s.prewarm_k)
-        cfg = config_for("gittins", engine, s.seed, options=options, tools=tools)
+        cfg = config_for("gittins", spec, s.seed, options=options, tools=tools)
         outcomes, res = simulate_apps(cfg, schedule, w.graphs)
         total = res["tools_total"]
         assert isinstance(total, dict)
@@ -230,7 +229,7 @@ def prewarm_experiment(
 
 
 def ablation_experiment(
-    s: PaperSettings, w: _Workload, progress: Progress = _quiet
+    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
 ) -> dict[str, Any]:
     """gittins and srjf-mean with and without online refinement, against oracle."""
     out: dict[str, Any] = {}
@@ -243,24 +242,24 @@ def ablation_experiment(
         ("oracle", True),
     ]
     for seqs in s.batch_limits:
-        engine = s.engine(seqs)
+        spec = s.engine_spec(seqs)
         rows: dict[str, Any] = {}
         for policy, refine in variants:
             name = policy if policy == "oracle" else f"{policy}{'' if refine else ' (no refine)'}"
             progress(f"ablation: max_num_seqs {seqs}, {name}")
-            cfg = config_for(policy, engine, s.seed, options=PolicyOptions(refine=refine))
+            cfg = config_for(policy, spec, s.seed, options=PolicyOptions(refine=refine))
             outcomes, _ = simulate_apps(cfg, schedule, w.graphs)
             rows[name] = summary(outcomes)
         out[str(seqs)] = rows
     return out
 
 
-def overhead_experiment(s: PaperSettings, w: _Workload, progress: Progress = _quiet) -> Any:
+def overhead_experiment(s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet) -> Any:
     progress("ranking-round overhead")
     return ranking_round_times(w.graphs, s.overhead_apps, s.seed)
 
 
-def run_all(s: PaperSettings, progress: Progress = _quiet) -> dict[str, Any]:
+def run_all(s: PaperSettings, progress: ProgressLog = _quiet) -> dict[str, Any]:
     start = time.perf_counter()
     w = _workload(s)
     results: dict[str, Any] = {"settings": _settings_dict(s)}

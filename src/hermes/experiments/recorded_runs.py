@@ -18,11 +18,11 @@ from hermes.core.pdgraph import learn
 from hermes.core.runs import AppRun
 from hermes.experiments.common import (
     BASE_WINDOW_S,
-    Engine,
+    EngineSpec,
     config_for,
     simulate_apps,
+    spread_over,
     summary,
-    timed,
     unit_arrivals,
 )
 from hermes.policies.registry import policy_names
@@ -37,7 +37,7 @@ class RecordedSettings:
     seed: int = 0
     apps: int = 200
     weights: Mapping[str, float] | None = None
-    engine: Engine = field(default_factory=Engine)
+    engine: EngineSpec = field(default_factory=EngineSpec)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction < 1.0:
@@ -96,7 +96,7 @@ def recorded_bench(runs: Sequence[AppRun], s: RecordedSettings) -> dict[str, Any
     names = sample_mix(weights, s.apps, rng)
     picks = [pools[a][int(rng.integers(len(pools[a])))] for a in names]
     workload = [_one_engine(r) for r in picks]
-    schedule = timed(workload, unit_arrivals(s.apps, rng), BASE_WINDOW_S / s.intensity)
+    schedule = spread_over(workload, unit_arrivals(s.apps, rng), BASE_WINDOW_S / s.intensity)
     results: dict[str, Any] = {}
     for policy in s.policies:
         outcomes, _ = simulate_apps(config_for(policy, s.engine, s.seed), schedule, graphs)

@@ -1,30 +1,6 @@
-"""The QLM paper's three workloads (arXiv 2407.00047) as lists of requests.
+"""The QLM paper's three workloads (arXiv 2407.00047), WA, WB and WC, as lists of requests.
 
-- WA: one model, interactive and batch requests mixed. Default mix (`WA_CLASSES`): 30 %
-  interactive (SLO 20 s), 40 % batch with a 60 s SLO, 30 % batch with a 1 h SLO.
-- WB: three models, batch only, each model a bursty stream of its own. Default: `WB_MODELS`
-  in equal shares, and `WB_CLASSES`, half with a 60 s SLO and half with 1 h.
-- WC: one model, the WA mix, with 'mega-prompts' near the context limit mixed in: by default
-  5 % of requests get a prompt drawn uniformly from 3,000-3,900 tokens (`max_model_len`
-  4,096), their output from the trace, cut to fit.
-
-Every workload: gamma inter-arrival gaps of mean `1 / rate_per_s` and coefficient of variation
-`cv` (default 4: bursty) over `[0, duration_s)`; each request's (prompt, output) lengths are a
-row of the Azure LLM inference conversation trace drawn at random (prompt and output together,
-so their correlation is kept), clipped as a chat front end would to fit `max_model_len`: the
-output to at most `max_model_len - 1`, then the prompt to at most `max_model_len - output`.
-The paper runs these on 4-8 instances; pick `rate_per_s` for the cluster size.
-
-Models are named as the packaged profiles are (`hermes.profiles.load_profile`), except for
-the aliases in `PROFILE_ALIASES`: no 13B profile is packaged, so WB's third model is
-Vicuna-7B (v1.5), a fine-tune of Llama-2-7B with its architecture, served with the
-llama-2-7b profile. `profile_name(model)` resolves a name.
-
-Reproducible: one integer seed; arrivals, models, classes, lengths and mega-prompts each draw
-from their own stream `numpy.random.default_rng([seed, k])`, so changing the class mix does not
-move the arrivals. Arrival gaps are drawn in fixed chunks, so at the same rate and cv a longer
-`duration_s` extends the arrival times of a shorter one. Generation is pure; only
-`azure_conversation_lengths()` reads the packaged trace (once, cached).
+Mixes, arrivals, lengths and seeding: docs/design/qlm-workloads.md.
 """
 
 from __future__ import annotations
@@ -37,8 +13,8 @@ from importlib import resources
 from numbers import Integral, Real
 
 import numpy as np
-from numpy.typing import NDArray
 
+from hermes.types import FloatArray, IntArray
 from hermes.workloads.arrivals import gamma_arrivals
 from hermes.workloads.mix import sample_mix
 from hermes.workloads.request_traces import TraceRequest, read_azure_csv
@@ -54,7 +30,7 @@ __all__ = [
     "WB_MODELS",
     "WC_MEGA_SHARE",
     "QlmRequest",
-    "SloClass",
+    "SloTier",
     "TraceLengths",
     "azure_conversation_lengths",
     "profile_name",
@@ -64,7 +40,6 @@ __all__ = [
     "workload_c",
 ]
 
-IntArray = NDArray[np.int64]
 
 AZURE_CONVERSATION_CSV = "AzureLLMInferenceTrace_conv.csv"
 DEFAULT_CV = 4.0
@@ -91,8 +66,9 @@ def profile_name(model: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class SloClass:
-    """A request class: its name, end-to-end latency SLO (seconds) and share of requests.
+class SloTier:
+    """A QLM request class: its name, end-to-end latency SLO (seconds) and share of requests.
+    (Not `hermes.types.SloClass`, BROS's real-time or best-effort.)
 
     Shares of a mix need not sum to one; they are normalised."""
 
@@ -102,21 +78,21 @@ class SloClass:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"SloClass.name must be a non-empty string, got {self.name!r}")
+            raise ValueError(f"SloTier.name must be a non-empty string, got {self.name!r}")
         if not _is_number(self.slo_s) or not (math.isfinite(self.slo_s) and self.slo_s > 0):
-            raise ValueError(f"SloClass {self.name!r}: slo_s must be > 0, got {self.slo_s!r}")
+            raise ValueError(f"SloTier {self.name!r}: slo_s must be > 0, got {self.slo_s!r}")
         if not _is_number(self.share) or not (math.isfinite(self.share) and self.share >= 0):
-            raise ValueError(f"SloClass {self.name!r}: share must be >= 0, got {self.share!r}")
+            raise ValueError(f"SloTier {self.name!r}: share must be >= 0, got {self.share!r}")
 
 
-WA_CLASSES: tuple[SloClass, ...] = (
-    SloClass("interactive", 20.0, 0.3),
-    SloClass("batch-60s", 60.0, 0.4),
-    SloClass("batch-1h", 3600.0, 0.3),
+WA_CLASSES: tuple[SloTier, ...] = (
+    SloTier("interactive", 20.0, 0.3),
+    SloTier("batch-60s", 60.0, 0.4),
+    SloTier("batch-1h", 3600.0, 0.3),
 )
-WB_CLASSES: tuple[SloClass, ...] = (
-    SloClass("batch-60s", 60.0, 0.5),
-    SloClass("batch-1h", 3600.0, 0.5),
+WB_CLASSES: tuple[SloTier, ...] = (
+    SloTier("batch-60s", 60.0, 0.5),
+    SloTier("batch-1h", 3600.0, 0.5),
 )
 WB_MODELS: tuple[str, ...] = ("llama-2-7b", "llama-3-8b", "vicuna-7b")
 
@@ -189,7 +165,7 @@ def workload_a(
     seed: int,
     *,
     model: str = "llama-2-7b",
-    classes: Sequence[SloClass] = WA_CLASSES,
+    classes: Sequence[SloTier] = WA_CLASSES,
     cv: float = DEFAULT_CV,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     lengths: TraceLengths | None = None,
@@ -213,7 +189,7 @@ def workload_b(
     seed: int,
     *,
     models: Sequence[str] | Mapping[str, float] = WB_MODELS,
-    classes: Sequence[SloClass] = WB_CLASSES,
+    classes: Sequence[SloTier] = WB_CLASSES,
     cv: float = DEFAULT_CV,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     lengths: TraceLengths | None = None,
@@ -253,7 +229,7 @@ def workload_c(
     seed: int,
     *,
     model: str = "llama-2-7b",
-    classes: Sequence[SloClass] = WA_CLASSES,
+    classes: Sequence[SloTier] = WA_CLASSES,
     mega_share: float = WC_MEGA_SHARE,
     mega_prompt_tokens: tuple[int, int] = MEGA_PROMPT_TOKENS,
     cv: float = DEFAULT_CV,
@@ -281,7 +257,7 @@ def qlm_workload(
     seed: int,
     *,
     models: Mapping[str, float],
-    classes: Sequence[SloClass],
+    classes: Sequence[SloTier],
     cv: float = DEFAULT_CV,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     lengths: TraceLengths | None = None,
@@ -352,11 +328,9 @@ def qlm_workload(
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _arrivals(
-    rate: float, cv: float, duration: float, rng: np.random.Generator
-) -> NDArray[np.float64]:
+def _arrivals(rate: float, cv: float, duration: float, rng: np.random.Generator) -> FloatArray:
     """Gamma-gap arrival times in [0, duration), drawn `_CHUNK` gaps at a time."""
-    parts: list[NDArray[np.float64]] = []
+    parts: list[FloatArray] = []
     last = 0.0
     while True:
         times = gamma_arrivals(rate, cv, _CHUNK, rng, start_s=last)
