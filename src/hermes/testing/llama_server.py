@@ -104,6 +104,31 @@ def llama_server(
         host,
         "--port",
         str(port),
+        *_engine_args(n_ctx, n_batch, n_threads, interrupt_requests, verbose),
+    ]
+    if chat_format is not None:
+        command += ["--chat_format", chat_format]
+    command += list(extra_args)
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("OMP_NUM_THREADS", str(n_threads))
+
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env
+        )
+        try:
+            _wait_until_ready(process, base_url, command, log, startup_timeout)
+            yield base_url
+        finally:
+            _stop(process)
+
+
+def _engine_args(
+    n_ctx: int, n_batch: int, n_threads: int, interrupt_requests: bool, verbose: bool
+) -> list[str]:
+    """The server's context, batch and thread options: CPU only, one thread count for both
+    prompt and generation."""
+    return [
         "--n_ctx",
         str(n_ctx),
         "--n_batch",
@@ -119,37 +144,37 @@ def llama_server(
         "--verbose",
         str(verbose),
     ]
-    if chat_format is not None:
-        command += ["--chat_format", chat_format]
-    command += list(extra_args)
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("OMP_NUM_THREADS", str(n_threads))
 
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env
-        )
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    command: list[str],
+    log: IO[bytes],
+    startup_timeout: float,
+) -> None:
+    """Poll until the server answers; raise with the output's tail if it exits or times out."""
+    deadline = time.monotonic() + startup_timeout
+    while not _ready(base_url):
+        code = process.poll()
+        if code is not None:
+            raise LlamaServerError(
+                f"llama_cpp.server exited with code {code} before it was ready; "
+                f"command: {' '.join(command)}\n--- output tail ---\n{_tail(log)}"
+            )
+        if time.monotonic() > deadline:
+            raise LlamaServerError(
+                f"llama_cpp.server not ready at {base_url} after {startup_timeout:g} s; "
+                f"command: {' '.join(command)}\n--- output tail ---\n{_tail(log)}"
+            )
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
         try:
-            deadline = time.monotonic() + startup_timeout
-            while not _ready(base_url):
-                code = process.poll()
-                if code is not None:
-                    raise LlamaServerError(
-                        f"llama_cpp.server exited with code {code} before it was ready; "
-                        f"command: {' '.join(command)}\n--- output tail ---\n{_tail(log)}"
-                    )
-                if time.monotonic() > deadline:
-                    raise LlamaServerError(
-                        f"llama_cpp.server not ready at {base_url} after {startup_timeout:g} s; "
-                        f"command: {' '.join(command)}\n--- output tail ---\n{_tail(log)}"
-                    )
-                time.sleep(0.1)
-            yield base_url
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,34 +1,6 @@
-"""Write a tiny Llama-architecture GGUF model with random weights.
+"""Write a tiny Llama-architecture GGUF model with random weights, for serving-stack tests.
 
-The file loads in llama.cpp (and so in ``llama_cpp.Llama`` and ``python -m llama_cpp.server``)
-and generates tokens quickly on a CPU, which is all a test of a serving stack needs: the text
-is gibberish. Writing it needs only ``gguf`` and ``numpy``, never llama.cpp itself, and nothing
-is downloaded.
-
-Layout (GGUF lists dimensions innermost first, i.e. reversed from numpy's shape; the numpy
-shapes are given here):
-
-* ``token_embd.weight`` and ``output.weight``: ``(n_vocab, d_model)``
-* ``blk.N.attn_q.weight``: ``(n_heads * head_dim, d_model)``;
-  ``blk.N.attn_k.weight`` / ``attn_v.weight``: ``(n_kv_heads * head_dim, d_model)``;
-  ``blk.N.attn_output.weight``: ``(d_model, n_heads * head_dim)``
-* ``blk.N.ffn_gate.weight`` / ``ffn_up.weight``: ``(d_ff, d_model)``;
-  ``blk.N.ffn_down.weight``: ``(d_model, d_ff)``
-* ``blk.N.attn_norm.weight``, ``blk.N.ffn_norm.weight``, ``output_norm.weight``: ``(d_model,)``
-
-The vocabulary is GPT-2 style byte-level BPE (``tokenizer.ggml.model = "gpt2"``): the 256
-byte tokens, a few merges (llama.cpp needs at least one) with their merged tokens, then the
-special tokens ``<|bos|>``, ``<|im_start|>`` and ``<|im_end|>`` (the end-of-sequence token).
-A ChatML chat template is embedded.
-
-Only "generable" tokens (printable ASCII bytes other than ``<``, and the merged tokens) get
-non-zero rows in ``output.weight``; those rows are scaled so that the logits spread widely
-(standard deviation about 10), which leaves the zero logits of every other token (the special
-tokens, EOS included, control characters and the bytes >= 0x80) practically never sampled.
-Hence the model never ends a sequence on its own, so a request generates exactly
-``max_tokens`` tokens; the text is valid UTF-8 (llama-cpp-python keeps generating past
-``max_tokens`` while it holds an incomplete multi-byte character, which random bytes would
-cause); and it never contains a ChatML stop string such as ``<|im_end|>``.
+Why it works, its tensor layout and its vocabulary: docs/design/tiny-gguf.md.
 """
 
 from __future__ import annotations
@@ -158,72 +130,95 @@ def write_tiny_llama(
 
     All tensors are float32. The same arguments always give the same file.
     """
-    if n_layers < 1 or d_ff < 1 or context < 1:
-        raise ValueError("n_layers, d_ff and context must be positive")
-    if n_heads < 1 or n_kv_heads < 1 or d_model % n_heads or n_heads % n_kv_heads:
-        raise ValueError(
-            "d_model must be a multiple of n_heads, and n_heads a multiple of n_kv_heads"
-        )
-    head_dim = d_model // n_heads
-    if head_dim % 2:
-        raise ValueError("the head dimension d_model // n_heads must be even (RoPE)")
-
+    _check_dims(n_layers, d_model, n_heads, n_kv_heads, d_ff, context)
     out = Path(path)
     tokens, types, merges = byte_level_vocab()
-    n_vocab = len(tokens)
-    bos_id, eos_id = tokens.index(BOS_TOKEN), tokens.index(EOS_TOKEN)
     rng = np.random.default_rng(seed)
-
     writer = gguf.GGUFWriter(out, "llama")
     try:
-        writer.add_name("hermes-tiny-llama")
-        writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-        writer.add_context_length(context)
-        writer.add_embedding_length(d_model)
-        writer.add_block_count(n_layers)
-        writer.add_feed_forward_length(d_ff)
-        writer.add_head_count(n_heads)
-        writer.add_head_count_kv(n_kv_heads)
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(10000.0)
-        writer.add_layer_norm_rms_eps(1e-5)
-        writer.add_vocab_size(n_vocab)
-
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        writer.add_bos_token_id(bos_id)
-        writer.add_eos_token_id(eos_id)
-        writer.add_add_bos_token(False)
-        writer.add_chat_template(CHATML_TEMPLATE)
-
+        _add_model_metadata(writer, n_layers, d_model, n_heads, n_kv_heads, d_ff, context)
+        _add_tokenizer(writer, tokens, types, merges)
         shapes = tensor_shapes(
             n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff
         )
         silent = ~np.array(generable_tokens(tokens))
         for name, shape in shapes.items():
-            if len(shape) == 1:  # RMS-norm weights
-                data = np.ones(shape, dtype=np.float32)
-            elif name == "token_embd.weight":
-                data = rng.standard_normal(shape, dtype=np.float32)
-            elif name == "output.weight":
-                # Logits of the generable tokens ~ N(0, 10^2): sharp distributions, and
-                # the zero-logit other tokens (EOS included) are practically never sampled.
-                data = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                    10.0 / np.sqrt(d_model)
-                )
-                data[silent] = 0.0
-            else:
-                data = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                    1.0 / np.sqrt(shape[1])
-                )
-            writer.add_tensor(name, data)
-
+            writer.add_tensor(name, _random_tensor(name, shape, d_model, silent, rng))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
     return out
+
+
+def _check_dims(
+    n_layers: int, d_model: int, n_heads: int, n_kv_heads: int, d_ff: int, context: int
+) -> None:
+    if n_layers < 1 or d_ff < 1 or context < 1:
+        raise ValueError("n_layers, d_ff and context must be positive")
+    if n_heads < 1 or n_kv_heads < 1 or d_model % n_heads or n_heads % n_kv_heads:
+        raise ValueError(
+            "d_model must be a multiple of n_heads, and n_heads a multiple of n_kv_heads"
+        )
+    if (d_model // n_heads) % 2:
+        raise ValueError("the head dimension d_model // n_heads must be even (RoPE)")
+
+
+def _add_model_metadata(
+    writer: gguf.GGUFWriter,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_ff: int,
+    context: int,
+) -> None:
+    writer.add_name("hermes-tiny-llama")
+    writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    writer.add_context_length(context)
+    writer.add_embedding_length(d_model)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(d_ff)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv_heads)
+    writer.add_rope_dimension_count(d_model // n_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+
+
+def _add_tokenizer(
+    writer: gguf.GGUFWriter, tokens: list[str], types: list[int], merges: list[str]
+) -> None:
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index(BOS_TOKEN))
+    writer.add_eos_token_id(tokens.index(EOS_TOKEN))
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+
+def _random_tensor(
+    name: str,
+    shape: tuple[int, ...],
+    d_model: int,
+    silent: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One tensor's float32 data, drawn from `rng` (the same order of draws gives the same
+    file). `silent` marks the tokens the model must never generate."""
+    if len(shape) == 1:  # RMS-norm weights
+        return np.ones(shape, dtype=np.float32)
+    if name == "token_embd.weight":
+        return rng.standard_normal(shape, dtype=np.float32)
+    if name == "output.weight":
+        # Logits of the generable tokens ~ N(0, 10^2): sharp distributions, and the zero-logit
+        # other tokens (EOS included) are practically never sampled.
+        data = rng.standard_normal(shape, dtype=np.float32) * np.float32(10.0 / np.sqrt(d_model))
+        data[silent] = 0.0
+        return data
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / np.sqrt(shape[1]))
