@@ -1,30 +1,23 @@
-"""`hermes bench bros`: the BROS workload, the simulation loop, SLOs, metrics, targets and the
-command line."""
+"""`hermes bench bros`: the BROS workload, the run on the simulator, SLOs, metrics, targets and
+the command line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from hermes.cli import app
-from hermes.engine.bros_engine import make_engine
+from hermes.engine.catalog import make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.scheduler import Engine
+from hermes.engine.scheduler import Engine, Step
 from hermes.experiments.bros_paper import BrosSettings, check_targets, quick_settings
-from hermes.experiments.bros_sim import (
-    RunOutput,
-    Window,
-    be_metrics,
-    derive_slos,
-    rt_metrics,
-    simulate,
-)
+from hermes.experiments.bros_sim import RunOutput, rt_capacity, simulate
+from hermes.experiments.bros_slos import derive_slos, unloaded_latencies
 from hermes.experiments.bros_workload import (
     BE_OUTPUT_TOKENS,
     BE_PROMPT_TOKENS,
@@ -36,6 +29,8 @@ from hermes.experiments.bros_workload import (
 )
 from hermes.policies.bros import class_priority
 from hermes.profiles import load_profile
+from hermes.sim.metrics import class_throughput, slo_class_figures
+from hermes.sim.window import Window
 
 runner = CliRunner()
 CFG = EngineConfig()
@@ -107,32 +102,25 @@ def test_be_lengths_are_uniform_in_the_papers_ranges() -> None:
         BeStream(seed=0, prompt_range=(10, 5))
 
 
-class _Watched:
+class _Watched(Engine):
     """An `Engine` that checks, at every plan, that enough BE requests are queued."""
 
     def __init__(self, engine: Engine, backlog: int) -> None:
-        self.engine = engine
+        super().__init__(engine.cost, engine.config)
         self.backlog = backlog
         self.be: list[EngineRequest] = []
         self.plans = 0
 
-    @property
-    def idle(self) -> bool:
-        return self.engine.idle
-
     def add(self, req: EngineRequest, now: float) -> bool:
         if req.slo_class == "be":
             self.be.append(req)
-        return self.engine.add(req, now)
+        return super().add(req, now)
 
-    def plan(self, now: float) -> Any:
+    def plan(self, now: float) -> Step | None:
         queued = sum(r.state is RequestState.WAITING for r in self.be)
         assert queued >= self.backlog
         self.plans += 1
-        return self.engine.plan(now)
-
-    def complete(self, step: Any) -> Any:
-        return self.engine.complete(step)
+        return super().plan(now)
 
 
 def test_the_be_backlog_is_kept_queued(pool: LengthPool) -> None:
@@ -173,7 +161,17 @@ def test_slos_are_positive_and_monotone_in_the_multiples(pool: LengthPool) -> No
         derive_slos(cost, CFG, p90, ctx, ttft_multiple=0.5)
 
 
-# The loop ------------------------------------------------------------------------------
+def test_unloaded_latencies_are_one_request_alone() -> None:
+    cost = load_profile("llama-2-7b@a100")
+    ttft, tpot = unloaded_latencies(cost, CFG, 1000, 1000)
+    # One 1,000-token prefill iteration, then one decode iteration at 1,000 tokens of context.
+    assert ttft == pytest.approx(cost.step_time_s(1000, 0, 0, 1000 * 500.0, 1, 1))
+    assert tpot == pytest.approx(cost.step_time_s(1, 1, 1001, 0.0, 1, 0))
+    with pytest.raises(ValueError, match="cannot run"):
+        unloaded_latencies(cost, CFG, 5000, 1000)
+
+
+# The run on the simulator ---------------------------------------------------------------
 
 
 def _run(pool: LengthPool, policy: str, cost_name: str = "llama-2-7b@a100") -> RunOutput:
@@ -193,8 +191,8 @@ def _run(pool: LengthPool, policy: str, cost_name: str = "llama-2-7b@a100") -> R
 
 def test_static_priority_cuts_rt_ttft_behind_a_be_backlog(pool: LengthPool) -> None:
     fcfs, prio = _run(pool, "vllm"), _run(pool, "vllm-priority")
-    m_fcfs = rt_metrics(fcfs.rt, 1.0, 0.05, 10.0, 60.0, fcfs.end_s)
-    m_prio = rt_metrics(prio.rt, 1.0, 0.05, 10.0, 60.0, prio.end_s)
+    m_fcfs = slo_class_figures(fcfs.rt, 1.0, 0.05, 10.0, 60.0, fcfs.end_s)
+    m_prio = slo_class_figures(prio.rt, 1.0, 0.05, 10.0, 60.0, prio.end_s)
     n = m_fcfs["rt_requests"]
     assert isinstance(n, int)
     assert n == m_prio["rt_requests"]
@@ -209,19 +207,50 @@ def test_static_priority_cuts_rt_ttft_behind_a_be_backlog(pool: LengthPool) -> N
     assert all(r.slo_class == "rt" and r.ttft_slo_s == 1.0 for r in fcfs.rt)
 
 
-def test_bros_engines_run_in_the_loop(pool: LengthPool) -> None:
-    pytest.importorskip("hermes.engine.bros_engine")
+def test_bros_engines_run_on_the_simulator(pool: LengthPool) -> None:
     for policy in ("bros", "bros-nobidir"):
         run = _run(pool, policy)
-        m = rt_metrics(run.rt, 1.0, 0.05, 10.0, 60.0, run.end_s)
+        m = slo_class_figures(run.rt, 1.0, 0.05, 10.0, 60.0, run.end_s)
         finished = m["rt_finished"]
         assert isinstance(finished, int)
         assert finished > 0
         assert run.be_tokens > 0
 
 
+# Figures of the hand-written loop that the run on the simulator replaced (commit 8338220),
+# for the same seeds: (BE tokens, BE requests, preemptions, steps, end of the run).
+OLD_LOOP = {
+    "vllm": (38367, 475, 29, 935, 120.04406510338053),
+    "vllm-priority": (38458, 477, 22, 936, 120.06039797140039),
+    "bros": (34367, 423, 0, 1947, 81.06509281821437),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(OLD_LOOP))
+def test_the_run_reproduces_the_old_loop(pool: LengthPool, policy: str) -> None:
+    run = _run(pool, policy)
+    *counts, end = OLD_LOOP[policy]
+    assert [run.be_tokens, run.be_finished, run.preemptions, run.iterations] == counts
+    assert run.end_s == pytest.approx(end, rel=1e-12)
+    assert len(run.rt) == 84
+
+
+def test_an_rt_only_run_and_capacity_reproduce_the_old_loop(pool: LengthPool) -> None:
+    cost = load_profile("llama-2-7b@a100")
+    trace = rt_trace(pool, 1.5, 60.0, 0)
+    rt = simulate(Engine(cost, CFG), trace, None, Window(10.0, 60.0, 60.0), ttft_slo_s=1.0,
+                  tpot_slo_s=0.05)  # fmt: skip
+    assert (rt.be_tokens, rt.be_finished, rt.iterations) == (0, 0, 235)
+    # An idle engine ends the window at its end; the run stops once the window's RT is done.
+    assert rt.span_s == pytest.approx(50.12584642941391, rel=1e-12)
+    assert rt.end_s == pytest.approx(64.07938903778512, rel=1e-12)
+    assert all(r.state is RequestState.FINISHED for r in rt.rt)
+    capacity = rt_capacity(cost, CFG, pool, 0, Window(60.0, 240.0, 0.0))
+    assert capacity == pytest.approx(4.05595639874115, rel=1e-12)
+
+
 def test_unknown_policy_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown BROS policy 'split'"):
+    with pytest.raises(ValueError, match="unknown engine 'split'"):
         make_engine("split", load_profile("llama-2-7b@a100"), CFG)
 
 
@@ -246,7 +275,9 @@ def test_rt_metrics_by_hand() -> None:
         _req(5.0, 11, 5.1, 6.0),  # before the window
         _req(20.0, 11, 20.1, 21.0),  # at its end: outside
     ]
-    m = rt_metrics(reqs, ttft_slo_s=1.0, tpot_slo_s=0.4, start_s=10.0, end_s=20.0, horizon_s=20.0)
+    m = slo_class_figures(
+        reqs, ttft_slo_s=1.0, tpot_slo_s=0.4, start_s=10.0, end_s=20.0, horizon_s=20.0
+    )
     assert (m["rt_requests"], m["rt_finished"], m["rt_unfinished"]) == (5, 4, 1)
     assert m["ttft_mean_s"] == pytest.approx((0.5 + 0.2 + 2.0 + 0.5 + 0.3) / 5)
     assert m["ttft_p99_s"] == pytest.approx(2.0)
@@ -257,17 +288,22 @@ def test_rt_metrics_by_hand() -> None:
     assert m["slo_attainment"] == pytest.approx(2 / 5)
     assert m["ttft_attainment"] == pytest.approx(4 / 5)
     assert m["tpot_attainment"] == pytest.approx(3 / 5)
-    empty = rt_metrics([], 1.0, 0.1, 0.0, 1.0, 1.0)
+    empty = slo_class_figures([], 1.0, 0.1, 0.0, 1.0, 1.0)
     assert empty["slo_attainment"] is None
     assert empty["e2e_p99_s"] is None
 
 
-def test_be_metrics_scale_by_replicas() -> None:
-    run = RunOutput([], be_tokens=1000, be_finished=10, span_s=50.0, preemptions=0,
-                    iterations=1, end_s=60.0)  # fmt: skip
-    assert be_metrics(run, 2) == {"be_tokens_per_s": 40.0, "be_requests_per_s": 0.4}
-    idle = RunOutput([], 0, 0, 0.0, 0, 0, 0.0)
-    assert be_metrics(idle, 2)["be_tokens_per_s"] == 0.0
+def test_class_throughput_scales_by_replicas() -> None:
+    assert class_throughput(1000, 10, 50.0, 2) == {
+        "be_tokens_per_s": 40.0,
+        "be_requests_per_s": 0.4,
+    }
+    assert class_throughput(0, 0, 0.0, 2)["be_tokens_per_s"] == 0.0
+    assert class_throughput(5, 1, float("inf"))["be_requests_per_s"] == 0.0
+    assert class_throughput(10, 2, 5.0, label="x") == {
+        "x_tokens_per_s": 2.0,
+        "x_requests_per_s": 0.4,
+    }
 
 
 def _row(attainment: float, p99: float, be: float) -> dict[str, float]:

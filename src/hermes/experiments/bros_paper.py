@@ -11,7 +11,7 @@ serves only RT at the full rate, the other only BE (both the vLLM-style engine, 
 RT load is swept as fractions of the deployment's RT capacity: the requests per second one
 engine completes with trace-shaped requests always queued and nothing else to do
 (`bros_sim.rt_capacity`), times the replicas. SLOs come from the engine model's unloaded
-latencies (`bros_sim.derive_slos`).
+latencies (`bros_slos.derive_slos`).
 
 `run_all` returns plain data (JSON-ready) with the targets checked against what was measured.
 Nothing here writes files.
@@ -24,24 +24,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hermes.engine.bros_engine import make_engine
+from hermes.engine.catalog import make_engine
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.scheduler import Engine
-from hermes.experiments.bros_sim import (
+from hermes.experiments.bros_sim import POLICIES, RunOutput, rt_capacity, simulate
+from hermes.experiments.bros_slos import (
     DEFAULT_TPOT_CEILING_S,
     DEFAULT_TPOT_MULTIPLE,
     DEFAULT_TTFT_CEILING_S,
     DEFAULT_TTFT_MULTIPLE,
-    POLICIES,
-    RunOutput,
     Slos,
-    Window,
-    be_metrics,
     derive_slos,
-    rt_capacity,
-    rt_metrics,
-    simulate,
 )
 from hermes.experiments.bros_workload import (
     BeStream,
@@ -53,6 +47,8 @@ from hermes.experiments.bros_workload import (
 from hermes.experiments.common import reduction
 from hermes.policies.bros import BrosOptions, class_priority
 from hermes.profiles import load_profile
+from hermes.sim.metrics import class_throughput, slo_class_figures
+from hermes.sim.window import Window
 
 Progress = Callable[[str], None]
 
@@ -176,14 +172,14 @@ def _row(
     """One policy at one load. Co-served (`be_run` None): `run` is one of `instances`
     identical engines, so BE output and preemptions scale by `instances`. Split: `run` is
     the RT instance and `be_run` the BE one."""
-    row: dict[str, Any] = rt_metrics(
+    row: dict[str, Any] = slo_class_figures(
         run.rt, slos.ttft_s, slos.tpot_s, w.start_s, w.end_s, run.end_s
     )
     if be_run is None:
-        row.update(be_metrics(run, instances))
+        row.update(class_throughput(run.be_tokens, run.be_finished, run.span_s, instances))
         row["preemptions"] = run.preemptions * instances
     else:
-        row.update(be_metrics(be_run, 1))
+        row.update(class_throughput(be_run.be_tokens, be_run.be_finished, be_run.span_s))
         row["preemptions"] = run.preemptions + be_run.preemptions
     row["iterations"] = run.iterations
     row["wall_s"] = wall_s

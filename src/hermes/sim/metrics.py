@@ -123,3 +123,115 @@ def _reason_counts(rejected: Sequence[EngineRequest]) -> dict[str, int]:
         )
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# --- SLO classes: latency, attainment and throughput per class (BROS study; any study) ---------
+
+
+def slo_class_figures(
+    requests: Sequence[EngineRequest],
+    ttft_slo_s: float,
+    tpot_slo_s: float,
+    start_s: float,
+    end_s: float,
+    horizon_s: float,
+    label: str = "rt",
+) -> dict[str, float | int | None]:
+    """Latency and SLO attainment of a class's requests that arrived in [start_s, end_s).
+
+    A request meets its SLO if it finished with TTFT <= ttft_slo_s and TPOT <= tpot_slo_s
+    (TPOT = (finish - first token) / (output - 1); a one-token answer is judged on TTFT
+    alone). One unfinished at `horizon_s` misses it and enters the TTFT and end-to-end figures
+    at its age then (a lower bound). Counts are keyed by `label`; see docs/bros.md.
+    """
+    ttft: list[float] = []
+    tpot: list[float] = []
+    e2e: list[float] = []
+    counted = finished = met = ttft_met = tpot_met = 0
+    for r in requests:
+        if not start_s <= r.arrival_s < end_s:
+            continue
+        counted += 1
+        first = r.first_token_s
+        ttft.append((horizon_s if first is None else first) - r.arrival_s)
+        ok_ttft = first is not None and first - r.arrival_s <= ttft_slo_s
+        ttft_met += ok_ttft
+        if r.state is not RequestState.FINISHED or r.finish_s is None or first is None:
+            e2e.append(horizon_s - r.arrival_s)
+            continue
+        finished += 1
+        e2e.append(r.finish_s - r.arrival_s)
+        ok_tpot = True
+        if r.output_tokens > 1:
+            t = (r.finish_s - first) / (r.output_tokens - 1)
+            tpot.append(t)
+            ok_tpot = t <= tpot_slo_s
+        tpot_met += ok_tpot
+        met += ok_ttft and ok_tpot
+    out: dict[str, float | int | None] = {f"{label}_requests": counted}
+    out[f"{label}_finished"] = finished
+    out[f"{label}_unfinished"] = counted - finished
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
+        d = distribution(values)
+        out[f"{name}_mean_s"] = d["mean"]
+        out[f"{name}_p99_s"] = d["p99"]
+    share = (lambda k: k / counted) if counted else (lambda k: None)
+    out["slo_attainment"] = share(met)
+    out["ttft_attainment"] = share(ttft_met)
+    out["tpot_attainment"] = share(tpot_met)
+    return out
+
+
+def class_throughput(
+    tokens: int, finished: int, span_s: float, replicas: int = 1, label: str = "be"
+) -> dict[str, float]:
+    """A class's output tokens and finished requests per second over `span_s`, times
+    `replicas` identical engines (0 over an empty or unbounded span)."""
+    if not (span_s > 0 and np.isfinite(span_s)):
+        return {f"{label}_tokens_per_s": 0.0, f"{label}_requests_per_s": 0.0}
+    return {
+        f"{label}_tokens_per_s": replicas * tokens / span_s,
+        f"{label}_requests_per_s": replicas * finished / span_s,
+    }
+
+
+# --- Completion SLOs by class, and multi-model instances (QLM study; any study) -------------
+
+
+def completion_slo_met(arrival_s: float, slo_s: float, finish_s: float | None) -> bool:
+    """A request with an SLO on completion meets it by finishing within `slo_s` of arriving."""
+    return finish_s is not None and finish_s - arrival_s <= slo_s
+
+
+def attainment_by_class(
+    outcomes: Sequence[tuple[str, bool]],
+) -> tuple[float | None, dict[str, float]]:
+    """The share of (class, met) outcomes that met their SLO, overall (None when there are
+    none) and per class (classes sorted by name)."""
+    by_class: dict[str, list[bool]] = {}
+    for slo_class, met in outcomes:
+        by_class.setdefault(slo_class, []).append(met)
+    every = [m for ms in by_class.values() for m in ms]
+    overall = float(np.mean(every)) if every else None
+    return overall, {c: float(np.mean(ms)) for c, ms in sorted(by_class.items())}
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFigures:
+    """One serving instance's model swaps, the time they took, and its busy share."""
+
+    warm_swaps: int
+    cold_swaps: int
+    swap_s: float
+    utilisation: float
+
+
+def pooled_instances(figures: Sequence[InstanceFigures]) -> InstanceFigures:
+    """A cluster's figures: swaps and swap seconds summed over its instances, utilisation
+    their mean (0 with no instance)."""
+    return InstanceFigures(
+        sum(f.warm_swaps for f in figures),
+        sum(f.cold_swaps for f in figures),
+        sum(f.swap_s for f in figures),
+        float(np.mean([f.utilisation for f in figures])) if figures else 0.0,
+    )
