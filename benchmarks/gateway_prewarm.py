@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hermes.gateway.config import gateway_config_from_dict
-from hermes.gateway.replay import ReplaySettings, replay
+from hermes.replay import ReplaySettings, replay
 from hermes.sim.build import template_graphs, template_runs
 from hermes.testing.asgi_thread import serving
 from hermes.testing.gateway_thread import gateway_in_thread

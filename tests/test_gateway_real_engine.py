@@ -36,8 +36,7 @@ if any(importlib.util.find_spec(name) is None for name in _SERVER_DEPS):
 
 from hermes.core.runs import AppRun  # noqa: E402
 from hermes.gateway.config import Backend, GatewayConfig  # noqa: E402
-from hermes.gateway.replay import ReplaySettings, replay  # noqa: E402
-from hermes.gateway.replay_plan import plan  # noqa: E402
+from hermes.replay import ReplaySettings, plan, replay  # noqa: E402
 from hermes.sim.config import PolicyOptions  # noqa: E402
 from hermes.testing.gateway_thread import gateway_in_thread  # noqa: E402
 from hermes.testing.llama_server import DEFAULT_MODEL_ALIAS, llama_server  # noqa: E402

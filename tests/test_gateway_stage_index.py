@@ -21,9 +21,8 @@ from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.gateway.apps import AppTracker
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.context import STAGE_INDEX, HeaderError, parse_context
-from hermes.gateway.replay import ReplaySettings, replay
-from hermes.gateway.replay_plan import LLMStep, ToolStep, plan
 from hermes.gateway.server import Gateway
+from hermes.replay import LLMStep, ReplaySettings, ToolStep, plan, replay
 from hermes.testing.asgi_thread import serving
 
 # The tracker ---------------------------------------------------------------------------------

@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 
 from hermes.cli import app
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
+from hermes.emulator import prompt_tokens_for_text
 from hermes.gateway.config import emulated_default
 from hermes.gateway.context import parse_context
-from hermes.gateway.emulator import prompt_tokens_for_text
-from hermes.gateway.replay import ReplayError, ReplaySettings
-from hermes.gateway.replay_plan import LLMStep, ToolStep, plan, prompt_text
+from hermes.replay import LLMStep, ReplayError, ReplaySettings, ToolStep, plan, prompt_text
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.llama_server import free_port
 from hermes.workloads.run_files import write_runs

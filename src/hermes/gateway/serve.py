@@ -11,10 +11,10 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import uvicorn
 
+from hermes.emulator import EmulatedEngine, emulator_app
 from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
 from hermes.gateway.build import build_gateway
 from hermes.gateway.config import Backend, GatewayConfig
-from hermes.gateway.emulator import EmulatedEngine, emulator_app
 from hermes.gateway.server import Gateway
 from hermes.profiles import load_profile
 
@@ -71,7 +71,7 @@ async def _emulate(backend: Backend, stack: AsyncExitStack, adapters: set[str]) 
         cost, EngineConfig(max_num_seqs=backend.emulate_max_num_seqs), time_scale=backend.time_scale
     )
     # Waking from sleep level 1 copies the weights back from CPU memory, each GPU its shard
-    # over its own PCIe link; a LoRA adapter loads in ~370 ms (CALIBRATION.md).
+    # over its own PCIe link; a LoRA adapter loads in ~370 ms (docs/calibration.md).
     wake_s = cost.weight_bytes / cost.tp / DEFAULT_SWAP_BYTES_PER_S * backend.time_scale
     app = emulator_app(
         dict.fromkeys([m for m in backend.models if m not in adapters], engine),

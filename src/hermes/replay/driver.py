@@ -1,7 +1,7 @@
 """`hermes replay`: recorded runs driven through a gateway as their applications would drive
 it, and their completion times measured from outside.
 
-The plan (which runs, when, which requests) comes from `replay_plan`; this module only sends
+The plan (which runs, when, which requests) comes from `planning`; this module only sends
 it. One aiohttp session carries all traffic, with no limit on connections: a fan-out must
 reach the gateway at once and queue there, in policy order, not in the client's pool.
 
@@ -25,8 +25,8 @@ from typing import Any
 import aiohttp
 
 from hermes.core.runs import AppRun
-from hermes.experiments.common import Outcome, summary
-from hermes.gateway.replay_plan import AppPlan, LLMStep, plan
+from hermes.replay.planning import AppPlan, LLMStep, plan
+from hermes.workloads.outcomes import Outcome, summary
 
 KEEPALIVE_S = 2.0
 
