@@ -547,7 +547,7 @@ def bench_hermes(
 ) -> None:
     """The Hermes paper's experiments: completion time by policy and load, deadlines,
     prewarming, ablations and ranking overhead. With --runs: policies on recorded runs."""
-    from hermes.experiments.common import Engine
+    from hermes.experiments.common import EngineSpec
     from hermes.policies.registry import policy_names
 
     chosen = (
@@ -581,7 +581,7 @@ def bench_hermes(
                 seed=seed,
                 apps=apps,
                 weights=_weights(weights) if weights else None,
-                engine=Engine(model, gpu, 1, limits[0] if limits else 256),
+                engine=EngineSpec(model, gpu, 1, limits[0] if limits else 256),
             )
             with err.status("simulating"):
                 result = recorded_bench(_read_all(runs), settings)
