@@ -268,3 +268,34 @@ def test_ranking_rounds_run_only_for_dynamic_policies() -> None:
 
     assert rounds("parrot") == 0
     assert rounds("gittins") > 0
+
+
+def test_one_registry_names_every_kind_of_decision_unambiguously() -> None:
+    from hermes.engine.bros_engine import BrosEngine
+    from hermes.engine.scheduler import Engine
+    from hermes.policies.qlm.policy import QLMPolicy
+    from hermes.policies.registry import REGISTRY, make_named_engine, make_queue_policy
+    from hermes.profiles import load_profile
+
+    qualified = [e.qualified for e in REGISTRY.entries()]
+    assert len(qualified) == len(set(qualified))
+    assert {"ranking:vllm", "engine:vllm", "queue:vllm", "queue:qlm", "engine:bros"} <= set(
+        qualified
+    )
+    # A short name two kinds share needs its kind; with it, each kind gets its own thing.
+    with pytest.raises(ValueError, match="'edf' is ambiguous: say queue:edf or ranking:edf"):
+        REGISTRY.resolve("edf")
+    assert REGISTRY.resolve("edf", "queue").qualified == "queue:edf"
+    assert REGISTRY.resolve("ranking:edf").kind == "ranking"
+    assert REGISTRY.resolve("gittins").qualified == "ranking:gittins"  # unique: no kind needed
+    with pytest.raises(ValueError, match="the kind must be queue"):
+        REGISTRY.resolve("ranking:edf", "queue")
+    with pytest.raises(ValueError, match="unknown engine 'fifo'"):
+        REGISTRY.resolve("fifo", "engine")
+    cost = load_profile("llama-2-7b@a100")
+    assert isinstance(make_named_engine("vllm-priority", cost), Engine)
+    assert isinstance(make_named_engine("engine:bros", cost), BrosEngine)
+    qlm, noplan = make_queue_policy("qlm"), make_queue_policy("qlm-noplan")
+    assert isinstance(qlm, QLMPolicy)
+    assert isinstance(noplan, QLMPolicy)
+    assert (qlm.options.planner, noplan.options.planner) == ("milp", "edf")
