@@ -1,18 +1,7 @@
-"""The BROS experiments' workload: real-time (RT) chat requests and a best-effort (BE) backlog.
-
-RT requests take their (prompt, output) lengths from the rows of the Azure LLM inference trace
-2023, conversation part (the chat service the RT class stands for), and arrive as a Poisson
-process at a chosen rate. BE requests are a standing backlog, as a batch job presents to a
-server: prompts uniform in [512, 1024] tokens and outputs uniform in [32, 128] (the paper's
-setup); the simulation keeps a number of them queued at all times (`default_be_backlog`).
-
-Reproducible and comparable: one seed spawns four streams (RT arrivals, RT lengths, BE
-lengths, and the requests that measure capacity), each drawn in fixed-size chunks, so the i-th
-RT request has the same lengths at every load, the arrival times at rate λ are one unit-rate
-sequence divided by λ (common random numbers across loads), and the k-th BE request has the
-same lengths under every policy.
-Nothing here reads a clock or global random state; only `conversation_lengths` reads a file
-(the packaged trace).
+"""The BROS experiments' workload: real-time (RT) chat requests with the Azure conversation
+trace's lengths and Poisson arrivals, and a standing best-effort (BE) backlog with the paper's
+uniform lengths. One seed, four streams drawn in fixed-size chunks: the same requests at every
+load and under every policy (docs/bros.md). Only `conversation_lengths` reads a file.
 """
 
 from __future__ import annotations
@@ -23,13 +12,10 @@ from functools import cache
 from importlib import resources
 
 import numpy as np
-from numpy.typing import NDArray
 
 from hermes.engine.engine_config import EngineConfig
+from hermes.types import FloatArray, IntArray
 from hermes.workloads.request_traces import read_azure_csv
-
-IntArray = NDArray[np.int64]
-FloatArray = NDArray[np.float64]
 
 AZURE_CONVERSATION_CSV = "AzureLLMInferenceTrace_conv.csv"
 # The paper's best-effort requests, inclusive bounds in tokens.
@@ -196,15 +182,7 @@ class PoolStream:
 def default_be_backlog(
     config: EngineConfig, prompt_range: tuple[int, int] = BE_PROMPT_TOKENS
 ) -> int:
-    """BE requests kept queued (submitted, not running) at every iteration boundary.
-
-    An iteration admits new prompts only within its token budget, so it can start at most
-    ceil(max_num_batched_tokens / shortest BE prompt) of them, plus one whose first chunk is
-    cut short (4 + 1 = 5 with vLLM's 2,048-token budget and 512-token prompts). The simulation
-    tops the queue up after every iteration, so a queue of that many never runs dry, whatever
-    batch size the engine would grow to: the engine always has BE work. A deeper queue gives
-    the engine no more work, and it only lengthens the wait of an RT request that an FCFS
-    engine (`vllm`) queues behind the BE requests submitted before it: the smallest sufficient
-    queue is the fairest to the baseline.
-    """
+    """BE requests kept queued (submitted, not running) at every iteration boundary: as many
+    prompts as one iteration's token budget can start, plus one cut short (5 with vLLM's
+    defaults), the smallest queue that never runs dry (why: docs/bros.md)."""
     return -(-config.max_num_batched_tokens // prompt_range[0]) + 1

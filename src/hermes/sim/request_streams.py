@@ -6,25 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-from numpy.typing import NDArray
-
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.sim.engine_runner import EngineRunner
 from hermes.sim.kernel import EventLoop
+from hermes.types import FloatArray, IntArray
 
 
 class TimedRequests(Protocol):
     """Requests in arrival order: arrival (s), prompt and output tokens (`RtTrace`)."""
 
     @property
-    def arrival_s(self) -> NDArray[np.float64]: ...
+    def arrival_s(self) -> FloatArray: ...
 
     @property
-    def prompt_tokens(self) -> NDArray[np.int64]: ...
+    def prompt_tokens(self) -> IntArray: ...
 
     @property
-    def output_tokens(self) -> NDArray[np.int64]: ...
+    def output_tokens(self) -> IntArray: ...
 
 
 class LengthSource(Protocol):
