@@ -27,7 +27,7 @@ from hermes.experiments.bros_workload import (
     default_be_backlog,
     rt_trace,
 )
-from hermes.policies.bros import class_priority
+from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 from hermes.sim.metrics import class_throughput, slo_class_figures
 from hermes.sim.window import Window

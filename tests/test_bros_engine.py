@@ -15,12 +15,8 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
-from hermes.policies.bros import (
-    AdaptiveCap,
-    BrosOptions,
-    class_priority,
-    next_deadline,
-)
+from hermes.policies.bros import AdaptiveCap, BrosOptions, next_deadline
+from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 
 COST = load_profile("llama-2-7b", "a100", None)

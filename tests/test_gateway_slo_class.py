@@ -1,5 +1,6 @@
-"""SLO classes in the gateway: real-time calls ahead of best-effort ones in the queue and at
-the engine, best-effort calls kept to their minimum share."""
+"""SLO classes: the pure decisions (`policies.slo_class`), and the gateway carrying them out:
+real-time calls ahead of best-effort ones in the queue and at the engine, best-effort calls
+kept to their minimum share."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes.gateway.dispatch import Dispatcher, Upstream
+from hermes.policies.slo_class import (
+    GrantShare,
+    SloClass,
+    SloClassOptions,
+    class_of,
+    class_priority,
+    engine_rank,
+)
 from test_gateway_server import FakeUpstream, client, fake, gateway  # noqa: F401
 
 
 def _one_slot(share: float) -> Dispatcher:
-    d = Dispatcher([Upstream("u", frozenset({"m"}), 1)], be_min_share=share)
+    d = Dispatcher([Upstream("u", frozenset({"m"}), 1)], slo=SloClassOptions(be_min_share=share))
     d.submit("busy", "m", 0.0)  # holds the only slot
     return d
 
@@ -53,9 +62,77 @@ def test_best_effort_gets_its_minimum_share_and_no_more_while_both_wait(share: f
     assert be_keys == [f"be{i}" for i in range(len(be_keys))]
 
 
-def test_the_share_is_refused_outside_zero_to_one() -> None:
+def test_the_options_are_checked() -> None:
     with pytest.raises(ValueError, match="be_min_share must be in"):
-        Dispatcher([Upstream("u", frozenset({"m"}), 1)], be_min_share=1.5)
+        SloClassOptions(be_min_share=1.5)
+    with pytest.raises(ValueError, match="window must be"):
+        SloClassOptions(window=0)
+    with pytest.raises(ValueError, match="rt_engine_lead_s must be"):
+        SloClassOptions(rt_engine_lead_s=float("inf"))
+
+
+# The pure decisions ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(0.0, 1.0),
+    st.integers(1, 200),
+    st.lists(st.sampled_from(["rt", "be", "both"]), min_size=1, max_size=600),
+)
+def test_the_best_effort_share_holds_whatever_waits(
+    share: float, window: int, waiting: list[str]
+) -> None:
+    """While both classes wait, best-effort gets at least its share of the last `window`
+    grants (up to the grant being decided) and no more than it is owed; with one class
+    waiting, that class gets the grant."""
+    keeper = GrantShare(SloClassOptions(be_min_share=share, window=window))
+    recent: list[SloClass] = []
+    for w in waiting:
+        rt, be = w in ("rt", "both"), w in ("be", "both")
+        cls = keeper.next_class(rt, be)
+        assert cls is not None
+        if w != "both":
+            assert cls == w
+        else:
+            seen = recent[-window:]
+            owed = seen.count("be") < share * (len(seen) + 1)
+            assert cls == ("be" if owed else "rt")
+        keeper.granted(cls)
+        recent.append(cls)
+        seen = recent[-window:]
+        assert keeper.be_share == pytest.approx(seen.count("be") / len(seen))
+    assert keeper.next_class(False, False) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0.0, 1.0), st.integers(10, 200))
+def test_with_both_always_waiting_best_effort_gets_its_share(share: float, window: int) -> None:
+    keeper = GrantShare(SloClassOptions(be_min_share=share, window=window))
+    grants = []
+    for _ in range(10 * window):
+        cls = keeper.next_class(True, True)
+        assert cls is not None
+        keeper.granted(cls)
+        grants.append(cls)
+    last = grants[-window:]
+    # The floor, to within the grant being decided (the rule counts it in: n + 1).
+    assert share * window - 1 <= last.count("be") <= share * (window + 1) + 1
+
+
+def test_engine_rank_class_of_and_class_priority() -> None:
+    o = SloClassOptions()
+    assert engine_rank(5.0, "rt", o) == 5.0 - 1e9
+    assert engine_rank(5.0, "be", o) == 5.0
+    assert engine_rank(1e6, "rt", o) < engine_rank(-1e6, "be", o)
+    assert class_of("rt", "be") == "rt"
+    assert class_of(None, "rt") == "rt"
+    assert class_of(None, None) == "be"
+    assert class_priority("vllm-priority", "rt") < class_priority("vllm-priority", "be")
+    assert class_priority("vllm", "rt") == class_priority("vllm", "be") == 0.0
+
+
+# The gateway -------------------------------------------------------------------------------------
 
 
 def test_real_time_calls_overtake_queued_best_effort_ones_and_lead_at_the_engine(

@@ -45,7 +45,8 @@ from hermes.experiments.bros_workload import (
     rt_trace,
 )
 from hermes.experiments.common import reduction
-from hermes.policies.bros import BrosOptions, class_priority
+from hermes.policies.bros import BrosOptions
+from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 from hermes.sim.metrics import class_throughput, slo_class_figures
 from hermes.sim.window import Window

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from hermes.config_base import PolicyOptions, read_yaml, validated
 from hermes.config_base import StrictModel as _Strict
+from hermes.policies.slo_class import SloClass, SloClassOptions, class_of
 
 BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
 
@@ -99,7 +100,6 @@ class PrewarmTarget(_Strict):
 
 
 GpuGroupKind = Literal["vllm-sleep", "llamacpp-router"]
-SloClass = Literal["rt", "be"]
 DEFAULT_SLO_S: dict[SloClass, float] = {"rt": 20.0, "be": 3600.0}
 
 
@@ -163,7 +163,11 @@ class GatewayConfig(_Strict):
 
     def slo_class_of(self, model: str, header: SloClass | None) -> SloClass:
         """A call's SLO class: its header's, else its model's default, else best-effort."""
-        return header or self.model_slo_class.get(model, "be")
+        return class_of(header, self.model_slo_class.get(model))
+
+    def slo_class_options(self) -> SloClassOptions:
+        """How the SLO classes share the queue and lead at the engine."""
+        return SloClassOptions(be_min_share=self.be_min_share)
 
     def slo_seconds(self, slo_class: SloClass) -> float:
         return self.slo_s.get(slo_class, DEFAULT_SLO_S[slo_class])

@@ -5,10 +5,9 @@ queue here, where the policy orders them, rather than inside the engine. A call 
 upstream serving its model; a freed slot goes to the best-ranked call that upstream can serve,
 and a new call goes to the serving upstream with the most free slots (least outstanding work).
 
-SLO classes (BROS in the gateway): real-time calls (`rt`) go ahead of best-effort ones (`be`,
-and calls that name no class), each class in policy order; best-effort calls still get at
-least `be_min_share` of the recent grants while both wait, so a stream of real-time calls
-cannot starve them.
+SLO classes (BROS in the gateway): which class a grant goes to is `policies.slo_class`'s
+decision (`GrantShare`: real-time first, best-effort kept to its minimum share); each class
+waits in policy order.
 
 An upstream takes calls only for the models it has loaded now (`set_loaded`; at first, all of
 its models): engines that share a GPU take turns with their models (`model_swaps`), and calls
@@ -22,12 +21,12 @@ re-rank rebuilds the heaps in O(n).
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hermes.policies.slo_class import GrantShare, SloClassOptions
+
 RT, BE = 0, 1  # heap index per SLO class
-SHARE_WINDOW = 100  # grants over which the best-effort share is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +63,10 @@ class QueueFullError(Exception):
 class Dispatcher:
     upstreams: Sequence[Upstream]
     limit: int = 10_000
-    be_min_share: float = 0.1
+    slo: SloClassOptions = field(default_factory=SloClassOptions)
     # Per model, one heap per class (RT, BE) of (priority, seq, call).
     _heaps: dict[str, tuple[list[tuple[float, int, Waiting]], ...]] = field(default_factory=dict)
-    _recent: deque[int] = field(default_factory=lambda: deque(maxlen=SHARE_WINDOW))
-    _recent_be: int = 0
+    _share: GrantShare = field(init=False)
     _busy: dict[str, int] = field(default_factory=dict)
     _healthy: dict[str, bool] = field(default_factory=dict)
     _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -76,8 +74,7 @@ class Dispatcher:
     _queued: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.be_min_share <= 1.0:
-            raise ValueError(f"be_min_share must be in [0, 1], got {self.be_min_share!r}")
+        self._share = GrantShare(self.slo)
         names = [u.name for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
@@ -189,20 +186,14 @@ class Dispatcher:
         return u.concurrency - self._busy[u.name] if self._healthy[u.name] else 0
 
     def _class(self, rt_waiting: bool, be_waiting: bool) -> int | None:
-        """Which class gets the next grant: RT, unless BE is owed its share."""
-        if not (rt_waiting and be_waiting):
-            return RT if rt_waiting else BE if be_waiting else None
-        owed = self._recent_be < self.be_min_share * (len(self._recent) + 1)
-        return BE if owed else RT
+        """Which class's heap the next grant comes from (`GrantShare` decides)."""
+        cls = self._share.next_class(rt_waiting, be_waiting)
+        return None if cls is None else RT if cls == "rt" else BE
 
     def _granted(self, w: Waiting) -> None:
         self._queued -= 1
         w.granted = True
-        cls = RT if w.rt else BE
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_be -= self._recent[0]
-        self._recent.append(cls)
-        self._recent_be += cls
+        self._share.granted("rt" if w.rt else "be")
 
     def _fill(self, model: str) -> list[Grant]:
         grants: list[Grant] = []

@@ -45,11 +45,9 @@ from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
 from hermes.policies.registry import make_policy
+from hermes.policies.slo_class import engine_rank
 
 Clock = Callable[[], float]
-# Subtracted from a real-time call's rank (seconds) for the engine's priority: more than any
-# rank differs by, so the engine, too, serves real-time calls first.
-RT_ENGINE_LEAD_S = 1e9
 _JSON_BODY = {"Content-Type": "application/json"}
 
 
@@ -154,7 +152,7 @@ class Gateway:
         self.dispatcher = Dispatcher(
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
-            be_min_share=config.be_min_share,
+            slo=config.slo_class_options(),
         )
         self.prewarm = PrewarmActuator(
             config, prewarm or NoPrewarm(), self.clients, clock, self.metrics
@@ -545,8 +543,7 @@ class Gateway:
             opts = call.body.get("stream_options") or {}
             extra["stream_options"] = {**opts, "include_usage": True}
         rank = call.waiting.priority if call.waiting else 0.0
-        if call.rt:  # real-time calls ahead of every other at the engine too
-            rank -= RT_ENGINE_LEAD_S
+        rank = engine_rank(rank, "rt" if call.rt else "be", self.dispatcher.slo)
         return self.clients[upstream].prepare(call.raw, call.body, rank, extra)
 
     async def _retry_elsewhere(self, call: _Call, upstream: str, why: str) -> str | None:
