@@ -1,0 +1,287 @@
+"""`hermes bench`: the papers' experiments on the simulator (Hermes, BROS, QLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from hermes.cli.common import (
+    err,
+    fail,
+    floats,
+    out,
+    print_recorded,
+    print_targets,
+    read_all,
+    write_json,
+)
+
+
+def _weights(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if not sep or not name.strip() or not w >= 0:
+            raise fail(f"--weights: expected APP=WEIGHT,... with weights >= 0, got {part!r}")
+        out[name.strip()] = w
+    return out
+
+
+def bench_hermes(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/hermes"),
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option("--runs", help="Recorded run files (format v1); repeat for several."),
+    ] = None,
+    train_fraction: Annotated[
+        float, typer.Option(help="With --runs: share of each type's runs that teach its PDGraph.")
+    ] = 0.5,
+    intensity: Annotated[
+        str | None,
+        typer.Option(
+            help="Load(s): k packs the applications into 30/k minutes. [default: "
+            "1,1.5,2,2.5,3; with --runs: 3]"
+        ),
+    ] = None,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated policies. [default: all seven; with --runs: vllm,gittins,oracle]"
+        ),
+    ] = None,
+    apps: Annotated[int, typer.Option(min=1, help="Applications per experiment.")] = 200,
+    weights: Annotated[
+        str | None, typer.Option(help="With --runs: APP=WEIGHT,... instead of run counts.")
+    ] = None,
+    max_num_seqs: Annotated[
+        str | None,
+        typer.Option(help="Engine batch limit(s). [default: 256,8; with --runs: 256]"),
+    ] = None,
+    workloads: Annotated[
+        int, typer.Option(min=1, help="Workload draws pooled in the load sweep.")
+    ] = 3,
+    overhead_apps: Annotated[
+        str, typer.Option(help="Active applications per timed ranking round.")
+    ] = "1,10,100,1000,10000",
+    model: Annotated[str, typer.Option(help="Model of the one engine.")] = "llama-2-7b",
+    gpu: Annotated[str, typer.Option(help="GPU of the one engine.")] = "a100",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="With --runs: write the summary here.")
+    ] = None,
+) -> None:
+    """The Hermes paper's experiments: completion time by policy and load, deadlines,
+    prewarming, ablations and ranking overhead. With --runs: policies on recorded runs."""
+    chosen = _ranking_policies(policies)
+    limits = tuple(int(x) for x in floats(max_num_seqs, "--max-num-seqs")) if max_num_seqs else None
+    loads = floats(intensity, "--intensity") if intensity is not None else None
+    try:
+        from hermes.profiles import load_profile
+
+        load_profile(model, gpu, None)
+    except (ValueError, OSError) as e:
+        raise fail(str(e)) from None
+    if runs:
+        _bench_recorded(
+            runs, train_fraction, loads, chosen, seed, apps, weights, (model, gpu), limits, json_out
+        )
+        return
+    if weights is not None:
+        raise fail("--weights applies to --runs only (the paper's mix is fixed)")
+    kwargs: dict[str, Any] = {"apps": apps, "model": model, "gpu": gpu, "seed": seed}
+    kwargs["workloads"] = workloads
+    kwargs["overhead_apps"] = tuple(int(x) for x in floats(overhead_apps, "--overhead-apps"))
+    if loads is not None:
+        kwargs["intensities"] = loads
+        kwargs["headline_intensity"] = max(loads)
+    if chosen is not None:
+        kwargs["policies"] = chosen
+    if limits is not None:
+        kwargs["batch_limits"] = limits
+    _bench_paper(kwargs, out_dir)
+
+
+def _ranking_policies(policies: str | None) -> tuple[str, ...] | None:
+    """The comma-separated policies named, each checked; None when not given."""
+    from hermes.policies.registry import policy_names
+
+    chosen = (
+        None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
+    )
+    for p in chosen or ():
+        if p not in policy_names():
+            raise fail(f"--policies: unknown policy {p!r}; known: {', '.join(policy_names())}")
+    return chosen
+
+
+def _bench_recorded(
+    runs: list[Path],
+    train_fraction: float,
+    loads: tuple[float, ...] | None,
+    chosen: tuple[str, ...] | None,
+    seed: int,
+    apps: int,
+    weights: str | None,
+    model_gpu: tuple[str, str],
+    limits: tuple[int, ...] | None,
+    json_out: Path | None,
+) -> None:
+    """`bench hermes --runs`: policies on recorded runs."""
+    from hermes.experiments.common import EngineSpec
+    from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench
+
+    if loads is not None and len(loads) != 1:
+        raise fail("--intensity: give one load with --runs")
+    if limits is not None and len(limits) != 1:
+        raise fail("--max-num-seqs: give one batch limit with --runs")
+    model, gpu = model_gpu
+    try:
+        settings = RecordedSettings(
+            train_fraction=train_fraction,
+            intensity=loads[0] if loads else 3.0,
+            policies=chosen or ("vllm", "gittins", "oracle"),
+            seed=seed,
+            apps=apps,
+            weights=_weights(weights) if weights else None,
+            engine=EngineSpec(model, gpu, 1, limits[0] if limits else 256),
+        )
+        with err.status("simulating"):
+            result = recorded_bench(read_all(runs), settings)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    print_recorded(result)
+    if json_out is not None:
+        write_json(json_out, result)
+
+
+def _bench_paper(kwargs: dict[str, Any], out_dir: Path) -> None:
+    """`bench hermes`: the paper's experiments with `kwargs` over the default settings."""
+    from hermes.experiments import hermes_paper, report
+
+    base = hermes_paper.PaperSettings()
+    settings = hermes_paper.PaperSettings(**{**hermes_paper._settings_dict(base), **kwargs})
+    try:
+        with err.status("starting") as status:
+            results = hermes_paper.run_all(settings, lambda m: status.update(escape(m)))
+    except ValueError as e:
+        raise fail(str(e)) from None
+    paths = report.write(results, out_dir)
+    print_targets(results)
+    out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
+
+
+def bench_bros(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/bros"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A short run at two loads (a smoke test).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated policies. [default: vllm,vllm-priority,split,bros,bros-nobidir]"
+        ),
+    ] = None,
+    duration_s: Annotated[
+        float | None,
+        typer.Option(
+            "--duration-s", help="Simulated seconds of RT arrivals. [default: 600; --quick: 60]"
+        ),
+    ] = None,
+    slo_margin: Annotated[
+        float,
+        typer.Option(
+            "--slo-margin",
+            min=0.0,
+            max=0.95,
+            help="BROS aims each RT token this fraction of its SLO early: higher trades BE "
+            "throughput for RT latency.",
+        ),
+    ] = 0.1,
+) -> None:
+    """The BROS paper's experiment: real-time and best-effort requests co-served on one
+    engine, by policy and RT load, on Llama-2-7B (2 × A100) and Llama-2-70B TP4 (8 × A100)."""
+    from hermes.experiments import bros_paper, bros_report
+    from hermes.experiments.bros_sim import POLICIES
+
+    overrides: dict[str, Any] = {"seed": seed, "slo_margin": slo_margin}
+    if policies is not None:
+        chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
+        for p in chosen:
+            if p not in POLICIES:
+                raise fail(f"--policies: unknown policy {p!r}; known: {', '.join(POLICIES)}")
+        if not chosen:
+            raise fail("--policies: name at least one policy")
+        overrides["policies"] = chosen
+    if duration_s is not None:
+        if not duration_s > 0:
+            raise fail(f"--duration-s: expected a positive number, got {duration_s}")
+        base = bros_paper.quick_settings() if quick else bros_paper.BrosSettings()
+        # Keep the warm-up's share of the run.
+        overrides["duration_s"] = duration_s
+        overrides["warmup_s"] = duration_s * base.warmup_s / base.duration_s
+    try:
+        settings = (
+            bros_paper.quick_settings(**overrides)
+            if quick
+            else bros_paper.BrosSettings(**overrides)
+        )
+        with err.status("starting") as status:
+            results = bros_paper.run_all(settings, lambda m: status.update(escape(m)))
+    except ValueError as e:
+        raise fail(str(e)) from None
+    paths = bros_report.write(results, out_dir)
+    print_targets(results, "deployment", "BROS")
+    out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
+
+
+def bench_qlm(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
+    ] = Path("bench-out/qlm"),
+    quick: Annotated[bool, typer.Option(help="A short run at two loads (a smoke test).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    policies: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated policies. [default: vllm,edf,qlm-noplan,qlm]"),
+    ] = None,
+    workloads: Annotated[
+        str | None, typer.Option(help="Comma-separated workloads. [default: WA,WB,WC]")
+    ] = None,
+    instances: Annotated[int, typer.Option(min=1, max=64, help="Instances (A100).")] = 4,
+) -> None:
+    """The QLM paper's workloads (WA: interactive and batch on one model; WB: three models,
+    batch; WC: with mega-prompts) under vllm, edf, qlm-noplan and qlm, over bursty load."""
+    from hermes.experiments import qlm_paper, qlm_report
+
+    overrides: dict[str, Any] = {"seed": seed, "instances": instances}
+    for option, value, known in (
+        ("policies", policies, qlm_paper.POLICIES),
+        ("workloads", workloads, qlm_paper.WORKLOADS),
+    ):
+        if value is None:
+            continue
+        chosen = tuple(x.strip() for x in value.split(",") if x.strip())
+        bad = [x for x in chosen if x not in known]
+        if bad or not chosen:
+            raise fail(f"--{option}: expected some of {', '.join(known)}, got {value!r}")
+        overrides[option] = chosen
+    settings = (
+        qlm_paper.quick_settings(**overrides) if quick else qlm_paper.QlmSettings(**overrides)
+    )
+    with err.status("starting") as status:
+        results = qlm_paper.run_all(settings, lambda m: status.update(escape(m)))
+    paths = qlm_report.write(results, out_dir)
+    print_targets(results, "workload", "QLM")
+    out.print("wrote " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,84 @@
+"""What the commands share: the two consoles, failing with a message, reading run files,
+writing JSON, comma-separated options, and the tables more than one command prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hermes.core.runs import AppRun, RunFormatError
+from hermes.workloads.run_files import read_runs
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    # escape: a message quotes paths and values, whose brackets are not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def read_all(paths: list[Path]) -> list[AppRun]:
+    runs: list[AppRun] = []
+    for p in paths:
+        if not p.is_file():
+            raise fail(f"{p}: no such file")
+        try:
+            runs.extend(read_runs(p))
+        except RunFormatError as e:
+            raise fail(str(e)) from None
+    return runs
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    out.print(f"results written to {escape(str(path))}")
+
+
+def floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise fail(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise fail(f"{option}: expected positive numbers, got {text!r}")
+    return values
+
+
+def print_recorded(r: dict[str, Any]) -> None:
+    table = Table(title="application completion time, s")
+    for col in ("policy", "apps", "mean", "p50", "p95", "p99", "deadlines met"):
+        table.add_column(col)
+    for name, row in r["policies"].items():
+        dsr = row["dsr"]
+        table.add_row(
+            name,
+            str(row["apps"]),
+            *(
+                f"{row[k]:.2f}" if row[k] is not None else "-"
+                for k in ("act_mean", "act_p50", "act_p95", "act_p99")
+            ),
+            "-" if dsr is None else f"{100 * dsr:.1f} %",
+        )
+    out.print(table)
+
+
+def print_targets(r: dict[str, Any], group: str | None = None, name: str = "") -> None:
+    """The run's targets as a table; `group` names an extra first column."""
+    table = Table(title=f"{name + ' ' if name else ''}targets ({r['wall_s']:.0f} s)")
+    for col in ([group] if group else []) + ["target", "measured", "goal", "met"]:
+        table.add_column(col)
+    for t in r["targets"]:
+        v = t["measured"]
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "[red]no[/]")
+        cells = [escape(t["target"]), "-" if v is None else f"{v:.3f}", t["goal"], met]
+        table.add_row(*([escape(str(t[group]))] if group else []), *cells)
+    out.print(table)
