@@ -14,13 +14,12 @@ from hermes.cli import app
 from hermes.core.runs import AppRun
 from hermes.experiments.common import (
     EngineSpec,
-    Outcome,
     reduction,
     standalone_times,
-    summary,
 )
 from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench, split
 from hermes.sim.build import template_graphs
+from hermes.workloads.outcomes import Outcome, summary
 from hermes.workloads.run_files import write_runs
 from hermes.workloads.templates import generate_runs
 

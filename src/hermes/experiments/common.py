@@ -24,6 +24,7 @@ from hermes.sim.config import (
     ToolBackend,
 )
 from hermes.workloads.arrivals import compress_to_window, poisson_arrivals
+from hermes.workloads.outcomes import Outcome
 
 # The application mix of the Hermes paper's experiments.
 PAPER_MIX: dict[str, float] = {
@@ -49,16 +50,6 @@ class EngineSpec:
     gpu: str = "a100"
     replicas: int = 1
     max_num_seqs: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One application's fate in one simulation."""
-
-    app: str
-    act_s: float | None  # None: failed or never finished
-    deadline_s: float | None  # relative to arrival
-    cold_wait_s: float = 0.0  # cold-start wait on its critical path
 
 
 def template_workload(
@@ -149,30 +140,6 @@ def with_deadlines(
 ) -> list[AppRun]:
     """Each run with a deadline of `factor` times its standalone completion time."""
     return [replace(r, deadline_s=factor * s) for r, s in zip(runs, standalone, strict=True)]
-
-
-def summary(outcomes: Sequence[Outcome]) -> dict[str, float | int | None]:
-    """apps, failed, ACT mean and percentiles (inverted CDF, as every hermes report), and the
-    deadline satisfaction rate (None when no application has a deadline)."""
-    acts = np.array([o.act_s for o in outcomes if o.act_s is not None], dtype=np.float64)
-    out: dict[str, float | int | None] = {
-        "apps": len(outcomes),
-        "failed": sum(o.act_s is None for o in outcomes),
-    }
-    if acts.size:
-        p50, p95, p99 = np.percentile(acts, (50, 95, 99), method="inverted_cdf")
-        out.update(act_mean=float(acts.mean()), act_p50=float(p50), act_p95=float(p95))
-        out["act_p99"] = float(p99)
-    else:
-        out.update(act_mean=None, act_p50=None, act_p95=None, act_p99=None)
-    with_ddl = [o for o in outcomes if o.deadline_s is not None]
-    met = sum(
-        1
-        for o in with_ddl
-        if o.act_s is not None and o.deadline_s is not None and o.act_s <= o.deadline_s
-    )
-    out["dsr"] = met / len(with_ddl) if with_ddl else None
-    return out
 
 
 def reduction(new: float | None, base: float | None) -> float | None:

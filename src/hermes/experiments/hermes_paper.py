@@ -20,13 +20,11 @@ from hermes.experiments.common import (
     BASE_WINDOW_S,
     PAPER_MIX,
     EngineSpec,
-    Outcome,
     config_for,
     reduction,
     simulate_apps,
     spread_over,
     standalone_times,
-    summary,
     template_workload,
     with_deadlines,
 )
@@ -34,6 +32,7 @@ from hermes.experiments.ranking_overhead import ranking_round_times
 from hermes.sim.build import template_graphs
 from hermes.sim.config import PolicyOptions, ToolBackend
 from hermes.types import ProgressLog
+from hermes.workloads.outcomes import Outcome, summary
 
 LOAD_POLICIES = ("vllm", "parrot", "vtc", "plas", "srjf-mean", "gittins", "oracle")
 PREWARM_POLICIES = ("none", "keepalive", "on-queue", "pdgraph")

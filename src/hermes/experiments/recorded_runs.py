@@ -22,11 +22,11 @@ from hermes.experiments.common import (
     config_for,
     simulate_apps,
     spread_over,
-    summary,
     unit_arrivals,
 )
 from hermes.policies.registry import policy_names
 from hermes.workloads.mix import sample_mix
+from hermes.workloads.outcomes import summary
 
 
 @dataclass(frozen=True, slots=True)
