@@ -138,7 +138,17 @@ def _print_sim(r: dict[str, Any]) -> None:
             "applications", f"{a['apps']} ({a['completed']} completed, {a['failed']} failed)"
         )
         table.add_row("completion time s", _s(a["act"]))
-    if r.get("slo_attainment") is not None:
-        table.add_row("SLO attainment", f"{100 * r['slo_attainment']:.1f} %")
+    attainment = r.get("slo_attainment")
+    if isinstance(attainment, dict):  # per SLO class, with request streams
+        for cls, share in attainment.items():
+            table.add_row(
+                f"SLO attainment, {cls}", "-" if share is None else f"{100 * share:.1f} %"
+            )
+    elif attainment is not None:
+        table.add_row("SLO attainment", f"{100 * attainment:.1f} %")
+    for name, st in r.get("streams", {}).items():
+        table.add_row(f"stream {name} ({st['slo_class']}): TTFT ms", _ms(st["ttft"]))
+    if r.get("shared_gpus"):
+        table.add_row("model swaps", str(r["model_swaps"]))
     table.add_row("simulated / wall s", f"{r['makespan_s']:.0f} / {r['wall_s']:.2f}")
     out.print(table)

@@ -95,6 +95,11 @@ class EngineBase:
         raise NotImplementedError
 
     @property
+    def kv_total_blocks(self) -> int:
+        """GPU KV blocks in the pool."""
+        return self.kv.total_blocks
+
+    @property
     def kv_used_fraction(self) -> float:
         """The share of the GPU KV cache in use."""
         return self.kv.used_fraction

@@ -26,7 +26,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_manager import BidirKV, CpuSlots, KVManager, PagedKV
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.request_queue import ClassQueue
+from hermes.engine.request_queue import ClassQueue, PriorityQueue
 from hermes.engine.rt_pace import AdaptiveCap, BrosOptions, next_deadline
 from hermes.engine.step import Step, StepResult, sample_token
 
@@ -63,7 +63,7 @@ class BrosEngine(EngineBase):
         self.cpu = CpuSlots(cpu_blocks * bs)
         self._copy_s_per_slot = cost.kv_bytes_per_token / cost.tp / cfg.swap_bytes_per_s
         self.cap = AdaptiveCap(self.options)
-        self.queue = ClassQueue()
+        self.queue = ClassQueue(be_by_priority=self.options.be_order == "priority")
         self.suspended: list[EngineRequest] = []  # BE, KV (partly) resident or on CPU
         self._aborted: set[int] = set()
         self._last_iteration_s = 0.0
@@ -89,8 +89,13 @@ class BrosEngine(EngineBase):
         self.queue.push(req)
 
     def set_priority(self, req: EngineRequest, priority: float) -> None:
-        """Kept on the request; BROS orders by SLO class and slack, not by priority."""
-        req.priority = priority
+        """RT requests go by slack whatever their priority; waiting BE ones by it under
+        `be_order="priority"`."""
+        if req.priority != priority:
+            req.priority = priority
+            be = self.queue.be
+            if req.state is RequestState.WAITING and isinstance(be, PriorityQueue):
+                be.reordered()
 
     def abort(self, req: EngineRequest, now: float) -> bool:
         if req.done:

@@ -57,6 +57,9 @@ class LLMEngine(Protocol):
     def outstanding(self) -> int: ...
 
     @property
+    def kv_total_blocks(self) -> int: ...
+
+    @property
     def kv_used_fraction(self) -> float: ...
 
     @property

@@ -81,6 +81,14 @@ class PriorityQueue:
     def head(self) -> EngineRequest:
         return self.ordered()[0]
 
+    def pop(self) -> EngineRequest:
+        """Take the head off."""
+        return self.ordered().pop(0)
+
+    def push_front(self, req: EngineRequest) -> None:
+        """A request that lost its place: its priority, not the call, decides where it goes."""
+        self.push(req)
+
     def drop_head(self, count: int) -> None:
         """The first `count` requests of `ordered()` left the queue."""
         del self._items[:count]
@@ -101,13 +109,13 @@ class PriorityQueue:
 
 class ClassQueue:
     """Real-time requests (their order is decided per iteration, by slack) apart from
-    best-effort ones (first come first served)."""
+    best-effort ones (first come first served, or by priority when `be_by_priority`)."""
 
     __slots__ = ("be", "rt")
 
-    def __init__(self) -> None:
+    def __init__(self, be_by_priority: bool = False) -> None:
         self.rt: list[EngineRequest] = []
-        self.be = FcfsQueue()
+        self.be: FcfsQueue | PriorityQueue = PriorityQueue() if be_by_priority else FcfsQueue()
 
     def push(self, req: EngineRequest) -> None:
         if req.slo_class == "rt":

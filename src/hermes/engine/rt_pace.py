@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from hermes.engine.request import EngineRequest
 
@@ -30,6 +31,9 @@ class BrosOptions:
 
     urgent_iterations: float = 3.0
     slo_margin: float = 0.1  # aim this fraction of each SLO early, for what estimates miss
+    # Waiting BE requests: first come first served (BROS), or by the shell's priority (a
+    # ranking policy's order, as the simulator's applications carry).
+    be_order: Literal["fcfs", "priority"] = "fcfs"
     cap_start: float = 1.0
     cap_increase: float = 0.01
     cap_backoff: float = 0.5
@@ -41,6 +45,10 @@ class BrosOptions:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"BrosOptions.{name} must be finite and >= 0, got {v!r}")
+        if self.be_order not in ("fcfs", "priority"):
+            raise ValueError(
+                f"BrosOptions.be_order must be fcfs or priority, got {self.be_order!r}"
+            )
         if not 0 <= self.slo_margin < 1:
             raise ValueError(f"BrosOptions.slo_margin must be in [0, 1), got {self.slo_margin!r}")
         if not 0 < self.cap_backoff < 1:

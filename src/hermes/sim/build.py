@@ -27,6 +27,7 @@ from hermes.profiles import load_profile, load_profile_file
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
 from hermes.sim.metrics import SLO
 from hermes.sim.simulation import Simulation
+from hermes.sim.stream_figures import StreamSpec
 from hermes.workloads.arrivals import compress_to_window, gamma_arrivals, poisson_arrivals, rescale
 from hermes.workloads.mix import sample_mix
 from hermes.workloads.pdgraph_files import load_pdgraphs
@@ -176,8 +177,10 @@ def build(
     )
     profiles = [_profile(group) for group in config.instances]
     cost = EngineDemandCost(profiles[0])
-    requests_rng, apps_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2)
+    # The third child seeds the streams: added after the first two, it leaves their draws
+    # (and every run without streams) as they were.
+    requests_rng, apps_rng, streams_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3)
     )
     if runs is None:
         runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
@@ -197,7 +200,15 @@ def build(
     )
     for group, profile in zip(config.instances, profiles, strict=True):
         name = group.model if group.profile is None else profile.model
-        sim.add_model(name, profile, group.engine_config(), group.count, config.router, decode_runs)
+        sim.add_model(
+            name,
+            profile,
+            group.engine_config(),
+            group.count,
+            config.router,
+            decode_runs,
+            engine=group.engine,
+        )
     for tool in config.tools:
         sim.add_tool_backend(
             ToolBackendSpec(
@@ -206,6 +217,12 @@ def build(
         )
     if config.requests is not None:
         sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)
+    for stream, rng in zip(config.streams, streams_rng.spawn(len(config.streams)), strict=True):
+        spec = StreamSpec(
+            stream.name, stream.slo_class, stream.model, stream.ttft_s, stream.tpot_s, stream.e2e_s
+        )
+        work = RequestWorkload(trace=stream.trace, limit=stream.limit, arrivals=stream.arrivals)
+        sim.add_stream(spec, request_trace(work, rng))
     if runs:
         sim.add_apps(runs)
     return sim

@@ -20,11 +20,19 @@ from hermes.config_base import read_yaml, validated
 from hermes.config_base import validation_messages as validation_messages
 from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
 
+EngineKind = Literal["vllm", "vllm-priority", "bros", "bros-nobidir"]
+
 
 class InstanceGroup(_Strict):
     """`count` identical engine replicas of one model on one GPU type."""
 
     model: str = "llama-2-7b"
+    engine: EngineKind = Field(
+        default="vllm",
+        description="batch selection: vllm (first come first served), vllm-priority (by the "
+        "ranking policy's priority, real-time first), bros (real-time by slack each "
+        "iteration, bidirectional KV blocks), bros-nobidir",
+    )
     gpu: str = "a100"
     tp: int | None = Field(default=None, ge=1)
     profile: str | None = None  # a profile JSON file; overrides model/gpu/tp
@@ -106,6 +114,68 @@ class AppWorkload(_Strict):
         return self
 
 
+class RequestStream(_Strict):
+    """Requests of one SLO class from a trace: real-time (`rt`, chat: TTFT and TPOT SLOs,
+    served first) or best-effort (`be`, batch: at most a completion SLO)."""
+
+    name: str = Field(min_length=1, description="reported under this name")
+    slo_class: Literal["rt", "be"] = "be"
+    model: str | None = Field(
+        default=None, description="the model that serves it; default the first"
+    )
+    trace: str | None = Field(
+        default=None,
+        description="Azure CSV or Mooncake JSONL; default the packaged Azure conversation trace",
+    )
+    limit: int | None = Field(default=None, ge=1, description="the first N requests of the trace")
+    arrivals: Arrivals = Arrivals()
+    ttft_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="time to first token SLO (rt)"
+    )
+    tpot_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="time per output token SLO (rt)"
+    )
+    e2e_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="completion SLO"
+    )
+
+    @model_validator(mode="after")
+    def _rt_needs_slos(self) -> RequestStream:
+        if self.slo_class == "rt" and (self.ttft_s is None or self.tpot_s is None):
+            raise ValueError(f"stream {self.name!r}: a real-time stream needs ttft_s and tpot_s")
+        return self
+
+
+class SharedGpus(_Strict):
+    """`count` GPUs that several models share (QLM): each GPU serves one active model at a
+    time; a queue policy decides which requests each pulls and when it swaps models."""
+
+    gpu: str = "a100"
+    tp: int | None = Field(default=None, ge=1)
+    count: int = Field(default=2, ge=1)
+    models: list[str] = Field(min_length=1, description="the models these GPUs serve")
+    queue_policy: str = Field(default="qlm", description="vllm, edf, qlm-noplan or qlm")
+    decide_interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    cpu_memory_gb: float = Field(
+        default=64.0, ge=0, allow_inf_nan=False, description="CPU memory for warm models' weights"
+    )
+    cpu_kv_gb: float = Field(
+        default=16.0, ge=0, allow_inf_nan=False, description="CPU memory for evicted requests' KV"
+    )
+    default_slo_s: float = Field(
+        default=3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the completion SLO of calls that bring none (applications' calls)",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SharedGpus:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be distinct, got {self.models}")
+        return self
+
+
 class SLOConfig(_Strict):
     ttft_s: float | None = Field(default=None, gt=0)
     tpot_s: float | None = Field(default=None, gt=0)
@@ -119,20 +189,30 @@ class SimConfig(_Strict):
     router: Literal["round-robin", "least-outstanding", "least-kv"] = "round-robin"
     instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(count=2)])
     tools: list[ToolBackend] = Field(default_factory=list)
+    shared_gpus: list[SharedGpus] = Field(default_factory=list)
     requests: RequestWorkload | None = None
+    streams: list[RequestStream] = Field(default_factory=list)
     apps: AppWorkload | None = None
     slo: SLOConfig | None = None
     until_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
-        if not self.instances:
-            raise ValueError("instances: at least one instance group is needed")
+        if not self.instances and not self.shared_gpus:
+            raise ValueError("instances: at least one instance group (or shared_gpus) is needed")
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise ValueError(f"tools: backend names must be unique, got {names}")
-        if self.requests is None and self.apps is None:
-            raise ValueError("no workload: give requests, apps or both")
+        if self.requests is None and self.apps is None and not self.streams:
+            raise ValueError("no workload: give requests, streams, apps or several")
+        streams = [st.name for st in self.streams]
+        if len(set(streams)) != len(streams):
+            raise ValueError(f"streams: names must be unique, got {streams}")
+        dedicated = {g.model for g in self.instances if g.profile is None}
+        shared = [m for g in self.shared_gpus for m in g.models]
+        twice = sorted((dedicated & set(shared)) | {m for m in shared if shared.count(m) > 1})
+        if twice:
+            raise ValueError(f"model {twice[0]!r} is served by two groups: give it one")
         return self
 
     @property
@@ -159,6 +239,10 @@ def _relative_to(config: SimConfig, base: Path) -> SimConfig:
         return path if Path(path).is_absolute() else str(base / path)
 
     update: dict[str, Any] = {}
+    update["streams"] = [
+        st.model_copy(update={"trace": fix(st.trace)}) if st.trace is not None else st
+        for st in config.streams
+    ]
     if config.requests is not None and config.requests.trace is not None:
         update["requests"] = config.requests.model_copy(
             update={"trace": fix(config.requests.trace)}

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from hermes.cluster.tool_pool import ToolPool
+from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
 
 QUANTILES = (50, 90, 95, 99)
@@ -123,6 +126,77 @@ def _reason_counts(rejected: Sequence[EngineRequest]) -> dict[str, int]:
         )
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# --- Applications, engines and tool pools (Hermes study; any study) ---------------------------
+
+
+class AppOutcome(Protocol):
+    """What the application figures read of one application's run."""
+
+    arrival_s: float
+    finish_s: float | None
+    failed: str | None
+    cold_wait_s: float
+
+    @property
+    def app_type(self) -> str: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+
+def app_figures(apps: Sequence[AppOutcome]) -> dict[str, object]:
+    """Completion time (ACT) overall and per application type, failures, and the cold-start
+    wait on each application's critical path (per stage its longest)."""
+    done = [a for a in apps if a.finish_s is not None and a.failed is None]
+    failed = [a for a in apps if a.failed is not None]
+    act = [a.finish_s - a.arrival_s for a in done if a.finish_s is not None]
+    by_type: dict[str, list[float]] = {}
+    for a, t in zip(done, act, strict=True):
+        by_type.setdefault(a.app_type, []).append(t)
+    return {
+        "apps": len(apps),
+        "completed": len(done),
+        "failed": len(failed),
+        "failures": [f"{a.run_id}: {a.failed}" for a in failed[:20]],
+        "act": distribution(act),
+        "act_by_app": {k: distribution(v) for k, v in sorted(by_type.items())},
+        "cold_wait": distribution([a.cold_wait_s for a in done]),
+        "cold_wait_total_s": float(sum(a.cold_wait_s for a in done)),
+    }
+
+
+def engine_figures(name: str, engine: LLMEngine, requests: int, span: float) -> dict[str, object]:
+    """One engine replica: work done, utilisation and KV use over `span` seconds."""
+    s = engine.stats
+    total = engine.kv_total_blocks
+    return {
+        "name": name,
+        "model": engine.cost.name,
+        "requests": requests,
+        "iterations": s.iterations,
+        "utilisation": s.busy_s / span if span > 0 else None,
+        "kv_mean_use": s.kv_block_s / (total * span) if span > 0 and total else None,
+        "kv_peak_use": s.peak_blocks / total if total else None,
+        "kv_blocks": total,
+        "prefill_tokens": s.prefill_tokens,
+        "decode_tokens": s.decode_tokens,
+        "preemptions": s.preemptions,
+    }
+
+
+def tool_figures(pool: ToolPool, cold_wait_s: float, now: float) -> dict[str, object]:
+    """One tool backend's calls, cold starts and instance-seconds up to `now`."""
+    return {
+        "calls": pool.calls_started,
+        "cold_starts": pool.cold_starts,
+        "cold_wait_s": cold_wait_s,
+        "warm_instance_s": pool.warm_instance_seconds(now),
+        "busy_instance_s": pool.busy_instance_seconds(now),
+        "prewarms": pool.prewarms,
+        "prewarms_unused": pool.prewarms_unused,
+    }
 
 
 # --- SLO classes: latency, attainment and throughput per class (BROS study; any study) ---------

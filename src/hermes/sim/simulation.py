@@ -3,14 +3,13 @@
 An application issues its stages in order and each stage's calls in parallel: LLM calls go to
 a replica of their model (chosen by the router), tool calls to the pool of their backend. A
 stage ends when its last call does. An LLM call the engine rejects fails its application,
-which is reported with the reason.
+which is reported with the reason. Request streams carry an SLO class: real-time requests
+lead the ranking at engines that order by priority (`policies.slo_class`), and BROS engines
+serve them first each iteration. Models on shared GPUs are served through their queue policy
+(`sim.queue_shell`) instead of a router.
 
 A prewarm policy sets the TTL of idle tool instances and, at each stage start, may order
-instances warmed for the next stage. An order that fires once its application has left the
-ordering stage is dropped; one that fires in time reserves a spare instance of its backend for
-that application until the application's next stage starts (when it is used or given up), so
-that two applications ordering at once get two instances, and renews the instance's hold for
-as long as the application is still in the ordering stage. When a tool call ends, the policy
+instances warmed for the next stage (`sim.prewarm_orders`). When a tool call ends, the policy
 may keep its instance idle past the TTL for the application's next tool stage (`retain_s`).
 """
 
@@ -27,21 +26,38 @@ from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, ToolCall
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
+from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.scheduler import Engine
+from hermes.engine.rt_pace import BrosOptions
 from hermes.policies.base import AppView, CallInfo, Policy
-from hermes.policies.prewarm import PrewarmOrder, PrewarmPolicy
+from hermes.policies.prewarm import PrewarmPolicy
+from hermes.policies.registry import make_named_engine
+from hermes.policies.slo_class import SloClassOptions, engine_rank
 from hermes.sim.engine_runner import EngineRunner
 from hermes.sim.kernel import EventLoop
-from hermes.sim.metrics import SLO, distribution, request_summary
+from hermes.sim.metrics import SLO, app_figures, engine_figures, request_summary, tool_figures
+from hermes.sim.prewarm_orders import PrewarmOrders
+from hermes.sim.stream_figures import StreamSpec, stream_results
 from hermes.sim.tool_runner import ToolRunner
 from hermes.workloads.request_traces import TraceRequest
+
+_RANKED_BE = BrosOptions(be_order="priority")
 
 
 @dataclass(slots=True)
 class _ModelGroup:
-    runners: list[EngineRunner]
+    runners: list[EngineRunner[LLMEngine]]
     router: Router
+
+
+class SharedModels:
+    """Models served on shared GPUs through a queue policy (`sim.queue_shell.SharedCluster`)."""
+
+    def submit(self, req: EngineRequest, model: str, slo_s: float | None, now: float) -> None:
+        raise NotImplementedError
+
+    def results(self, now: float) -> dict[str, object]:
+        raise NotImplementedError
 
 
 @dataclass(slots=True, eq=False)
@@ -61,6 +77,14 @@ class AppState:
     cold_wait_s: float = 0.0  # critical-path cold-start wait: stage_cold_wait_s summed
     reserved: list[str] = field(default_factory=list)  # backends prewarmed for its next stage
 
+    @property
+    def app_type(self) -> str:
+        return self.run.app
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
 
 @dataclass(frozen=True, slots=True)
 class _ToolCallId:
@@ -77,23 +101,48 @@ class Simulation:
     cost: DemandCost = field(default_factory=LinearCost)
     rank_interval_s: float = 0.1
     prewarm: PrewarmPolicy | None = None  # None: fixed keep-alive TTLs, no orders
+    slo_classes: SloClassOptions = field(default_factory=SloClassOptions)
     loop: EventLoop = field(default_factory=EventLoop)
     groups: dict[str, _ModelGroup] = field(default_factory=dict)
+    shared: dict[str, SharedModels] = field(default_factory=dict)  # model -> its shared GPUs
     tools: dict[str, ToolRunner] = field(default_factory=dict)
     apps: dict[int, AppState] = field(default_factory=dict)
     requests: list[EngineRequest] = field(default_factory=list)
+    streams: list[StreamSpec] = field(default_factory=list)
     arrivals: int = 0
     last_arrival_s: float = 0.0
     rank_rounds: int = 0
+    retains: int = 0  # idle instances kept past their TTL for their application's next tool stage
+    _orders: PrewarmOrders | None = None
     _unfinished_apps: int = 0
     _round_armed: bool = False
-    _runner_of: dict[int, EngineRunner] = field(default_factory=dict)
+    _runner_of: dict[int, EngineRunner[LLMEngine]] = field(default_factory=dict)
     _default_model: str | None = None
-    reservations: dict[str, int] = field(default_factory=dict)  # per backend: fired, unspent
-    prewarm_orders: int = 0
-    prewarm_orders_late: int = 0  # fired after their application left the ordering stage
-    prewarm_renewals: int = 0  # holds renewed while the ordering application was still in its stage
-    retains: int = 0  # idle instances kept past their TTL for their application's next tool stage
+
+    def __post_init__(self) -> None:
+        self._orders = PrewarmOrders(self.loop, self.tools)
+
+    # Prewarm counters, kept by the orders.
+    @property
+    def orders(self) -> PrewarmOrders:
+        assert self._orders is not None
+        return self._orders
+
+    @property
+    def reservations(self) -> dict[str, int]:
+        return self.orders.reservations
+
+    @property
+    def prewarm_orders(self) -> int:
+        return self.orders.orders
+
+    @property
+    def prewarm_orders_late(self) -> int:
+        return self.orders.late
+
+    @property
+    def prewarm_renewals(self) -> int:
+        return self.orders.renewals
 
     # Construction ---------------------------------------------------------------------------
 
@@ -105,19 +154,31 @@ class Simulation:
         replicas: int,
         router: str = "round-robin",
         decode_runs: bool = True,
+        engine: str = "vllm",
     ) -> None:
-        if name in self.groups:
-            raise ValueError(f"model {name!r} is configured twice")
+        """`replicas` engines of `engine` kind (a registry name) serving model `name`."""
+        self._claim(name)
         runners = [
             EngineRunner(
                 self.loop,
-                Engine(cost, config, decode_runs=decode_runs),
+                # A BROS engine orders waiting BE calls by the ranking policy, as others do.
+                make_named_engine(engine, cost, config, _RANKED_BE, decode_runs),
                 f"{name}/{i}",
                 self._llm_done,
             )
             for i in range(replicas)
         ]
         self.groups[name] = _ModelGroup(runners, make_router(router))
+
+    def add_shared(self, models: Sequence[str], cluster: SharedModels) -> None:
+        """Models served by `cluster` (GPUs they share, under a queue policy)."""
+        for name in models:
+            self._claim(name)
+            self.shared[name] = cluster
+
+    def _claim(self, name: str) -> None:
+        if name in self.groups or name in self.shared:
+            raise ValueError(f"model {name!r} is configured twice")
         if self._default_model is None:
             self._default_model = name
 
@@ -132,12 +193,35 @@ class Simulation:
 
     def add_requests(self, trace: Sequence[TraceRequest], model: str | None = None) -> None:
         """Plain requests, each arriving at its `arrival_s` (the trace must be in time order)."""
-        group = self._group(model, "requests")
+        name = self._model(model, "requests")
         base = self.arrivals
 
         def arrive(i: int, now: float) -> None:
             t = trace[i]
-            self._submit(group, ("req", base + i), t.prompt_tokens, t.output_tokens, now, None)
+            req = EngineRequest(("req", base + i), t.prompt_tokens, t.output_tokens, now)
+            self._submit(name, req, now, None)
+
+        self._feed([t.arrival_s for t in trace], arrive)
+        self.arrivals += len(trace)
+
+    def add_stream(self, spec: StreamSpec, trace: Sequence[TraceRequest]) -> None:
+        """A stream of `spec.slo_class` requests with its SLOs (in time order)."""
+        name = self._model(spec.model, f"streams[{spec.name}]")
+        self.streams.append(spec)
+
+        def arrive(i: int, now: float) -> None:
+            t = trace[i]
+            req = EngineRequest(
+                (spec.name, i),
+                t.prompt_tokens,
+                t.output_tokens,
+                now,
+                slo_class=spec.slo_class,
+                ttft_slo_s=spec.ttft_s,
+                tpot_slo_s=spec.tpot_s,
+            )
+            spec.requests.append(req)
+            self._submit(name, req, now, None, spec.e2e_s)
 
         self._feed([t.arrival_s for t in trace], arrive)
         self.arrivals += len(trace)
@@ -166,7 +250,7 @@ class Simulation:
             for k, stage in enumerate(run.stages):
                 where = f"run {run.run_id!r} stages[{k}] ({stage.name})"
                 if stage.kind == "llm":
-                    self._group(stage.model, where)
+                    self._model(stage.model, where)
                 elif stage.backend not in self.tools:
                     # An unconfigured backend is always warm and unlimited: pure latency.
                     self.add_tool_backend(ToolBackendSpec(stage.backend, cold_start_s=0.0))
@@ -191,17 +275,17 @@ class Simulation:
             self.loop.after(self.rank_interval_s, self._rank_round)
         self._issue_stage(app, now)
 
-    def _group(self, model: str | None, where: str) -> _ModelGroup:
+    def _model(self, model: str | None, where: str) -> str:
         name = model or self._default_model
-        if name is None or name not in self.groups:
-            known = ", ".join(self.groups) or "none"
+        if name is None or (name not in self.groups and name not in self.shared):
+            known = ", ".join([*self.groups, *self.shared]) or "none"
             raise ValueError(f"{where}: model {name!r} is not configured (configured: {known})")
-        return self.groups[name]
+        return name
 
     # The application state machine --------------------------------------------------------
 
     def _issue_stage(self, app: AppState, now: float) -> None:
-        self._release(app)  # this is the stage its reservations were for
+        self.orders.release(app)  # this is the stage its reservations were for
         stage = app.run.stages[app.stage]
         app.pending = len(stage.calls)
         view = app.view
@@ -216,13 +300,14 @@ class Simulation:
             return
         if self.prewarm is not None:
             for order in self.prewarm.on_stage(view, now):
-                self._schedule_order(app, order, now)
+                self.orders.schedule(app, order, now)
         if stage.kind == "llm":
-            group = self._group(stage.model, "")
+            name = self._model(stage.model, "")
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, LLMCall)
                 rid = ("app", app.app_id, app.stage, k)
-                req = self._submit(group, rid, call.prompt_tokens, call.completion_tokens, now, app)
+                req = EngineRequest(rid, call.prompt_tokens, call.completion_tokens, now)
+                self._submit(name, req, now, app)
                 if not req.done:
                     app.live.append(req)
         else:
@@ -233,22 +318,29 @@ class Simulation:
 
     def _submit(
         self,
-        group: _ModelGroup,
-        rid: Hashable,
-        prompt: int,
-        output: int,
+        model: str,
+        req: EngineRequest,
         now: float,
         app: AppState | None,
-    ) -> EngineRequest:
-        info = CallInfo(rid, now, prompt)
-        priority = self.policy.priority(info, None if app is None else app.view, now)
-        req = EngineRequest(rid, prompt, output, now, priority=priority)
+        slo_s: float | None = None,
+    ) -> None:
+        """Rank `req` (real-time first) and hand it to its model's replica or shared GPUs."""
+        info = CallInfo(req.id, now, req.prompt_tokens)
+        rank = self.policy.priority(info, None if app is None else app.view, now)
+        req.priority = engine_rank(rank, "rt" if req.slo_class == "rt" else "be", self.slo_classes)
         self.requests.append(req)
-        runners = group.runners
-        i = 0 if len(runners) == 1 else group.router.choose([r.load() for r in runners])
+        shared = self.shared.get(model)
+        if shared is not None:
+            shared.submit(req, model, slo_s, now)
+            return
+        runners = self.groups[model].runners
+        i = (
+            0
+            if len(runners) == 1
+            else self.groups[model].router.choose([r.load() for r in runners])
+        )
         self._runner_of[id(req)] = runners[i]
         runners[i].submit(req, now)
-        return req
 
     def _llm_done(self, req: EngineRequest, now: float) -> None:
         self._runner_of.pop(id(req), None)
@@ -303,49 +395,12 @@ class Simulation:
         app.view.total_attained_s = app.done_s
         app.stage += 1
         if app.failed is not None or app.stage == len(app.run.stages):
-            self._release(app)
+            self.orders.release(app)
             app.finish_s = now
             self._unfinished_apps -= 1
             self.policy.on_done(app.view, now)
             return
         self._issue_stage(app, now)
-
-    # Prewarming ---------------------------------------------------------------------------
-
-    def _schedule_order(self, app: AppState, order: PrewarmOrder, now: float) -> None:
-        runner = self.tools.get(order.backend)
-        if runner is None or runner.pool.spec.cold_start_s == 0:
-            return  # nothing to warm
-        self.prewarm_orders += 1
-        stage = app.stage
-
-        def fire(t: float) -> None:
-            if app.finish_s is not None or app.stage != stage:
-                self.prewarm_orders_late += 1
-                return
-            n = self.reservations.get(order.backend, 0) + 1
-            self.reservations[order.backend] = n
-            app.reserved.append(order.backend)
-            runner.prewarm(t, n, order.hold_s)
-            self.loop.at(t + order.hold_s, renew)
-
-        def renew(t: float) -> None:
-            # One cold start before the hold ends (it ends cold_start_s + hold_s after the
-            # order fired), an app still in the ordering stage renews it: the hold comes from
-            # service seconds, which a loaded engine stretches.
-            if app.finish_s is not None or app.stage != stage:
-                return
-            self.prewarm_renewals += 1
-            runner.prewarm(t, self.reservations[order.backend], order.hold_s)
-            self.loop.at(t + order.hold_s, renew)
-
-        self.loop.at(max(order.at_s, now), fire)
-
-    def _release(self, app: AppState) -> None:
-        """The app's next stage has begun (or it has finished): its reservations are spent."""
-        for backend in app.reserved:
-            self.reservations[backend] -= 1
-        app.reserved.clear()
 
     # Ranking rounds -------------------------------------------------------------------------
 
@@ -378,12 +433,15 @@ class Simulation:
         ranks = self.policy.rank_apps([a.view for a in apps], now)
         for i, app in enumerate(apps):
             for req in app.live:
+                runner = self._runner_of.get(id(req))
+                if runner is None:  # on shared GPUs: their queue policy orders them
+                    continue
                 if ranks is None:
                     info = CallInfo(req.id, req.arrival_s, req.prompt_tokens)
                     priority = self.policy.priority(info, app.view, now)
                 else:
                     priority = ranks[i]
-                self._runner_of[id(req)].set_priority(req, priority, now)
+                runner.set_priority(req, priority, now)
 
     # Running --------------------------------------------------------------------------------
 
@@ -411,67 +469,30 @@ class Simulation:
         )
         out = request_summary(self.requests, itl, self.slo)
         span = float(out["makespan_s"])  # type: ignore[arg-type]
-        out["instances"] = [_instance_summary(r, span) for r in runners]
+        out["instances"] = [
+            engine_figures(r.name, r.engine, len(r.requests), span) for r in runners
+        ]
+        now = self.loop.now
         if self.apps:
-            out["apps"] = _app_summary(list(self.apps.values()))
+            apps = app_figures(list(self.apps.values()))
+            out["apps"] = apps
+            out["act"] = apps["act"]
         if self.tools:
-            now, backends = self.loop.now, list(self.tools.values())
-            out["tools"] = {name: _tool_summary(t, now) for name, t in sorted(self.tools.items())}
+            backends = list(self.tools.values())
+            out["tools"] = {
+                name: tool_figures(t.pool, t.cold_wait_s, now)
+                for name, t in sorted(self.tools.items())
+            }
             out["tools_total"] = {
                 "warm_instance_s": sum(t.pool.warm_instance_seconds(now) for t in backends),
                 "cold_wait_s": sum(t.cold_wait_s for t in backends),
                 "cold_starts": sum(t.pool.cold_starts for t in backends),
             }
+        out.update(stream_results(self.streams, out.get("slo_attainment"), now))
+        clusters = list({id(c): c for c in self.shared.values()}.values())
+        shared = [c.results(now) for c in clusters]
+        if shared:
+            out["shared_gpus"] = shared
+        out["model_swaps"] = sum(int(s["model_swaps"]) for s in shared)  # type: ignore[call-overload]
         out["events"] = self.loop.processed
         return out
-
-
-def _instance_summary(runner: EngineRunner, span: float) -> dict[str, object]:
-    e = runner.engine
-    s = e.stats
-    return {
-        "name": runner.name,
-        "model": e.cost.name,
-        "requests": len(runner.requests),
-        "iterations": s.iterations,
-        "utilisation": s.busy_s / span if span > 0 else None,
-        "kv_mean_use": s.kv_block_s / (e.gpu.total * span) if span > 0 and e.gpu.total else None,
-        "kv_peak_use": s.peak_blocks / e.gpu.total if e.gpu.total else None,
-        "kv_blocks": e.gpu.total,
-        "prefill_tokens": s.prefill_tokens,
-        "decode_tokens": s.decode_tokens,
-        "preemptions": s.preemptions,
-    }
-
-
-def _app_summary(apps: list[AppState]) -> dict[str, object]:
-    done = [a for a in apps if a.finish_s is not None and a.failed is None]
-    failed = [a for a in apps if a.failed is not None]
-    by_type: dict[str, list[float]] = {}
-    for a in done:
-        assert a.finish_s is not None
-        by_type.setdefault(a.run.app, []).append(a.finish_s - a.arrival_s)
-    return {
-        "apps": len(apps),
-        "completed": len(done),
-        "failed": len(failed),
-        "failures": [f"{a.run.run_id}: {a.failed}" for a in failed[:20]],
-        "act": distribution([a.finish_s - a.arrival_s for a in done if a.finish_s is not None]),
-        "act_by_app": {k: distribution(v) for k, v in sorted(by_type.items())},
-        # Cold-start wait on each application's critical path: per stage its longest.
-        "cold_wait": distribution([a.cold_wait_s for a in done]),
-        "cold_wait_total_s": float(sum(a.cold_wait_s for a in done)),
-    }
-
-
-def _tool_summary(t: ToolRunner, now: float) -> dict[str, object]:
-    pool = t.pool
-    return {
-        "calls": pool.calls_started,
-        "cold_starts": pool.cold_starts,
-        "cold_wait_s": t.cold_wait_s,
-        "warm_instance_s": pool.warm_instance_seconds(now),
-        "busy_instance_s": pool.busy_instance_seconds(now),
-        "prewarms": pool.prewarms,
-        "prewarms_unused": pool.prewarms_unused,
-    }
