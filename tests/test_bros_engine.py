@@ -4,6 +4,8 @@ every step."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -206,8 +208,26 @@ def test_the_cap_grows_additively_backs_off_multiplicatively_and_stays_in_bounds
         ("slo_margin", 1.0, "slo_margin must be in"),
         ("cap_min", 2.0, "cap_min <= cap_start <= cap_max"),
         ("urgent_iterations", -1.0, "urgent_iterations must be finite"),
+        ("be_order", "sjf", "be_order must be fcfs or priority"),
     ],
 )
-def test_bad_options_are_refused(field: str, value: float, message: str) -> None:
+def test_bad_options_are_refused(field: str, value: object, message: str) -> None:
+    options: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=message):
-        BrosOptions(**{field: value})
+        BrosOptions(**options)
+
+
+@pytest.mark.parametrize(("order", "first"), [("fcfs", "early"), ("priority", "urgent")])
+def test_waiting_best_effort_goes_first_come_or_by_priority(order: str, first: str) -> None:
+    cfg = EngineConfig(max_num_seqs=1)
+    engine = BrosEngine(COST, cfg, BrosOptions(be_order=order))  # type: ignore[arg-type]
+    early = EngineRequest("early", 100, 5, 0.0, priority=5.0)
+    urgent = EngineRequest("urgent", 100, 5, 0.1, priority=1.0)
+    assert engine.add(early, 0.0) and engine.add(urgent, 0.1)
+    step = engine.plan(0.2)
+    assert step is not None
+    assert [r.id for r, _, _ in step.chunks] == [first]
+    engine.complete(step)
+    # A re-rank moves a waiting request under priority order, and is kept under FCFS.
+    engine.set_priority(early if first == "urgent" else urgent, -1.0)
+    engine.check_invariants()
