@@ -9,15 +9,13 @@ completes; `interface.LLMEngine` is the contract shells rely on.
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import NDArray
 
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_manager import KVManager
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.step import EngineStats, Step
-
-FloatArray = NDArray[np.float64]
+from hermes.types import FloatArray
 
 
 def kv_blocks(cost: StepCostModel, config: EngineConfig) -> tuple[int, int]:

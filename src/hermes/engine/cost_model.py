@@ -28,9 +28,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float64]
+from hermes.types import FloatArray
 
 # fp16/bf16 KV cache and activations: two bytes per element.
 KV_ELEMENT_BYTES = 2

@@ -11,11 +11,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
 from hermes.engine.cost_model import StepCostModel
-
-FloatArray = NDArray[np.float64]
+from hermes.types import FloatArray
 
 
 @dataclass(frozen=True, slots=True)

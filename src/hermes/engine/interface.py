@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-from numpy.typing import NDArray
-
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest
 from hermes.engine.step import EngineStats, Step, StepResult
+from hermes.types import FloatArray
 
 
 class LLMEngine(Protocol):
@@ -65,6 +63,6 @@ class LLMEngine(Protocol):
     @property
     def queued_tokens(self) -> int: ...
 
-    def itl_samples(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+    def itl_samples(self) -> tuple[FloatArray, FloatArray]: ...
 
     def check_invariants(self) -> None: ...

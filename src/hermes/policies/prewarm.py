@@ -38,7 +38,6 @@ from typing import Protocol
 
 import numpy as np
 
-from hermes.core.demand_cost import FloatArray
 from hermes.core.stage_forecast import (
     next_backend_probability,
     next_tool_probability,
@@ -47,6 +46,7 @@ from hermes.core.stage_forecast import (
     stage_time_samples,
 )
 from hermes.policies.base import AppView, PolicyContext
+from hermes.types import FloatArray
 
 MIN_HOLD_S = 1.0
 HOLD_QUANTILE = 95

@@ -19,6 +19,7 @@ from hermes.config_base import StrictModel as _Strict
 from hermes.config_base import read_yaml, validated
 from hermes.config_base import validation_messages as validation_messages
 from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
+from hermes.types import SloClass
 
 EngineKind = Literal["vllm", "vllm-priority", "bros", "bros-nobidir"]
 
@@ -119,7 +120,7 @@ class RequestStream(_Strict):
     served first) or best-effort (`be`, batch: at most a completion SLO)."""
 
     name: str = Field(min_length=1, description="reported under this name")
-    slo_class: Literal["rt", "be"] = "be"
+    slo_class: SloClass = "be"
     model: str | None = Field(
         default=None, description="the model that serves it; default the first"
     )
