@@ -15,7 +15,7 @@ error (non-negative) over the decode rows at every batch size (128 generated tok
 prefill rows, every other profile number held fixed (the all-reduce latency and bandwidth
 included: physics, not fitted). The report carries the fit so the profiles can cite it.
 
-Llama-3-8B TP1: time per output token against the vLLM 0.6 medians in CALIBRATION.md (12.0 ms
+Llama-3-8B TP1: time per output token against the vLLM 0.6 medians in docs/calibration.md (12.0 ms
 A100, 7.6 ms H100), at a mid-load decode batch of 16 sequences with ~1k tokens of context.
 
 Usage: python benchmarks/cost_model_fidelity.py [--data-dir DIR] [--json OUT]
@@ -47,7 +47,7 @@ DECODE_PROMPT = 512
 DECODE_TOKENS = 128
 HEADLINE_BATCHES = (1, 64)
 
-# vLLM 0.6, Llama-3-8B TP1, median TPOT (CALIBRATION.md), and the operating point we assume.
+# vLLM 0.6, Llama-3-8B TP1, median TPOT (docs/calibration.md), and the operating point we assume.
 TPOT_8B_MS = {"llama-3-8b@a100": 12.0, "llama-3-8b@h100": 7.6}
 TPOT_8B_BATCH = 16
 TPOT_8B_CONTEXT = 1024

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 # Re-exported for modules that still import it from here; new code imports hermes.types.
-from hermes.types import FloatArray as FloatArray
+from hermes.types import FloatArray
 
 
 class DemandCost(Protocol):
