@@ -19,10 +19,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hermes.config_base import ConfigError
 from hermes.gateway.config import GatewayConfig, GpuGroup, gateway_config_from_dict
 from hermes.gateway.dispatch import Dispatcher, Upstream
-from hermes.gateway.model_swaps import Member, ModelSwapper
-from hermes.sim.config import ConfigError
+from hermes.gateway.model_swaps import ModelSwapper
+from hermes.gateway.swap_actuators import Member
+from hermes.policies.qlm import (
+    GroupKey,
+    GroupView,
+    InstanceView,
+    QLMOptions,
+    QLMPolicy,
+    make_qlm_policy,
+)
 from hermes.testing.asgi_thread import serving
 from hermes.testing.gateway_thread import gateway_in_thread
 from test_gateway_server import FakeUpstream, fake, gateway  # noqa: F401
@@ -221,6 +230,65 @@ def test_the_planner_swaps_for_the_earliest_deadline_once_the_active_model_drain
         await swapper.close()
 
     asyncio.run(main())
+
+
+def _swapper(dispatcher: Dispatcher, options: QLMOptions | None = None) -> ModelSwapper:
+    cfg = gateway_config_from_dict(_config(gpu_groups=[{"name": "g", "backends": ["va", "vb"]}]))
+    return ModelSwapper(
+        cfg,
+        dispatcher,
+        {},
+        CollectorRegistry(),
+        lambda: 0.0,
+        lambda grants: None,
+        lambda w: 0.0,
+        lambda model, message: 0,
+        options,
+    )
+
+
+def test_the_gateway_and_the_simulator_plan_alike_from_the_same_options() -> None:
+    """One QLMOptions builds the planner of the gateway's model swaps and of the simulator's
+    `qlm` policy; both plan the same groups the same way, and learn output lengths alike."""
+    o = QLMOptions(
+        violation_probability=0.1,
+        prior_output_mean=100.0,
+        prior_output_std=50.0,
+        class_weights=(("rt", 3.0),),
+        time_limit_s=5.0,  # ample: the plans must not depend on the machine's speed
+    )
+    d = Dispatcher([Upstream("va", frozenset({"a"}), 1), Upstream("vb", frozenset({"b"}), 1)])
+    gateway = _swapper(d, o).planner
+    policy = make_qlm_policy("qlm", o)
+    assert isinstance(policy, QLMPolicy)
+    assert type(gateway) is type(policy.planner)
+    assert gateway.options == policy.planner.options == o
+    groups = [
+        GroupView(i, GroupKey(model, cls, 0), size, due)
+        for i, (model, cls, size, due) in enumerate(
+            [("a", "be", 40, 3.0), ("b", "rt", 10, 2.0), ("a", "rt", 5, 4.0), ("b", "be", 60, 6.0)]
+        )
+    ]
+    instances = [
+        InstanceView("g0", "a", frozenset({"a", "b"}), {"a": 1.0, "b": 1.0}, 2000.0, 0.5),
+        InstanceView("g1", None, frozenset(), {"a": 10.0, "b": 10.0}, 1500.0),
+    ]
+    plan = gateway.plan(groups, instances, 0.0)
+    assert plan == policy.planner.plan(groups, instances, 0.0)
+    assert plan.solver == "milp"  # EDF predicts avoidable violations: the MILP does better
+    for planner in (gateway, policy.planner):
+        planner.stats.observe(GroupKey("a", "be", 0), 300.0)
+    assert gateway.plan(groups, instances, 0.0) == policy.planner.plan(groups, instances, 0.0)
+
+
+def test_the_gateway_plans_with_the_default_options_and_learns_from_ended_calls() -> None:
+    d = Dispatcher([Upstream("va", frozenset({"a"}), 1), Upstream("vb", frozenset({"b"}), 1)])
+    swapper = _swapper(d)
+    assert swapper.planner.options == QLMOptions()
+    swapper.on_ended("va", "a", "be", 120, True)
+    swapper.on_ended("va", "a", "be", 999, False)  # not answered: not learned from
+    assert swapper.stats.count(GroupKey("a", "be", 0)) == 1
+    assert swapper.stats.mean(GroupKey("a", "be", 0)) == 120.0
 
 
 # vLLM sleep mode (emulated) -----------------------------------------------------------------

@@ -4,6 +4,8 @@ and the policies built on them."""
 from __future__ import annotations
 
 import math
+from dataclasses import FrozenInstanceError
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from hermes.policies.qlm import (
     Plan,
     Pull,
     QLMOptions,
+    QLMPlanner,
     QLMPolicy,
     RunningView,
     ScaleOut,
@@ -416,6 +419,41 @@ def test_options_are_validated() -> None:
         QLMOptions(planner="gurobi")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         QLMOptions(violation_prob=0.1)  # type: ignore[call-arg]
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"violation_probability": 1.0}, "violation_probability"),
+        ({"time_limit_s": 0.0}, "time_limit_s"),
+        ({"time_limit_s": math.inf}, "time_limit_s"),
+        ({"group_window_s": -1.0}, "group_window_s"),
+        ({"prior_output_mean": 0.0}, "prior_mean"),
+        ({"prior_output_std": -1.0}, "prior_std"),
+        ({"milp_window": 0}, "window"),
+        ({"mip_rel_gap": 1.0}, "mip_rel_gap"),
+        ({"class_weights": (("rt", 0.0),)}, "class_weights"),
+        ({"class_weights": (("rt", 1.0), ("rt", 2.0))}, "twice"),
+        ({"pull_threshold": 2.5}, "integer"),
+        ({"max_group_size": True}, "integer"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(ValueError, match=message):
+            QLMOptions(**fields)
+    with pytest.raises(FrozenInstanceError):
+        QLMOptions().planner = "edf"  # type: ignore[misc]
+
+
+def test_the_planner_is_what_the_options_configure() -> None:
+    o = QLMOptions(violation_probability=0.2, prior_output_mean=64.0, class_weights=(("rt", 4.0),))
+    planner = QLMPlanner(o)
+    assert planner.z == pytest.approx(z_for(0.2))
+    assert planner.stats.prior_mean == 64.0
+    assert planner.weights == {"rt": 4.0}
+    assert QLMPlanner().weights is None
+    policy = make_qlm_policy("qlm", o)
+    assert isinstance(policy, QLMPolicy)
+    assert policy.planner.options == o
+    assert policy.stats is policy.planner.stats
+    noplan = make_qlm_policy("qlm-noplan", o)
+    assert isinstance(noplan, QLMPolicy)
+    assert noplan.planner.options.planner == "edf"
 
 
 def arrive(policy: object, rid: str, model: str, cls: str, now: float) -> None:

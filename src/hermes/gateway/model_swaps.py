@@ -1,34 +1,12 @@
 """Model swaps: several models taking turns on the same GPUs, in the order QLM plans.
 
-A GPU group (`GpuGroup` in the configuration) is GPUs that hold one of several models at a
-time: vLLM servers in sleep mode, one per model, of which one is awake (`vllm-sleep`), or one
-llama.cpp server in router mode with one model loaded (`llamacpp-router`). The gateway lets
-only the active model's upstream take calls (`Dispatcher.set_loaded`); calls for the others
-wait in its queue.
-
-Planning (QLM, arXiv 2407.00047, `hermes.policies.qlm.planner`): every `PERIOD_S`, and soon
-after a call queues for a model no group has active, the calls waiting for the groups' models
-become one request group per (model, SLO class): its size, and the earliest deadline among
-its calls (arrival plus the class's `slo_s`, or the application's deadline if earlier). Each
-GPU group is an instance: its active model, the configured swap time to any other, its decode
-throughput (measured on the calls it completes, smoothed; the configured prior until then)
-and a rough time to finish what it runs. The planner (EDF, and the MILP when EDF predicts
-violations) orders each instance's virtual queue; when the head of a group's queue wants
-another model, the gateway swaps it in.
-
-A swap waits until nothing runs on the active model (an engine cannot move running requests
-elsewhere): from the decision on, the active model takes no new calls, so it drains. Then
-`POST /sleep?level=N` on the awake server and `POST /wake_up` on the next (sleep level 2: wake
-the weights, `POST /collective_rpc {"method": "reload_weights"}`, then the KV cache, as vLLM's
-sleep-mode documentation does it), or `POST /models/unload` and `POST /models/load` on the
-router (then `GET /models` until the model's status is `loaded`, as llama.cpp loads in the
-background). A failed swap is counted and logged, and the previous model woken or loaded
-again where it can be; its target is retried after a back-off. Calls wait for a model that
-cannot be swapped in at most `upstream_timeout_s` from the first failure: then they end with
-503 naming the model.
-
-Metrics: `hermes:model_swaps{group,to,result}`, `hermes:model_swap_seconds` and
-`hermes:gpu_group_active{group,model}` (1 for the active model).
+Only the active model's upstream of a GPU group takes calls (`Dispatcher.set_loaded`); calls
+for the others wait in the gateway's queue. Every `PERIOD_S`, and soon after a call queues for
+a model no group has active, the waiting calls become one request group per (model, SLO class)
+and each GPU group an instance, and the planner (`QLMPlanner`, built from `QLMOptions` as the
+simulator's `qlm` policy builds it) orders each instance's virtual queue; when the head of a
+group's queue wants another model, the group drains its active model and swaps
+(`swap_actuators`). How swaps, failures and their metrics work: docs/gateway.md, section 12.
 """
 
 from __future__ import annotations
@@ -37,18 +15,25 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hermes.gateway.config import GatewayConfig, GpuGroup
 from hermes.gateway.dispatch import Dispatcher, Grant, Waiting
-from hermes.gateway.prewarm import is_sleeping, post_control
+from hermes.gateway.swap_actuators import Actuator, LlamaCppRouter, Member, VllmSleep
 from hermes.gateway.upstream import UpstreamClient
-from hermes.policies.qlm import GroupKey, GroupView, InstanceView, LengthStats, Plan, plan, z_for
+from hermes.policies.qlm import (
+    GroupKey,
+    GroupView,
+    InstanceView,
+    LengthStats,
+    Plan,
+    QLMOptions,
+    QLMPlanner,
+)
 
 log = logging.getLogger("hermes.gateway.model_swaps")
 Clock = Callable[[], float]
@@ -57,133 +42,9 @@ PERIOD_S = 0.5  # between planning rounds, besides those calls for an inactive m
 MIN_GAP_S = 0.05  # the least time between two planning rounds
 RETRY_S = 1.0  # the first back-off after a failed swap; it doubles up to MAX_RETRY_S
 MAX_RETRY_S = 60.0
-PLAN_TIME_LIMIT_S = 0.03  # HiGHS's limit per round (QLMOptions' default)
-VIOLATION_PROBABILITY = 0.05
-PRIOR_OUTPUT_MEAN, PRIOR_OUTPUT_STD = 256.0, 128.0  # output tokens, until some are seen
 THROUGHPUT_WINDOW_S = 1.0  # busy seconds per throughput sample
 THROUGHPUT_SMOOTHING = 0.3  # weight of a new sample
-SLEEP_TRIES = 5  # an engine answers 409 to a sleep while it still finishes a request
-LOAD_POLL_S = 0.1
 _SWAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One model of a GPU group, and the upstream that serves it."""
-
-    upstream: str
-    model: str
-
-
-class Actuator(Protocol):
-    """How a GPU group's engines change model. Each action: None if done, else why not."""
-
-    async def probe(self, members: Sequence[Member]) -> list[bool]:
-        """Which members are active (awake, loaded) now."""
-        ...
-
-    async def deactivate(self, member: Member) -> str | None: ...
-
-    async def activate(self, member: Member) -> str | None: ...
-
-
-class VllmSleep:
-    """vLLM's sleep mode (servers started with `--enable-sleep-mode` and
-    `VLLM_SERVER_DEV_MODE=1`), one server per model."""
-
-    def __init__(self, clients: Mapping[str, UpstreamClient], level: int) -> None:
-        self.clients = clients
-        self.level = level
-
-    async def probe(self, members: Sequence[Member]) -> list[bool]:
-        return [not await is_sleeping(self.clients[m.upstream]) for m in members]
-
-    async def deactivate(self, member: Member) -> str | None:
-        client = self.clients[member.upstream]
-        error: str | None = None
-        for _ in range(SLEEP_TRIES):
-            error = await post_control(client, f"/sleep?level={self.level}")
-            if error is None or "HTTP 409" not in error:
-                return error
-            await asyncio.sleep(0.2)  # a request the gateway saw end still ends there
-        return error
-
-    async def activate(self, member: Member) -> str | None:
-        client = self.clients[member.upstream]
-        if self.level == 1 or client.backend.kind == "emulated":  # the emulator reloads itself
-            return await post_control(client, "/wake_up")
-        # Level 2 discarded the weights: reallocate them, load them again, then the KV cache.
-        return (
-            await post_control(client, "/wake_up?tags=weights")
-            or await post_control(client, "/collective_rpc", {"method": "reload_weights"})
-            or await post_control(client, "/wake_up?tags=kv_cache")
-        )
-
-
-class LlamaCppRouter:
-    """llama.cpp's server in router mode (`llama-server --models-dir ...`, no model named):
-    `POST /models/load` and `POST /models/unload` with `{"model": name}`, and `GET /models`
-    listing each model with its status (`loaded`, `loading`, `unloaded`). A load returns at
-    once and the model loads in the background, so `activate` polls the status until it is
-    `loaded`, for at most `timeout_s`."""
-
-    def __init__(self, clients: Mapping[str, UpstreamClient], timeout_s: float) -> None:
-        self.clients = clients
-        self.timeout_s = timeout_s
-
-    async def probe(self, members: Sequence[Member]) -> list[bool]:
-        statuses: dict[str, tuple[str, bool]] = {}
-        for upstream in dict.fromkeys(m.upstream for m in members):
-            statuses.update(await self._statuses(self.clients[upstream]) or {})
-        return [statuses.get(m.model, ("", False))[0] == "loaded" for m in members]
-
-    async def deactivate(self, member: Member) -> str | None:
-        client = self.clients[member.upstream]
-        return await post_control(client, "/models/unload", {"model": member.model})
-
-    async def activate(self, member: Member) -> str | None:
-        client = self.clients[member.upstream]
-        error = await post_control(client, "/models/load", {"model": member.model}, True)
-        if error is not None:
-            return error
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        while True:
-            statuses = await self._statuses(client)
-            if statuses is None:  # no status list: the load's answer is all there is
-                return None
-            value, failed = statuses.get(member.model, ("missing", False))
-            if value == "loaded":
-                return None
-            if failed or value == "missing":
-                why = "failed to load" if failed else "is not listed in GET /models"
-                return f"model {member.model!r} {why}"
-            if loop.time() >= deadline:
-                return f"model {member.model!r} still {value} after {self.timeout_s:g} s"
-            await asyncio.sleep(LOAD_POLL_S)
-
-    async def _statuses(self, client: UpstreamClient) -> dict[str, tuple[str, bool]] | None:
-        """Each listed model's status and whether its last load failed; None if the server
-        gives no list."""
-        try:
-            async with client.session.get(client.url + "/models") as resp:
-                if resp.status != 200:
-                    return None
-                data = (await resp.json()).get("data")
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
-            return None
-        if not isinstance(data, list):
-            return None
-        out: dict[str, tuple[str, bool]] = {}
-        for entry in data:
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                continue
-            status = entry.get("status")
-            if isinstance(status, dict):  # {"value": "loaded", "failed": true, ...}
-                out[entry["id"]] = (str(status.get("value", "")), bool(status.get("failed")))
-            else:
-                out[entry["id"]] = (str(status or ""), False)
-        return out
 
 
 @dataclass(slots=True, eq=False)
@@ -210,6 +71,47 @@ class _Group:
         return None if self.target is not None or self.swapping else self.active
 
 
+def _groups(config: GatewayConfig, clients: Mapping[str, UpstreamClient]) -> list[_Group]:
+    """The configured GPU groups, each with its members and how it swaps between them."""
+    models = {b.name: b.models for b in config.backends}
+    out = []
+    for g in config.gpu_groups:
+        actuator: Actuator
+        if g.kind == "vllm-sleep":
+            members = [Member(b, models[b][0]) for b in g.backends]
+            actuator = VllmSleep(clients, g.sleep_level)
+        else:
+            (b,) = g.backends
+            members = [Member(b, m) for m in dict.fromkeys(models[b])]
+            actuator = LlamaCppRouter(clients, config.upstream_timeout_s)
+        upstreams = list(dict.fromkeys(m.upstream for m in members))
+        out.append(_Group(g, members, actuator, g.throughput_tok_s, upstreams=upstreams))
+    return out
+
+
+def _metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:
+    return (
+        Counter(
+            "hermes:model_swaps",
+            "Model swaps on GPU groups, by group, model swapped in and result",
+            ["group", "to", "result"],
+            registry=registry,
+        ),
+        Histogram(
+            "hermes:model_swap_seconds",
+            "Time a successful model swap took, from the sleep or unload to the model ready",
+            buckets=_SWAP_BUCKETS,
+            registry=registry,
+        ),
+        Gauge(
+            "hermes:gpu_group_active",
+            "1 for the model a GPU group has active, 0 for its others",
+            ["group", "model"],
+            registry=registry,
+        ),
+    )
+
+
 class ModelSwapper:
     """Plans and carries out model swaps on the GPU groups of `config`. `grant` carries out
     the dispatcher's grants, `deadline` gives a waiting call's deadline, and `fail(model,
@@ -225,6 +127,7 @@ class ModelSwapper:
         grant: Callable[[list[Grant]], None],
         deadline: Callable[[Waiting], float],
         fail: Callable[[str, str], int],
+        options: QLMOptions | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
@@ -232,25 +135,10 @@ class ModelSwapper:
         self.deadline = deadline
         self.fail = fail
         self.bound_s = config.upstream_timeout_s
-        models = {b.name: b.models for b in config.backends}
-        self.groups: list[_Group] = []
-        for g in config.gpu_groups:
-            actuator: Actuator
-            if g.kind == "vllm-sleep":
-                members = [Member(b, models[b][0]) for b in g.backends]
-                actuator = VllmSleep(clients, g.sleep_level)
-            else:
-                (b,) = g.backends
-                members = [Member(b, m) for m in dict.fromkeys(models[b])]
-                actuator = LlamaCppRouter(clients, config.upstream_timeout_s)
-            upstreams = list(dict.fromkeys(m.upstream for m in members))
-            self.groups.append(
-                _Group(g, members, actuator, g.throughput_tok_s, upstreams=upstreams)
-            )
+        self.groups = _groups(config, clients)
         self._by_upstream = {u: g for g in self.groups for u in g.upstreams}
         self.models = {m.model for g in self.groups for m in g.members}
-        self.stats = LengthStats(PRIOR_OUTPUT_MEAN, PRIOR_OUTPUT_STD)
-        self.z = z_for(VIOLATION_PROBABILITY)
+        self.planner = QLMPlanner(options)
         self.last_plan: Plan | None = None
         self._failing: dict[str, tuple[float, str]] = {}  # model -> (failing since, why)
         self._failures: dict[str, int] = {}  # failed swaps in a row, per target model
@@ -259,24 +147,12 @@ class ModelSwapper:
         self._kick: asyncio.TimerHandle | None = None
         self._last_round_s = -math.inf
         self._closed = False
-        self.swaps = Counter(
-            "hermes:model_swaps",
-            "Model swaps on GPU groups, by group, model swapped in and result",
-            ["group", "to", "result"],
-            registry=registry,
-        )
-        self.swap_seconds = Histogram(
-            "hermes:model_swap_seconds",
-            "Time a successful model swap took, from the sleep or unload to the model ready",
-            buckets=_SWAP_BUCKETS,
-            registry=registry,
-        )
-        self.active_gauge = Gauge(
-            "hermes:gpu_group_active",
-            "1 for the model a GPU group has active, 0 for its others",
-            ["group", "model"],
-            registry=registry,
-        )
+        self.swaps, self.swap_seconds, self.active_gauge = _metrics(registry)
+
+    @property
+    def stats(self) -> LengthStats:
+        """Output lengths learned from the calls that ended (the planner's)."""
+        return self.planner.stats
 
     # Life cycle ------------------------------------------------------------------------------
 
@@ -338,7 +214,7 @@ class ModelSwapper:
         if g is None:
             return
         if ok:
-            self.stats.observe(GroupKey(model, slo_class, 0), max(0, tokens))
+            self.planner.stats.observe(GroupKey(model, slo_class, 0), max(0, tokens))
             g.tokens += max(0, tokens)
         self._maybe_start(g)
 
@@ -371,7 +247,7 @@ class ModelSwapper:
             return
         instances = [self._instance_view(g, now) for g in self.groups]
         try:
-            self.last_plan = plan(views, instances, now, self.stats, self.z, PLAN_TIME_LIMIT_S)
+            self.last_plan = self.planner.plan(views, instances, now)
         except ValueError:  # a bug: keep the groups as they are, and the gateway running
             log.exception("model swaps: no plan this round")
             return
@@ -404,7 +280,7 @@ class ModelSwapper:
         else:
             active = g.active.model if g.active is not None else None
             running = sum(self.dispatcher.busy(u) for u in g.upstreams)
-            mean = self.stats.mean(GroupKey(active, "be", 0)) if active else 0.0
+            mean = self.planner.stats.mean(GroupKey(active, "be", 0)) if active else 0.0
             busy = running * mean / g.theta  # rough: as if every running call had just begun
         warm = g.config.kind == "vllm-sleep" and g.config.sleep_level == 1
         return InstanceView(

@@ -1,7 +1,8 @@
 """QLM (arXiv 2407.00047): multi-model queue management. Requests are grouped (`groups`),
 groups are queued per instance in an order planned from estimated waiting times (`estimator`,
 `planner`), and the plan becomes serving operations (`operations`); `policy` ties them into
-the policies the shells call, with the baselines QLM is measured against."""
+the policies the shells call, with the baselines QLM is measured against; `options` holds
+`QLMOptions` and the `QLMPlanner` they configure, which both shells plan with."""
 
 from hermes.policies.qlm.estimator import (
     GroupView,
@@ -31,12 +32,12 @@ from hermes.policies.qlm.operations import (
     moves,
     operations_for,
 )
+from hermes.policies.qlm.options import QLMOptions, QLMPlanner
 from hermes.policies.qlm.planner import MilpSettings, Plan, edf_order, plan, plan_edf, plan_milp
 from hermes.policies.qlm.policy import (
     POLICY_NAMES,
     EdfPolicy,
     FcfsPerModel,
-    QLMOptions,
     QLMPolicy,
     QueuePolicy,
     make_qlm_policy,
@@ -60,6 +61,7 @@ __all__ = [
     "Plan",
     "Pull",
     "QLMOptions",
+    "QLMPlanner",
     "QLMPolicy",
     "QueuePolicy",
     "RequestGroup",

@@ -1,50 +1,10 @@
 """QLM's planner: which instance's virtual queue each group joins, and in what order.
 
-EDF (`plan_edf`). Groups in deadline order, each appended to the queue where it would drain
-earliest, swap time included (load balancing), except that a group stays on a queue already
-ending with its model if that meets its deadline, or if no queue does: a swap first drains
-the instance, so moving a group pays only when it saves the deadline. O(groups × instances).
-
-MILP (`plan_milp`, run by `plan` only when EDF predicts violations). EDF's two blind spots are
-the ones a plan can fix: it never gives up a group that is lost anyway, which makes the groups
-behind it late too, and it chooses models for instances one group at a time, so it swaps where
-giving whole instances to a model would not. The MILP decides exactly those two things for the
-`window` most urgent groups (deadline order); placing groups on the instances follows by EDF.
-
-- y[i,m] ∈ {0,1}: during the window, instance i serves model m (after a swap if m is not
-  active there); Σ_m y[i,m] ≤ 1.
-- x[g] ∈ [0,1]: the share of group g served on time (a group's requests are divisible).
-- s[g] ≥ 0: tokens of g's model served on time up to g in deadline order, so that
-  s[g] = s[previous group of the model] + τ_g·x[g] with τ_g = n·μ + z·√n·σ of g.
-- s[g] ≤ Σ_i Θ_i·(D_g − busy_i − swap_i(m))⁺·y[i,m], D_g = g's deadline − now: what the
-  instances serving g's model can decode by g's deadline. With the prefix sums this is EDF's
-  feasibility test on every deadline, for the pooled ("fluid") capacity of those instances.
-- Objective: maximise Σ_g weight(class(g))·x[g], less a tie-breaker worth under one group
-  that prefers fewer swaps among equally good plans.
-
-Then: groups with x[g] ≥ ½ in deadline order, each on the instance serving its model where it
-drains earliest; then the other window groups, written off, behind them (serving a lost group
-first only makes others late too: Moore and Hodgson's rule; ahead of the rest, they do not
-starve); then the rest, by EDF.
-
-Why this shape. An exact MILP (x[g,i] per group and instance, EDF order per instance, model
-runs, big-M lateness) over a 96-group window on 8 instances took HiGHS over a second, and 32
-groups were all it could settle within a planning round. Pooling each model's instances makes
-x continuous and leaves instances × models binaries (24 for 8 × 3), so a window of 192 groups
-fits the round (benchmarks/qlm_planner.py: 1,000 groups on 8 instances in 27 ms median, 44 ms
-p95). The price: the fluid capacity ignores how groups pack onto instances, so the MILP's own
-count is an estimate; every plan is therefore judged by the estimator group by group, and the
-MILP's plan is taken only when it predicts fewer (weighted) violations than EDF's. Groups
-beyond the window, and the order within an instance, are EDF's.
-
-Feasible for any number of instances: y = 0, x = 0, s = 0 satisfies every constraint, since
-lateness is what the objective counts, never a hard constraint, and nothing ties instances
-together but each one's choice of model.
-
-HiGHS stops within `mip_rel_gap` of the optimum or at `time_limit_s`, whichever is first;
-without a feasible answer by then the plan is EDF's (`solver="edf-fallback"`). The core reads no
-clock: the shell times `plan(...)` itself. A plan found at the time limit depends on the
-machine's speed, and says so (`Plan.hit_time_limit`).
+`plan_edf`: groups in deadline order, each where it drains earliest, kept with its model unless
+a move saves its deadline. `plan_milp`: a MILP over the most urgent groups decides which model
+each instance serves and which groups are given up, when EDF predicts violations; `plan` takes
+it only when the estimator finds it better. The design, the MILP and why it has this shape:
+docs/design/qlm-planner.md.
 """
 
 from __future__ import annotations
@@ -264,7 +224,7 @@ def plan_edf(
     z: float,
     weights: Mapping[str, float] | None = None,
 ) -> Plan:
-    """Deadline order, each group where it would drain earliest (see the module docstring)."""
+    """Deadline order, each group where it would drain earliest (docs/design/qlm-planner.md)."""
     return _Problem.of(groups, instances, now, stats, z, weights).edf()
 
 
@@ -313,49 +273,53 @@ def _check_time_limit(time_limit_s: float) -> None:
         raise ValueError(f"time_limit_s must be finite and > 0, got {time_limit_s!r}")
 
 
-def _solve(
+class _Rows:
+    """The MILP's constraint rows, as COO triplets with each row's bounds."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.lower: list[np.ndarray] = []
+        self.upper: list[np.ndarray] = []
+        self.n = 0
+
+    def add(
+        self, r: np.ndarray, c: np.ndarray, v: np.ndarray, n: int, lo: float, hi: float
+    ) -> None:
+        """`n` rows, bounded by [lo, hi]; `r` counts from the first of them."""
+        self.rows.append(self.n + r)
+        self.cols.append(c)
+        self.vals.append(v)
+        self.lower.append(np.full(n, lo))
+        self.upper.append(np.full(n, hi))
+        self.n += n
+
+    def constraint(self, n_var: int) -> LinearConstraint:
+        a = coo_array(
+            (np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
+            shape=(self.n, n_var),
+        ).tocsr()
+        return LinearConstraint(a, np.concatenate(self.lower), np.concatenate(self.upper))
+
+
+def _constraints(
     window: Sequence[GroupView],
     instances: Sequence[InstanceView],
-    now: float,
-    tokens: Mapping[int, float],
-    weights: Mapping[str, float] | None,
-    time_limit_s: float,
-    mip_rel_gap: float,
-) -> tuple[list[bool], list[str | None], bool] | None:
-    """The MILP of the module docstring over `window` (in deadline order): which groups are
-    on time, each instance's model (None: free), and whether HiGHS stopped at its time limit.
-    None if HiGHS found no feasible answer in time."""
-    models = sorted({g.model for g in window})
+    models: Sequence[str],
+    swap: np.ndarray,
+    slack: np.ndarray,
+    tau: np.ndarray,
+) -> _Rows:
+    """The rows of the MILP (docs/design/qlm-planner.md); variables x[g] | s[g] | y[i, m]."""
     n_w, n_i, n_m = len(window), len(instances), len(models)
-    s0, y0 = n_w, 2 * n_w  # variables: x[g] | s[g] | y[i, m]
-    n_var = y0 + n_i * n_m
+    s0, y0 = n_w, 2 * n_w
     serves = np.array([[inst.serves(m) for m in models] for inst in instances])
-    swap = np.array(
-        [[inst.first_swap_s(m) if inst.serves(m) else 0.0 for m in models] for inst in instances]
-    )
     theta = np.array([inst.throughput_tok_s for inst in instances])
     busy = np.array([inst.busy_s for inst in instances])
-    tau = np.array([tokens[g.id] for g in window])
-    slack = np.array([g.deadline_s - now for g in window])
-
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    lower: list[np.ndarray] = []
-    upper: list[np.ndarray] = []
-    n_rows = 0
-
-    def add(r: np.ndarray, c: np.ndarray, v: np.ndarray, n: int, lo: float, hi: float) -> None:
-        nonlocal n_rows
-        rows.append(n_rows + r)
-        cols.append(c)
-        vals.append(v)
-        lower.append(np.full(n, lo))
-        upper.append(np.full(n, hi))
-        n_rows += n
-
+    out = _Rows()
     # Σ_m y[i,m] ≤ 1.
-    add(
+    out.add(
         np.repeat(np.arange(n_i), n_m),
         y0 + np.arange(n_i * n_m),
         np.ones(n_i * n_m),
@@ -369,7 +333,7 @@ def _solve(
         n = members.size
         r = np.arange(n)
         # s[g] − s[previous] − τ_g·x[g] = 0.
-        add(
+        out.add(
             np.concatenate([r, r, r[1:]]),
             np.concatenate([s0 + members, members, s0 + members[:-1]]),
             np.concatenate([np.ones(n), -tau[members], -np.ones(n - 1)]),
@@ -381,7 +345,7 @@ def _solve(
         cap = theta * np.maximum(0.0, slack[members, None] - busy - swap[:, m])
         cap[:, ~serves[:, m]] = 0.0
         rr, ii = np.nonzero(cap > 0)
-        add(
+        out.add(
             np.concatenate([r, rr]),
             np.concatenate([s0 + members, y0 + ii * n_m + m]),
             np.concatenate([np.ones(n), -cap[rr, ii]]),
@@ -389,9 +353,32 @@ def _solve(
             -np.inf,
             0.0,
         )
-    a = coo_array(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, n_var)
-    ).tocsr()
+    return out
+
+
+def _solve(
+    window: Sequence[GroupView],
+    instances: Sequence[InstanceView],
+    now: float,
+    tokens: Mapping[int, float],
+    weights: Mapping[str, float] | None,
+    time_limit_s: float,
+    mip_rel_gap: float,
+) -> tuple[list[bool], list[str | None], bool] | None:
+    """The MILP of docs/design/qlm-planner.md over `window` (in deadline order): which groups are
+    on time, each instance's model (None: free), and whether HiGHS stopped at its time limit.
+    None if HiGHS found no feasible answer in time."""
+    models = sorted({g.model for g in window})
+    n_w, n_i, n_m = len(window), len(instances), len(models)
+    s0, y0 = n_w, 2 * n_w  # variables: x[g] | s[g] | y[i, m]
+    n_var = y0 + n_i * n_m
+    serves = np.array([[inst.serves(m) for m in models] for inst in instances])
+    swap = np.array(
+        [[inst.first_swap_s(m) if inst.serves(m) else 0.0 for m in models] for inst in instances]
+    )
+    tau = np.array([tokens[g.id] for g in window])
+    slack = np.array([g.deadline_s - now for g in window])
+    rows = _constraints(window, instances, models, swap, slack, tau)
     weight = np.array([_weight(g, weights) for g in window])
     cost = np.zeros(n_var)
     cost[:n_w] = -weight
@@ -403,7 +390,7 @@ def _solve(
     integrality[y0:] = 1
     res = milp(
         cost,
-        constraints=LinearConstraint(a, np.concatenate(lower), np.concatenate(upper)),
+        constraints=rows.constraint(n_var),
         integrality=integrality,
         bounds=Bounds(0.0, ub),
         options={"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap},

@@ -25,9 +25,9 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
-from hermes.policies.qlm.estimator import GroupView, InstanceView, z_for
+from hermes.policies.qlm.estimator import GroupView, InstanceView
 from hermes.policies.qlm.groups import Grouper, GroupKey, LengthStats, length_bucket
 from hermes.policies.qlm.operations import (
     Evict,
@@ -38,45 +38,9 @@ from hermes.policies.qlm.operations import (
     SwapModel,
     operations_for,
 )
-from hermes.policies.qlm.planner import MilpSettings, Plan, plan, plan_edf
-
-
-@dataclass(frozen=True, slots=True)
-class QLMOptions:
-    """`violation_probability`: the chance a group's estimate may be exceeded (sets z).
-    `time_limit_s` bounds HiGHS alone; a planning round adds ~15 ms of Python around it, so the
-    default keeps a round of 1,000 groups on 8 instances within 50 ms. `pull_threshold`: the
-    most requests a policy lets run on an instance at once. `planner`: "milp" (qlm) or "edf"
-    (qlm-noplan). `prior_output_*`: output lengths assumed before any are observed.
-    `class_weights`: how much a violation of each SLO class counts (1 if absent)."""
-
-    violation_probability: float = 0.05
-    time_limit_s: float = 0.03
-    max_group_size: int = 64
-    group_window_s: float = 2.0
-    pull_threshold: int = 32
-    planner: Literal["milp", "edf"] = "milp"
-    prior_output_mean: float = 256.0
-    prior_output_std: float = 128.0
-    milp_window: int = 192
-    mip_rel_gap: float = 0.01
-    class_weights: tuple[tuple[str, float], ...] = ()
-
-    def __post_init__(self) -> None:
-        z_for(self.violation_probability)  # validates it
-        if not (math.isfinite(self.time_limit_s) and self.time_limit_s > 0):
-            raise ValueError(f"QLMOptions.time_limit_s must be > 0, got {self.time_limit_s!r}")
-        if self.pull_threshold < 1:
-            raise ValueError(f"QLMOptions.pull_threshold must be >= 1, got {self.pull_threshold!r}")
-        if self.planner not in ("milp", "edf"):
-            raise ValueError(f"QLMOptions.planner must be 'milp' or 'edf', got {self.planner!r}")
-        for name, w in self.class_weights:
-            if not (math.isfinite(w) and w > 0):
-                raise ValueError(f"QLMOptions.class_weights[{name!r}] must be > 0, got {w!r}")
-        # The rest are checked where they are used, at construction.
-        Grouper(self.max_group_size, self.group_window_s)
-        LengthStats(self.prior_output_mean, self.prior_output_std)
-        MilpSettings(self.milp_window, self.mip_rel_gap)
+from hermes.policies.qlm.options import QLMOptions as QLMOptions
+from hermes.policies.qlm.options import QLMPlanner
+from hermes.policies.qlm.planner import Plan
 
 
 class QueuePolicy(Protocol):
@@ -106,15 +70,17 @@ class QLMPolicy:
     def __init__(self, options: QLMOptions | None = None) -> None:
         self.options = o = options or QLMOptions()
         self.grouper = Grouper(o.max_group_size, o.group_window_s)
-        self.stats = LengthStats(o.prior_output_mean, o.prior_output_std)
-        self.z = z_for(o.violation_probability)
-        self.settings = MilpSettings(o.milp_window, o.mip_rel_gap)
-        self.weights = dict(o.class_weights) or None
+        self.planner = QLMPlanner(o)
         self.queues: dict[str, tuple[int, ...]] = {}  # the virtual queues, by instance
         self.evicted: dict[str, list[RunningView]] = {}  # parked in CPU memory, by instance
         self.last_plan: Plan | None = None
         self._class_slo_s: dict[str, float] = {}
         self._key_of: dict[str, GroupKey] = {}  # every request not yet finished
+
+    @property
+    def stats(self) -> LengthStats:
+        """Output lengths learned so far (the planner's)."""
+        return self.planner.stats
 
     def on_arrival(
         self,
@@ -143,24 +109,10 @@ class QLMPolicy:
         running: Mapping[str, Sequence[RunningView]],
         now: float,
     ) -> list[Operation]:
-        o = self.options
         views = {
             g.id: GroupView(g.id, g.key, g.size, g.deadline_s) for g in self.grouper.groups.values()
         }
-        groups = list(views.values())
-        if o.planner == "milp":
-            new = plan(
-                groups,
-                instances,
-                now,
-                self.stats,
-                self.z,
-                o.time_limit_s,
-                self.weights,
-                self.settings,
-            )
-        else:
-            new = plan_edf(groups, instances, now, self.stats, self.z, self.weights)
+        new = self.planner.plan(list(views.values()), instances, now)
         ops = operations_for(
             new,
             self.queues,
@@ -169,8 +121,8 @@ class QLMPolicy:
             running,
             now=now,
             stats=self.stats,
-            z=self.z,
-            pull_threshold=o.pull_threshold,
+            z=self.planner.z,
+            pull_threshold=self.options.pull_threshold,
             class_slo_s=self._class_slo_s,
             evicted=self.evicted,
         )
