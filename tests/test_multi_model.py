@@ -61,13 +61,13 @@ def requests(n: int, prompt: int = 500, output: int = 300) -> list[EngineRequest
     return [EngineRequest(i, prompt, output, 0.0) for i in range(n)]
 
 
-# --- swap times (CALIBRATION.md) -----------------------------------------------------------
+# --- swap times (docs/calibration.md) --------------------------------------------------------
 
 
 def test_7b_swap_times_match_calibration() -> None:
     inst = make_instance(active="llama-3-8b", warm=["llama-2-7b"])
     warm = inst.swap_time_s("llama-2-7b")
-    assert 0.5 <= warm <= 0.6  # "7-8B ≈ 0.6 s" from host DRAM at 25 GB/s
+    assert 0.5 <= warm <= 0.6  # docs/calibration.md: "7-8B ≈ 0.6 s" from host DRAM at 25 GB/s
     assert warm == pytest.approx(13.5e9 / 25e9)
     assert inst.swap_time_s("llama-3-8b") == 0.0  # active
     cold = make_instance(active="llama-3-8b").swap_time_s("llama-2-7b")
@@ -85,7 +85,7 @@ def test_70b_tp4_swap_times() -> None:
     one_link = ModelInstance(
         costs, MultiModelConfig(200e9, 0.0, host_links=1), warm=["llama-2-70b"]
     )
-    assert one_link.swap_time_s("llama-2-70b") == pytest.approx(5.5, abs=0.1)  # CALIBRATION
+    assert one_link.swap_time_s("llama-2-70b") == pytest.approx(5.5, abs=0.1)  # calibration.md
     cold = ModelInstance(costs, MultiModelConfig(0.0, 0.0, host_links=1))
     assert cold.swap_time_s("llama-2-70b") == pytest.approx(5 * 138e9 / 25e9)
 

@@ -1,200 +1,47 @@
 """A multi-model LLM instance (QLM): one active model on the GPU, others warm or cold.
 
-An instance is a GPU (a type and a tensor-parallel degree `tp`) that serves one ACTIVE model
-at a time through one `Engine`. Every other model it may serve is either WARM, its weights
-held in CPU memory (a fast swap over PCIe), or COLD, on disk (a slow swap). Requests taken
-off the GPU by `evict` can keep their KV cache in CPU memory and continue later (`restore`).
-
-Pure: no I/O, no clock; every method that changes state takes `now`. The shell drives it as
-it drives an `Engine`: `plan(now)` -> `Step | None`, let time pass, `complete(step)`;
+Pure: no I/O, no clock; every method that changes state takes `now`. A shell drives it as it
+drives an `Engine`: `plan(now)` -> `Step | None`, let time pass, `complete(step)`;
 `begin_swap(model, now)` returns when the swap ends, and the shell calls `complete_swap` then.
-
-Timing (shared/docs/CALIBRATION.md, "Cold starts, model loads and swaps"):
-
-- A warm swap copies the weights host DRAM -> GPU at `host_to_gpu_bytes_per_s` (PCIe 4,
-  25 GB/s) per link; a cold one reads them from NVMe at `disk_bytes_per_s` (5 GB/s, five
-  times slower) per link, plus `engine_init_s`. The weights travel over `host_links` links in
-  parallel, by default `tp`: each GPU loads its own shard over its own PCIe link, as the
-  engine's KV swap assumes. So Llama-2-7B (13.5 GB) takes 0.54 s warm and 2.7 s cold, and
-  Llama-2-70B on TP4 (138 GB) 1.38 s warm. CALIBRATION's "70B ≈ 5.5 s" is the same load
-  over one link: `host_links=1` reproduces it.
-- `engine_init_s` (default 0) is charged on cold swaps only. 0 models vLLM's sleep/wake
-  (sleep level 1 offloads the weights to CPU memory, the engine process and its CUDA graphs
-  stay), so only weights move. A fresh vLLM process per cold start costs about 30-40 s more
-  (CALIBRATION: 36-51 s start-up for a 7B model, of which 7.5 s is weight loading).
-- Swapping a model out costs nothing: its CPU copy is kept from the load (pinned), or the
-  device-to-host copy overlaps the next load (PCIe is full duplex).
-
-CPU memory holds two separately budgeted things:
-
-- warm weights, within `cpu_memory_bytes`: an LRU set. The model swapped out becomes the most
-  recently used warm model if its weights fit the budget at all, pushing least recently used
-  warm models out to disk until the set fits; a model swapped in leaves the warm set. The
-  active model is never in the warm set.
-- the KV of evicted requests, within `cpu_kv_bytes`.
-
-Eviction and restore. `evict(requests, now)` aborts the requests in the engine and keeps
-their computed KV (`num_computed` tokens) in CPU memory if the KV budget has room, in the
-order given; past it, their KV is dropped and recomputed on restore, as vLLM recomputes a
-preempted request. Only a running request's KV is copied over PCIe (a waiting one has none; an
-engine-swapped one already sits in CPU memory). `restore(requests, now)` puts the same request
-objects back into the (same model's) engine with their progress: `generated`, `first_token_s`
-and `num_tokens = prompt + generated` are kept, and `num_computed` stays at the restored KV
-(or 0 after a drop). The engine then admits a restored request as vLLM V1 admits a waiting
-request with a prefix-cache hit: only the tokens past `num_computed` are computed, so a
-decoding request resumes with a one-token step and the caller sees it finish with its full
-`output_tokens`. (`Engine.check_invariants` expects waiting requests to have no computed
-tokens; between `restore` and admission a restored request is the exception.)
-
-Transfers block the GPU. The KV copy of `evict` and of `restore` and a model swap occupy the
-instance one after another: each starts at `max(now, free_at_s)` and pushes `free_at_s` to its
-end; `plan(now)` returns None while `now < free_at_s` (the shell plans again at `free_at_s`).
-Evicting, restoring and swapping need no step in flight (complete it, or shorten and complete
-it, first). Swapping the active model out needs its engine idle: a swap with requests still
-queued or running is refused with an error, and the caller evicts them first.
-
-Busy time: step durations, swaps and KV transfers; `utilisation(now)` is busy time over the
-wall time since `start_s`.
-
-Throughput Θ (for a planner's waiting-time estimate): output tokens per busy second of each
-model, an exponentially weighted ratio over `throughput_memory_s` busy seconds, seeded with a
-prior of `throughput_prior_weight_s` seconds at the cost model's decode throughput for a
-batch of `throughput_prior_batch` sequences of `throughput_prior_context_tokens` context.
+docs/qlm.md explains the timing, the two CPU memory budgets, eviction and restore, busy time
+and the throughput Θ.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
+from hermes.cluster.multi_model.busy_time import BusyTime
+from hermes.cluster.multi_model.config import (
+    InstanceStats,
+    KvTransfer,
+    MultiModelConfig,
+    Residence,
+    SwapInProgress,
+    SwapKind,
+)
+from hermes.cluster.multi_model.evicted import EvictedStore, check_evictable, check_restorable
+from hermes.cluster.multi_model.residence import WarmSet, swap_seconds
+from hermes.cluster.multi_model.throughput import Throughput, decode_prior, drain_seconds
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine, Step, StepResult
 
-__all__ = [
-    "DEFAULT_DISK_BYTES_PER_S",
-    "DEFAULT_HOST_TO_GPU_BYTES_PER_S",
-    "InstanceStats",
-    "KvTransfer",
-    "ModelInstance",
-    "MultiModelConfig",
-    "Residence",
-    "SwapInProgress",
-]
 
-# CALIBRATION.md: host DRAM -> GPU over PCIe 4, and NVMe five times slower.
-DEFAULT_HOST_TO_GPU_BYTES_PER_S = 25e9
-DEFAULT_DISK_BYTES_PER_S = 5e9
-
-Residence = Literal["active", "warm", "cold"]
-SwapKind = Literal["warm", "cold"]
+def _queued(engine: Engine) -> set[int]:
+    """Identities of the requests an engine holds: running, waiting or swapped."""
+    return {id(r) for r in (*engine.running, *engine.waiting, *engine.swapped)}
 
 
-def _finite_non_negative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"MultiModelConfig.{name} must be a finite number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"MultiModelConfig.{name} must be >= 0, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class MultiModelConfig:
-    """Memory budgets, bandwidths and throughput smoothing of a `ModelInstance`.
-
-    `cpu_memory_bytes`: CPU memory for warm model weights; `cpu_kv_bytes`: CPU memory for the
-    KV cache of evicted requests (separate budgets). `host_links`: PCIe links a transfer uses
-    in parallel; None means `tp` (one per GPU).
-    """
-
-    cpu_memory_bytes: float
-    cpu_kv_bytes: float
-    host_to_gpu_bytes_per_s: float = DEFAULT_HOST_TO_GPU_BYTES_PER_S
-    disk_bytes_per_s: float = DEFAULT_DISK_BYTES_PER_S
-    host_links: int | None = None
-    engine_init_s: float = 0.0
-    throughput_prior_batch: int = 32
-    throughput_prior_context_tokens: int = 1024
-    throughput_prior_weight_s: float = 5.0
-    throughput_memory_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in ("cpu_memory_bytes", "cpu_kv_bytes", "engine_init_s"):
-            _finite_non_negative(name, getattr(self, name))
-        for name in (
-            "host_to_gpu_bytes_per_s",
-            "disk_bytes_per_s",
-            "throughput_prior_weight_s",
-            "throughput_memory_s",
-        ):
-            value = getattr(self, name)
-            _finite_non_negative(name, value)
-            if value == 0:
-                raise ValueError(f"MultiModelConfig.{name} must be > 0, got {value!r}")
-        for name in ("throughput_prior_batch", "throughput_prior_context_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MultiModelConfig.{name} must be an integer >= 1, got {value!r}")
-        links = self.host_links
-        if links is not None and (
-            isinstance(links, bool) or not isinstance(links, int) or links < 1
-        ):
-            raise ValueError(
-                f"MultiModelConfig.host_links must be None or an integer >= 1, got {links!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class SwapInProgress:
-    """A model load: `model` arrives on the GPU from `kind` memory over [start_s, end_s]."""
-
-    model: str
-    kind: SwapKind
-    start_s: float
-    end_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class KvTransfer:
-    """What an `evict` or a `restore` did.
-
-    `bytes_copied` crossed PCIe over [start_s, done_s] (`seconds` long; the GPU is busy with
-    it). `recompute`: the requests whose computed KV was dropped (evict: no room in the CPU KV
-    budget) or comes back empty (restore), so their tokens are computed again.
-    """
-
-    requests: tuple[EngineRequest, ...]
-    bytes_copied: float
-    seconds: float
-    start_s: float
-    done_s: float
-    recompute: tuple[EngineRequest, ...]
-
-
-@dataclass(slots=True)
-class InstanceStats:
-    warm_swaps: int = 0
-    cold_swaps: int = 0
-    swap_s: float = 0.0
-    evictions: int = 0
-    recomputed: int = 0  # evicted requests whose computed KV was dropped
-    kv_bytes_out: float = 0.0  # GPU -> CPU on eviction
-    kv_bytes_in: float = 0.0  # CPU -> GPU on restore
-    transfer_s: float = 0.0  # time the KV copies took
-    steps_s: float = 0.0  # time completed engine steps took
-
-
-@dataclass(slots=True)
-class _Evicted:
-    req: EngineRequest
-    model: str
-    kv_bytes: float  # held in CPU memory (0: nothing computed, or dropped)
+def _kv_capacity_tokens(engine: Engine) -> int:
+    """Tokens the engine's GPU KV pool holds."""
+    return engine.kv_total_blocks * engine.config.block_size
 
 
 class ModelInstance:
-    """One GPU (or TP group) serving one active model at a time; see the module docstring.
+    """One GPU (or TP group) serving one active model at a time; see docs/qlm.md.
 
     `costs` maps each model this instance may serve to its cost model; all must share one GPU
     type and tp. `active` is loaded at `start_s` at no cost (None: the GPU starts empty, and
@@ -240,17 +87,18 @@ class ModelInstance:
         self._links = config.host_links if config.host_links is not None else self.tp
         self._engines: dict[str, Engine] = {}
         self._active: str | None = None
-        self._warm: dict[str, None] = {}  # insertion order = LRU order, least recent first
+        weights = {m: c.weight_bytes for m, c in self._costs.items()}
+        self._warm = WarmSet(weights, config.cpu_memory_bytes)
         self._swap: SwapInProgress | None = None
         self._step: Step | None = None
         self._free_at_s = self.start_s
-        self._evicted: dict[int, _Evicted] = {}
-        self._kv_used = 0.0
-        self._busy_closed_s = 0.0
-        self._busy_open: list[tuple[float, float]] = []  # swaps and transfers not yet folded
-        self._theta: dict[str, list[float]] = {}  # model -> [decayed tokens, decayed seconds]
+        self._evicted = EvictedStore(config.cpu_kv_bytes)
+        self._busy = BusyTime()
+        self._theta = Throughput(config, self._prior_throughput)
         self.stats = InstanceStats()
+        self._load_initial(active, warm)
 
+    def _load_initial(self, active: str | None, warm: Sequence[str]) -> None:
         if active is not None:
             self._check_model(active)
             self._active = active
@@ -259,12 +107,12 @@ class ModelInstance:
             self._check_model(model)
             if model == active or model in self._warm:
                 raise ValueError(f"ModelInstance: {model!r} listed twice (active or warm)")
-            self._warm[model] = None
-        if self.cpu_memory_used_bytes > config.cpu_memory_bytes:
+            self._warm.add(model)
+        if self.cpu_memory_used_bytes > self.config.cpu_memory_bytes:
             raise ValueError(
                 f"ModelInstance: warm models {list(self._warm)} need "
                 f"{self.cpu_memory_used_bytes:.4g} bytes; cpu_memory_bytes is "
-                f"{config.cpu_memory_bytes:.4g}"
+                f"{self.config.cpu_memory_bytes:.4g}"
             )
 
     # Models and residence -------------------------------------------------------------------
@@ -300,25 +148,19 @@ class ModelInstance:
     @property
     def cpu_memory_used_bytes(self) -> float:
         """CPU memory the warm models' weights take (at most `cpu_memory_bytes`)."""
-        return sum(self._costs[m].weight_bytes for m in self._warm)
+        return self._warm.used_bytes
 
     @property
     def cpu_kv_used_bytes(self) -> float:
         """CPU memory the KV of evicted requests takes (at most `cpu_kv_bytes`)."""
-        return self._kv_used
+        return self._evicted.used_bytes
 
     # Swap timing ----------------------------------------------------------------------------
 
     def swap_time_s(self, model: str) -> float:
         """Seconds a swap to `model` would take now: 0 if active (or being loaded)."""
         where = self.residence(model)
-        if where == "active":
-            return 0.0
-        weights = self._costs[model].weight_bytes
-        cfg = self.config
-        if where == "warm":
-            return weights / (self._links * cfg.host_to_gpu_bytes_per_s)
-        return weights / (self._links * cfg.disk_bytes_per_s) + cfg.engine_init_s
+        return swap_seconds(self._costs[model].weight_bytes, where, self._links, self.config)
 
     def swap_times(self) -> dict[str, float]:
         """`swap_time_s` of every model."""
@@ -353,6 +195,29 @@ class ModelInstance:
         `model` leaves the warm set. Requests may be `add`ed for `model` at once; nothing is
         served until `complete_swap`.
         """
+        self._check_swap(model)
+        old = self._active
+        kind: SwapKind = "warm" if model in self._warm else "cold"
+        duration = self.swap_time_s(model)
+        start = max(now, self._free_at_s)
+        end = start + duration
+        self._busy.fold(now)
+        self._warm.discard(model)
+        if old is not None:
+            self._warm.push(old)
+        self._active = model
+        self._engine(model)
+        self._swap = SwapInProgress(model, kind, start, end)
+        self._free_at_s = end
+        self._busy.add_interval(start, end)
+        if kind == "warm":
+            self.stats.warm_swaps += 1
+        else:
+            self.stats.cold_swaps += 1
+        self.stats.swap_s += duration
+        return end
+
+    def _check_swap(self, model: str) -> None:
         self._check_model(model)
         if self._swap is not None:
             raise RuntimeError(
@@ -374,25 +239,6 @@ class ModelInstance:
                     f"{len(engine.running)} running, {len(engine.waiting)} waiting and "
                     f"{len(engine.swapped)} swapped requests; evict() them first"
                 )
-        kind: SwapKind = "warm" if model in self._warm else "cold"
-        duration = self.swap_time_s(model)
-        start = max(now, self._free_at_s)
-        end = start + duration
-        self._fold(now)
-        self._warm.pop(model, None)
-        if old is not None:
-            self._make_warm(old)
-        self._active = model
-        self._engine(model)
-        self._swap = SwapInProgress(model, kind, start, end)
-        self._free_at_s = end
-        self._busy_open.append((start, end))
-        if kind == "warm":
-            self.stats.warm_swaps += 1
-        else:
-            self.stats.cold_swaps += 1
-        self.stats.swap_s += duration
-        return end
 
     def complete_swap(self, now: float) -> None:
         """Finish the swap in progress; `now` must be at or after its end."""
@@ -405,15 +251,7 @@ class ModelInstance:
                 f"not yet at {now}"
             )
         self._swap = None
-        self._fold(now)
-
-    def _make_warm(self, model: str) -> None:
-        budget = self.config.cpu_memory_bytes
-        if self._costs[model].weight_bytes > budget:
-            return  # cannot be warm at all: it goes to disk
-        self._warm[model] = None
-        while self.cpu_memory_used_bytes > budget:
-            del self._warm[next(iter(self._warm))]
+        self._busy.fold(now)
 
     # Serving --------------------------------------------------------------------------------
 
@@ -434,6 +272,11 @@ class ModelInstance:
         engine = self.engine
         return 0 if engine is None else engine.outstanding
 
+    def holds(self, req: EngineRequest) -> bool:
+        """`req` is queued or running on the active model (not finished, not evicted)."""
+        engine = self.engine
+        return engine is not None and id(req) in _queued(engine)
+
     def add(self, req: EngineRequest, now: float, model: str | None = None) -> bool:
         """Queue a new request on the active model (also during its swap); as `Engine.add`.
 
@@ -445,15 +288,13 @@ class ModelInstance:
                 f"ModelInstance.add: the request is for {model!r}, the active model is "
                 f"{self._active!r}"
             )
-        if id(req) in self._evicted:
+        if req in self._evicted:
             raise ValueError(f"ModelInstance.add: request {req.id!r} is evicted; restore() it")
         return engine.add(req, now)
 
     def abort(self, req: EngineRequest, now: float) -> bool:
         """Drop a request for good: queued in the active engine, or evicted (its CPU KV freed)."""
-        entry = self._evicted.pop(id(req), None)
-        if entry is not None:
-            self._kv_used = self._kv_used - entry.kv_bytes if self._evicted else 0.0
+        if self._evicted.drop(req):
             req.finish_s = now
             return True
         engine = self.engine
@@ -481,8 +322,8 @@ class ModelInstance:
         self._step = None
         duration = step.end_s - step.start_s
         self.stats.steps_s += duration
-        self._busy_closed_s += duration
-        self._observe(self._active, result.tokens, duration)
+        self._busy.add_done(duration)
+        self._theta.observe(self._active, result.tokens, duration)
         return result
 
     # Eviction and restore -------------------------------------------------------------------
@@ -490,11 +331,14 @@ class ModelInstance:
     @property
     def evicted(self) -> tuple[EngineRequest, ...]:
         """Requests taken out by `evict` and not yet restored or aborted, oldest first."""
-        return tuple(e.req for e in self._evicted.values())
+        return self._evicted.requests
+
+    def is_evicted(self, req: EngineRequest) -> bool:
+        return req in self._evicted
 
     def evicted_model(self, req: EngineRequest) -> str:
         """The model an evicted request belongs to."""
-        entry = self._evicted.get(id(req))
+        entry = self._evicted.get(req)
         if entry is None:
             raise ValueError(f"ModelInstance.evicted_model: request {req.id!r} is not evicted")
         return entry.model
@@ -510,21 +354,10 @@ class ModelInstance:
         reqs = tuple(requests)
         engine = self._active_engine("evict")
         self._no_step("evict")
-        self._fold(now)
-        queued = {id(r) for r in (*engine.running, *engine.waiting, *engine.swapped)}
-        seen: set[int] = set()
-        for r in reqs:
-            if id(r) not in queued:
-                raise ValueError(
-                    f"ModelInstance.evict: request {r.id!r} is not queued or running on the "
-                    f"active model {self._active!r}"
-                )
-            if id(r) in seen:
-                raise ValueError(f"ModelInstance.evict: request {r.id!r} listed twice")
-            seen.add(id(r))
+        self._busy.fold(now)
         assert self._active is not None
+        check_evictable(reqs, _queued(engine), self._active)
         per_token = self._costs[self._active].kv_bytes_per_token
-        budget = self.config.cpu_kv_bytes
         copied = 0.0
         dropped: list[EngineRequest] = []
         for r in reqs:
@@ -532,13 +365,11 @@ class ModelInstance:
             kv = float(r.num_computed * per_token)
             engine.abort(r, now)
             r.finish_s = None
-            if kv > 0 and self._kv_used + kv > budget:
+            kept = self._evicted.keep(r, self._active, kv)
+            if kept < kv:
                 dropped.append(r)
-                kv = 0.0
             elif on_gpu:
-                copied += kv
-            self._kv_used += kv
-            self._evicted[id(r)] = _Evicted(r, self._active, kv)
+                copied += kept
         self.stats.evictions += len(reqs)
         self.stats.recomputed += len(dropped)
         self.stats.kv_bytes_out += copied
@@ -554,35 +385,23 @@ class ModelInstance:
         reqs = tuple(requests)
         engine = self._active_engine("restore")
         self._no_step("restore")
-        self._fold(now)
-        seen: set[int] = set()
-        for r in reqs:
-            entry = self._evicted.get(id(r))
-            if entry is None:
-                raise ValueError(f"ModelInstance.restore: request {r.id!r} is not evicted here")
-            if entry.model != self._active:
-                raise ValueError(
-                    f"ModelInstance.restore: request {r.id!r} is for {entry.model!r}; the "
-                    f"active model is {self._active!r}"
-                )
-            if id(r) in seen:
-                raise ValueError(f"ModelInstance.restore: request {r.id!r} listed twice")
-            seen.add(id(r))
+        self._busy.fold(now)
+        assert self._active is not None
+        check_restorable(reqs, self._evicted, self._active)
         copied = 0.0
         recompute: list[EngineRequest] = []
         for r in reqs:
-            entry = self._evicted.pop(id(r))
-            self._kv_used -= entry.kv_bytes
+            entry = self._evicted.take(r)
             copied += entry.kv_bytes
             computed = r.num_computed if entry.kv_bytes > 0 else 0
             if computed == 0 and r.num_computed > 0:
                 recompute.append(r)
             if not engine.add(r, now):  # it was accepted by this very engine before
                 raise RuntimeError(f"ModelInstance.restore: the engine rejected {r.id!r}")
+            # Admitted like a prefix-cache hit: only the tokens past num_computed are computed.
             r.num_tokens = r.prompt_tokens + r.generated
             r.num_computed = computed
-        if not self._evicted:
-            self._kv_used = 0.0  # no float drift once the store is empty
+        self._evicted.settle()
         self.stats.kv_bytes_in += copied
         return self._transfer(reqs, copied, now, tuple(recompute))
 
@@ -598,7 +417,7 @@ class ModelInstance:
         done = start + seconds
         if seconds > 0:
             self._free_at_s = done
-            self._busy_open.append((start, done))
+            self._busy.add_interval(start, done)
             self.stats.transfer_s += seconds
         return KvTransfer(reqs, copied, seconds, start, done, recompute)
 
@@ -613,8 +432,7 @@ class ModelInstance:
         if name is None:
             raise RuntimeError("ModelInstance.throughput: no active model; name one")
         self._check_model(name)
-        tokens, seconds = self._theta_state(name)
-        return tokens / seconds
+        return self._theta.tokens_per_s(name)
 
     def drain_time_s(self, now: float) -> float:
         """Estimated seconds from `now` until the active engine has finished its requests.
@@ -628,23 +446,14 @@ class ModelInstance:
         if engine is None or engine.idle:
             return wait
         assert self._active is not None
+        queued = (*engine.running, *engine.waiting, *engine.swapped)
         cost = self._costs[self._active]
-        fixed, per_kv = cost.decode_step_terms(1)
-        total = 0
-        longest = 0.0
-        for r in (*engine.running, *engine.waiting, *engine.swapped):
-            left = max(0, r.output_tokens - r.generated)
-            total += left
-            ctx = r.prompt_tokens + r.output_tokens
-            longest = max(longest, left * (fixed + per_kv * ctx))
-        return wait + max(total / self.throughput(self._active), longest)
+        return wait + drain_seconds(queued, cost, self.throughput(self._active))
 
     def busy_s(self, now: float) -> float:
         """Seconds up to `now` spent on steps, swaps and KV transfers (the step in flight
         counts up to `now`)."""
-        busy = self._busy_closed_s
-        for start, end in self._busy_open:
-            busy += max(0.0, min(end, now) - start)
+        busy = self._busy.up_to(now)
         step = self._step
         if step is not None:
             busy += max(0.0, min(step.end_s, now) - step.start_s)
@@ -682,41 +491,7 @@ class ModelInstance:
                 "complete it) first"
             )
 
-    def _fold(self, now: float) -> None:
-        """Move swaps and transfers that ended by `now` into the closed busy total."""
-        still: list[tuple[float, float]] = []
-        for start, end in self._busy_open:
-            if end <= now:
-                self._busy_closed_s += end - start
-            else:
-                still.append((start, end))
-        self._busy_open = still
-
-    def _theta_state(self, model: str) -> list[float]:
-        state = self._theta.get(model)
-        if state is None:
-            cfg = self.config
-            prior = self._prior_throughput(model)
-            state = self._theta[model] = [
-                prior * cfg.throughput_prior_weight_s,
-                cfg.throughput_prior_weight_s,
-            ]
-        return state
-
     def _prior_throughput(self, model: str) -> float:
-        cfg = self.config
-        cost = self._costs[model]
-        ctx = cfg.throughput_prior_context_tokens
-        engine = self._engine(model)
-        fit = engine.gpu.total * engine.gpu.block_size // ctx
-        batch = max(1, min(cfg.throughput_prior_batch, self.engine_config.max_num_seqs, fit))
-        fixed, per_kv = cost.decode_step_terms(batch)
-        return batch / (fixed + per_kv * batch * ctx)
-
-    def _observe(self, model: str, tokens: int, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        state = self._theta_state(model)
-        keep = math.exp(-seconds / self.config.throughput_memory_s)
-        state[0] = state[0] * keep + tokens
-        state[1] = state[1] * keep + seconds
+        capacity = _kv_capacity_tokens(self._engine(model))
+        max_seqs = self.engine_config.max_num_seqs
+        return decode_prior(self._costs[model], self.config, max_seqs, capacity)
