@@ -27,26 +27,63 @@ EngineKind = Literal["vllm", "vllm-priority", "bros", "bros-nobidir"]
 class InstanceGroup(_Strict):
     """`count` identical engine replicas of one model on one GPU type."""
 
-    model: str = "llama-2-7b"
+    model: str = Field(
+        default="llama-2-7b",
+        description=(
+            "the model's name, as the packaged profiles name it (llama-2-7b, llama-3-8b, "
+            "llama-2-70b)"
+        ),
+    )
     engine: EngineKind = Field(
         default="vllm",
         description="batch selection: vllm (first come first served), vllm-priority (by the "
         "ranking policy's priority, real-time first), bros (real-time by slack each "
         "iteration, bidirectional KV blocks), bros-nobidir",
     )
-    gpu: str = "a100"
-    tp: int | None = Field(default=None, ge=1)
-    profile: str | None = None  # a profile JSON file; overrides model/gpu/tp
-    count: int = Field(default=1, ge=1)
-    max_num_seqs: int = Field(default=256, ge=1)
-    max_num_batched_tokens: int = Field(default=2048, ge=1)
-    max_model_len: int = Field(default=4096, ge=1)
-    block_size: int = Field(default=16, ge=1)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    num_gpu_blocks: int | None = Field(default=None, ge=0)
-    preemption_mode: Literal["recompute", "swap"] = "recompute"
-    swap_space_gb: float = Field(default=4.0, ge=0, allow_inf_nan=False)
-    swap_bytes_per_s: float = Field(default=DEFAULT_SWAP_BYTES_PER_S, gt=0, allow_inf_nan=False)
+    gpu: str = Field(default="a100", description="the GPU type: a100 or h100")
+    tp: int | None = Field(
+        default=None, ge=1, description="tensor-parallel degree; default the profile's"
+    )
+    profile: str | None = Field(
+        default=None, description="an engine profile JSON file; overrides model, gpu and tp"
+    )
+    count: int = Field(default=1, ge=1, description="identical replicas of this engine")
+    max_num_seqs: int = Field(
+        default=256, ge=1, description="vLLM's max_num_seqs: sequences in one batch"
+    )
+    max_num_batched_tokens: int = Field(
+        default=2048, ge=1, description="vLLM's token budget per iteration (chunked prefill)"
+    )
+    max_model_len: int = Field(
+        default=4096,
+        ge=1,
+        description="longest prompt + output accepted; longer requests are rejected",
+    )
+    block_size: int = Field(default=16, ge=1, description="tokens per KV block")
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="share of GPU memory for weights, activations and KV cache",
+    )
+    num_gpu_blocks: int | None = Field(
+        default=None,
+        ge=0,
+        description="KV blocks on the GPU; default sized from the profile's memory figures",
+    )
+    preemption_mode: Literal["recompute", "swap"] = Field(
+        default="recompute",
+        description="what a preempted request loses: recompute (its KV) or swap (to CPU memory)",
+    )
+    swap_space_gb: float = Field(
+        default=4.0, ge=0, allow_inf_nan=False, description="CPU swap space per GPU, GiB"
+    )
+    swap_bytes_per_s: float = Field(
+        default=DEFAULT_SWAP_BYTES_PER_S,
+        gt=0,
+        allow_inf_nan=False,
+        description="host<->device copy speed per GPU (PCIe)",
+    )
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -63,23 +100,58 @@ class InstanceGroup(_Strict):
 
 
 class ToolBackend(_Strict):
-    name: str = Field(min_length=1)
-    cold_start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    keepalive_s: float = Field(default=60.0, ge=0)
-    concurrency: int = Field(default=1, ge=1)
-    max_instances: int | None = Field(default=None, ge=1)
+    name: str = Field(
+        min_length=1, description="the backend name application runs use (docker, env, search, ...)"
+    )
+    cold_start_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds from ordering an instance to its being ready",
+    )
+    keepalive_s: float = Field(
+        default=60.0, ge=0, description="idle seconds before an instance is released"
+    )
+    concurrency: int = Field(default=1, ge=1, description="calls one instance serves at once")
+    max_instances: int | None = Field(
+        default=None, ge=1, description="at most this many instances; default unlimited"
+    )
 
 
 class Arrivals(_Strict):
     """How arrival times are made: a trace's own timestamps, or a Poisson or gamma process."""
 
-    process: Literal["trace", "poisson", "gamma"] = "trace"
-    rate_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    cv: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    process: Literal["trace", "poisson", "gamma"] = Field(
+        default="trace", description="trace (the recorded timestamps), poisson or gamma"
+    )
+    rate_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="poisson/gamma: arrivals per second (or give window_s)",
+    )
+    cv: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "gamma: coefficient of variation of the gaps (1 is Poisson; larger is burstier)"
+        ),
+    )
     # trace: multiply timestamps by this (0.5 = twice the load)
-    time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="trace: multiply timestamps by this (0.5 = twice the load)",
+    )
     # poisson/gamma: squeeze the arrivals into this window instead of giving a rate
-    window_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    window_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="poisson/gamma: squeeze the arrivals into this window instead of giving a rate",
+    )
 
     @model_validator(mode="after")
     def _rate_or_window(self) -> Arrivals:
@@ -91,19 +163,33 @@ class Arrivals(_Strict):
 class RequestWorkload(_Strict):
     """Plain requests from an Azure LLM CSV or a Mooncake JSONL trace."""
 
-    trace: str | None = None  # None: the packaged Azure conversation trace
-    limit: int | None = Field(default=None, ge=1)
-    repeat: int = Field(default=1, ge=1)  # the trace back to back this many times
-    model: str | None = None  # which instance group serves them; default the first
+    trace: str | None = Field(
+        default=None,
+        description="Azure CSV or Mooncake JSONL; default the packaged Azure conversation trace",
+    )
+    limit: int | None = Field(default=None, ge=1, description="the first N requests of the trace")
+    repeat: int = Field(default=1, ge=1, description="the trace back to back this many times")
+    model: str | None = Field(
+        default=None, description="which instance group serves them; default the first"
+    )
     arrivals: Arrivals = Arrivals()
 
 
 class AppWorkload(_Strict):
     """Multi-step applications from templates (weighted) or from recorded runs (format v1)."""
 
-    templates: dict[str, float] | None = None
-    runs: list[str] | None = None
-    count: int = Field(default=200, ge=1)
+    templates: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "application types and their weights: factool_code, factool_kbqa, "
+            "factool_math, react_fever, react_alfw, langchain_mapreduce"
+        ),
+    )
+    runs: list[str] | None = Field(
+        default=None,
+        description="files of recorded application runs (format v1) instead of templates",
+    )
+    count: int = Field(default=200, ge=1, description="applications to run")
     arrivals: Arrivals = Arrivals(process="poisson", window_s=1800.0)
 
     @model_validator(mode="after")
@@ -120,7 +206,10 @@ class RequestStream(_Strict):
     served first) or best-effort (`be`, batch: at most a completion SLO)."""
 
     name: str = Field(min_length=1, description="reported under this name")
-    slo_class: SloClass = "be"
+    slo_class: SloClass = Field(
+        default="be",
+        description="rt (real-time: served first, TTFT and TPOT SLOs) or be (best-effort)",
+    )
     model: str | None = Field(
         default=None, description="the model that serves it; default the first"
     )
@@ -129,7 +218,7 @@ class RequestStream(_Strict):
         description="Azure CSV or Mooncake JSONL; default the packaged Azure conversation trace",
     )
     limit: int | None = Field(default=None, ge=1, description="the first N requests of the trace")
-    arrivals: Arrivals = Arrivals()
+    arrivals: Arrivals = Field(default=Arrivals(), description="default the trace's own timestamps")
     ttft_s: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="time to first token SLO (rt)"
     )
@@ -151,12 +240,23 @@ class SharedGpus(_Strict):
     """`count` GPUs that several models share (QLM): each GPU serves one active model at a
     time; a queue policy decides which requests each pulls and when it swaps models."""
 
-    gpu: str = "a100"
-    tp: int | None = Field(default=None, ge=1)
-    count: int = Field(default=2, ge=1)
+    gpu: str = Field(default="a100", description="the GPU type: a100 or h100")
+    tp: int | None = Field(
+        default=None,
+        ge=1,
+        description="tensor-parallel degree of every model; default each profile's",
+    )
+    count: int = Field(default=2, ge=1, description="GPUs (instances) in the group")
     models: list[str] = Field(min_length=1, description="the models these GPUs serve")
     queue_policy: str = Field(default="qlm", description="vllm, edf, qlm-noplan or qlm")
-    decide_interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    decide_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "the queue policy decides at most this often (and at once when a GPU falls idle)"
+        ),
+    )
     cpu_memory_gb: float = Field(
         default=64.0, ge=0, allow_inf_nan=False, description="CPU memory for warm models' weights"
     )
@@ -178,24 +278,67 @@ class SharedGpus(_Strict):
 
 
 class SLOConfig(_Strict):
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
-    e2e_s: float | None = Field(default=None, gt=0)
+    ttft_s: float | None = Field(
+        default=None, gt=0, description="time to first token SLO of plain requests"
+    )
+    tpot_s: float | None = Field(
+        default=None, gt=0, description="time per output token SLO of plain requests"
+    )
+    e2e_s: float | None = Field(
+        default=None, gt=0, description="end-to-end latency SLO of plain requests"
+    )
 
 
 class SimConfig(_Strict):
-    seed: int = 0
-    policy: str = "vllm"
-    policy_options: PolicyOptions = PolicyOptions()
-    router: Literal["round-robin", "least-outstanding", "least-kv"] = "round-robin"
-    instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(count=2)])
-    tools: list[ToolBackend] = Field(default_factory=list)
-    shared_gpus: list[SharedGpus] = Field(default_factory=list)
-    requests: RequestWorkload | None = None
-    streams: list[RequestStream] = Field(default_factory=list)
-    apps: AppWorkload | None = None
-    slo: SLOConfig | None = None
-    until_s: float | None = Field(default=None, gt=0)
+    seed: int = Field(
+        default=0,
+        description="one seed for every random draw: the same seed gives the same numbers",
+    )
+    policy: str = Field(
+        default="vllm",
+        description=(
+            "the ranking policy of applications and requests: vllm, parrot, vtc, plas, "
+            "oracle, srjf-mean, gittins, edf, lstf"
+        ),
+    )
+    policy_options: PolicyOptions = Field(
+        default=PolicyOptions(), description="options of the ranking and prewarm policies"
+    )
+    router: Literal["round-robin", "least-outstanding", "least-kv"] = Field(
+        default="round-robin", description="how a model's replicas share its requests"
+    )
+    instances: list[InstanceGroup] = Field(
+        default_factory=lambda: [InstanceGroup(count=2)],
+        description="dedicated engine groups, one model each",
+    )
+    tools: list[ToolBackend] = Field(
+        default_factory=list,
+        description=(
+            "tool backends with cold starts and limited instances; unlisted backends are "
+            "always warm"
+        ),
+    )
+    shared_gpus: list[SharedGpus] = Field(
+        default_factory=list, description="GPUs shared by several models under a queue policy (QLM)"
+    )
+    requests: RequestWorkload | None = Field(
+        default=None, description="plain requests from a trace"
+    )
+    streams: list[RequestStream] = Field(
+        default_factory=list,
+        description="request streams of an SLO class (real-time chat, batch jobs)",
+    )
+    apps: AppWorkload | None = Field(
+        default=None, description="multi-step applications (agents, map-reduce, ...)"
+    )
+    slo: SLOConfig | None = Field(
+        default=None, description="latency SLOs that plain requests are judged by"
+    )
+    until_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="stop the simulation at this time; default when everything is done",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
