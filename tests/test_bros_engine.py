@@ -223,7 +223,8 @@ def test_waiting_best_effort_goes_first_come_or_by_priority(order: str, first: s
     engine = BrosEngine(COST, cfg, BrosOptions(be_order=order))  # type: ignore[arg-type]
     early = EngineRequest("early", 100, 5, 0.0, priority=5.0)
     urgent = EngineRequest("urgent", 100, 5, 0.1, priority=1.0)
-    assert engine.add(early, 0.0) and engine.add(urgent, 0.1)
+    assert engine.add(early, 0.0)
+    assert engine.add(urgent, 0.1)
     step = engine.plan(0.2)
     assert step is not None
     assert [r.id for r, _, _ in step.chunks] == [first]

@@ -340,7 +340,9 @@ def test_config_from_dict_leaves_paths_alone() -> None:
             "tools[0].name: String should have at least 1 character (got '')",
             id="empty-tool-name",
         ),
-        pytest.param("seed: 3\n", "no workload: give requests, streams, apps or several", id="no-workload"),
+        pytest.param(
+            "seed: 3\n", "no workload: give requests, streams, apps or several", id="no-workload"
+        ),
         pytest.param("", "no workload: give requests, streams, apps or several", id="empty-file"),
         pytest.param(
             "requests: {}\ninstances: []\n",
