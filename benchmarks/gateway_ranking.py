@@ -5,9 +5,9 @@
 1. Decisions: one upstream of one slot, `--queued` calls waiting at random priorities. A
    decision is a release (the slot goes to the best call: a heap pop) or a submit (a heap
    push); each is timed alone, many times, on the pure `Dispatcher` and through the
-   gateway's own `_release` / `_enqueue` (which also resolve the granted call's future and
+   gateway's own `calls.release` / `calls.enqueue` (which also resolve the granted call's future and
    set the queue gauges). After each release a new call is submitted, so the queue stays full.
-2. Re-ranking: `Gateway._rerank` with the `gittins` policy over the same number of queued
+2. Re-ranking: `Gateway.rerank` with the `gittins` policy over the same number of queued
    calls, one per application, the applications caught mid-run from template runs (the
    policy's PDGraphs learned from 300 runs of each of the six templates). Timed: the first
    round (every application's remaining-demand state sampled), a round with nothing changed
@@ -38,9 +38,10 @@ from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import learn
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.gateway.apps import CallTicket, GatewayApp, _StageLog
+from hermes.gateway.calls import Call
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.dispatch import BE, Dispatcher, Upstream, Waiting
-from hermes.gateway.server import Gateway, _Call
+from hermes.gateway.server import Gateway
 from hermes.policies.base import AppView, CallInfo, PolicyContext
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile
@@ -84,31 +85,31 @@ def _gateway(policy: Any, queued: int) -> Gateway:
     return Gateway(config, policy)
 
 
-def _call(view: AppView, seq: int) -> _Call:
+def _call(view: AppView, seq: int) -> Call:
     app = GatewayApp(str(view.app_id), view.app, view)
     stage = _StageLog(view.stage.name if view.stage else "llm", "llm", "llm")
-    return _Call(CallTicket(app, stage, CallInfo((view.app_id, seq), 0.0, 100)), "m", {}, 0.0)
+    return Call(CallTicket(app, stage, CallInfo((view.app_id, seq), 0.0, 100)), "m", {}, 0.0)
 
 
 async def gateway_decisions(queued: int, ops: int, rng: np.random.Generator) -> dict[str, Any]:
     gw = _gateway(make_policy("vllm", PolicyContext()), queued)
     running = _call(AppView("run", "default", 0.0), 0)
-    gw._enqueue(running, 0.0)
+    gw.calls.enqueue(running, 0.0)
     for i in range(queued):
-        gw._enqueue(_call(AppView(i, "default", 0.0), 0), float(rng.random()))
+        gw.calls.enqueue(_call(AppView(i, "default", 0.0), 0), float(rng.random()))
     release: list[float] = []
     enqueue: list[float] = []
     for i in range(ops):
-        head = gw._calls[id(gw.dispatcher._heaps["m"][BE][0][2])]  # the call the slot goes to
+        head = gw.calls.of(gw.dispatcher._heaps["m"][BE][0][2])  # the call the slot goes to
         t = time.perf_counter()
-        gw._release(running, "u")
+        gw.calls.release(running, "u")
         release.append(time.perf_counter() - t)
         assert head.future.done()
         running = head
         fresh = _call(AppView(queued + i, "default", 0.0), 0)
         p = float(rng.random())
         t = time.perf_counter()
-        gw._enqueue(fresh, p)
+        gw.calls.enqueue(fresh, p)
         enqueue.append(time.perf_counter() - t)
     assert gw.dispatcher.queued == queued
     return {"release": _stats(release), "enqueue": _stats(enqueue)}
@@ -142,7 +143,7 @@ def best(fn: Callable[[], object], repeat: int) -> float:
 
 
 async def rerank(queued: int, repeat: int, seed: int) -> dict[str, Any]:
-    """The gateway's round (`_rerank`: one batched `rank_apps`) beside the round it ran before
+    """The gateway's round (`rerank`: one batched `rank_apps`) beside the round it ran before
     (the policy's `priority` call by call), each on a fresh policy and the same queue."""
     cost = EngineDemandCost(load_profile("llama-2-7b", "a100"))
     runs = [r for i, a in enumerate(TEMPLATE_NAMES) for r in generate_runs(a, 300, 100 + i)]
@@ -152,18 +153,18 @@ async def rerank(queued: int, repeat: int, seed: int) -> dict[str, Any]:
         policy = make_policy("gittins", PolicyContext(models, cost, seed=0))
         gw = _gateway(policy, queued)
         views = _views(queued, np.random.default_rng(seed))
-        gw._enqueue(_call(AppView("run", "default", 0.0), 0), 0.0)
+        gw.calls.enqueue(_call(AppView("run", "default", 0.0), 0), 0.0)
         for i, v in enumerate(views):
-            gw._enqueue(_call(v, i), float(i))
+            gw.calls.enqueue(_call(v, i), float(i))
 
         def per_call(gw: Gateway = gw, policy: Any = policy) -> None:
             def rank(w: Waiting) -> float:
-                t = gw._calls[id(w)].ticket
+                t = gw.calls.of(w).ticket
                 return float(policy.priority(t.info, t.app.view, 0.0))
 
             gw.dispatcher.rerank(rank)
 
-        round_ = gw._rerank if name == "batched" else per_call
+        round_ = gw.rerank if name == "batched" else per_call
         t = time.perf_counter()
         round_()  # builds every application's remaining-demand state
         first = time.perf_counter() - t

@@ -13,8 +13,9 @@ from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import learn
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.gateway.apps import CallTicket, GatewayApp, _StageLog
+from hermes.gateway.calls import Call
 from hermes.gateway.config import Backend, GatewayConfig
-from hermes.gateway.server import Gateway, _Call
+from hermes.gateway.server import Gateway
 from hermes.policies.base import AppView, BasePolicy, CallInfo, Policy, PolicyContext
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile
@@ -29,20 +30,20 @@ def _queued(policy: Policy, views: list[AppView], calls_each: int) -> Gateway:
     )
     gw = Gateway(config, policy)
 
-    def call(view: AppView, k: int) -> _Call:
+    def call(view: AppView, k: int) -> Call:
         app = GatewayApp(str(view.app_id), view.app, view)
         info = CallInfo((view.app_id, k), float(k), 100)
-        return _Call(CallTicket(app, _StageLog("llm", "llm", "llm"), info), "m", {}, 0.0)
+        return Call(CallTicket(app, _StageLog("llm", "llm", "llm"), info), "m", {}, 0.0)
 
-    gw._enqueue(call(AppView("running", "default", 0.0), 0), 0.0)
+    gw.calls.enqueue(call(AppView("running", "default", 0.0), 0), 0.0)
     for v in views:
         # The calls of one application share its GatewayApp, as the tracker's do.
         first = call(v, 0)
-        gw._enqueue(first, 0.0)
+        gw.calls.enqueue(first, 0.0)
         for k in range(1, calls_each):
             c = call(v, k)
             c.ticket = CallTicket(first.ticket.app, c.ticket.stage, c.ticket.info)
-            gw._enqueue(c, 0.0)
+            gw.calls.enqueue(c, 0.0)
     return gw
 
 
@@ -50,7 +51,7 @@ def _priorities(gw: Gateway, policy: Policy) -> list[tuple[float, float]]:
     """(rank the round gave, the call's own priority) for every waiting call."""
     out = []
     for w in gw.dispatcher.waiting():
-        t = gw._calls[id(w)].ticket
+        t = gw.calls.of(w).ticket
         out.append((w.priority, policy.priority(t.info, t.app.view, 0.0)))
     return out
 
@@ -81,7 +82,7 @@ def test_gittins_round_is_batched_and_equals_each_calls_priority() -> None:
 
     async def main() -> list[tuple[float, float]]:
         gw = _queued(policy, views, calls_each=2)
-        gw._rerank()
+        gw.rerank()
         return _priorities(gw, policy)
 
     pairs = asyncio.run(main())
@@ -107,7 +108,7 @@ def test_round_falls_back_to_each_calls_priority() -> None:
 
     async def main() -> list[tuple[float, float]]:
         gw = _queued(policy, [AppView(f"a{i}", "default", 0.0) for i in range(3)], calls_each=3)
-        gw._rerank()
+        gw.rerank()
         return _priorities(gw, policy)
 
     pairs = asyncio.run(main())

@@ -13,7 +13,12 @@ _ACT = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 class GatewayMetrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._calls(self.registry)
+        self._prewarm(self.registry)
+
+    def _calls(self, r: CollectorRegistry) -> None:
+        """The queue, the calls' latencies and outcomes, applications and upstream errors."""
         self.waiting = Gauge(
             "hermes:num_requests_waiting", "Calls queued in the gateway", registry=r
         )
@@ -71,6 +76,8 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def _prewarm(self, r: CollectorRegistry) -> None:
+        """What the prewarm actuators did."""
         self.prewarm_orders = Counter(
             "hermes:prewarm_orders",
             "Prewarm orders carried out, by target and reason (prewarm, retain)",

@@ -1,0 +1,221 @@
+"""A call's life in the gateway: queued in policy order, granted an upstream slot, released,
+retried once elsewhere after a failure before the upstream's first byte, and accounted for
+once however it ends. The HTTP side (`forwarding`, `relay`) and the handlers (`server`) call in
+here; the `Dispatcher` decides, this carries its grants out."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
+from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Waiting
+from hermes.gateway.errors import RateLimitError, ServiceUnavailableError
+from hermes.gateway.metrics import GatewayMetrics
+from hermes.gateway.model_swaps import ModelSwapper
+from hermes.gateway.relay import until_disconnect
+from hermes.gateway.upstream import UpstreamClient
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    ticket: CallTicket
+    model: str
+    body: dict[str, Any]
+    arrived_s: float
+    waiting: Waiting | None = None
+    future: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    retried: bool = False
+    raw: bytes = b""  # the body as it came, sent on with fields appended (not re-encoded)
+    upstream: str | None = None  # whose slot the call holds, from its grant to its release
+    # A relayed stream's progress, for its accounting when it closes.
+    usage: dict[str, Any] | None = None
+    chunks: int = 0
+    finish: str = "abort"  # until the stream ends otherwise: the client hung up
+    ended: bool = False  # counted, and what it held freed: see `CallLifecycle.account`
+    rt: bool = False  # real-time: x-hermes-slo-class rt, or its model's default class
+    deadline_s: float = math.inf  # arrival + its class's slo_s, or its app's deadline
+
+
+class CallLifecycle:
+    """The calls queued or running, and what happens to them. `finish_app` ends an
+    application (a plain call's, once its one call is over); `swapper`, when GPU groups are
+    configured, hears of calls queued and ended."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clients: dict[str, UpstreamClient],
+        tracker: AppTracker,
+        metrics: GatewayMetrics,
+        clock: Clock,
+        finish_app: Callable[[GatewayApp, float], None],
+        be_slo_s: float,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.clients = clients
+        self.tracker = tracker
+        self.metrics = metrics
+        self.clock = clock
+        self.finish_app = finish_app
+        self.be_slo_s = be_slo_s
+        self.swapper: ModelSwapper | None = None
+        self.stopping = False
+        self._calls: dict[int, Call] = {}  # by id(Waiting)
+        self._recovering: dict[str, asyncio.Task[None]] = {}  # health polls of failed upstreams
+
+    def of(self, waiting: Waiting) -> Call:
+        """The call behind a queued or granted `waiting`."""
+        return self._calls[id(waiting)]
+
+    # Queue and slots ---------------------------------------------------------------------------
+
+    def enqueue(self, call: Call, priority: float) -> None:
+        """Queue `call` (RateLimitError when the queue is full); granted at once if a slot is
+        free."""
+        try:
+            waiting, grants = self.dispatcher.submit(call.ticket, call.model, priority, call.rt)
+        except QueueFullError:
+            raise RateLimitError("the gateway's queue is full; retry later") from None
+        call.waiting = waiting
+        self._calls[id(waiting)] = call
+        self.grant(grants)
+        if self.swapper is not None and not waiting.granted:
+            self.swapper.on_queued(call.model)
+
+    def grant(self, grants: list[Grant]) -> None:
+        """Carry out the dispatcher's grants: each call learns its upstream."""
+        for g in grants:
+            call = self._calls.get(id(g.call))
+            if call is not None:
+                call.upstream = g.upstream
+                if not call.future.done():  # done: cancelled, its handler gone; see `free`
+                    call.future.set_result(g.upstream)
+        self.metrics.waiting.set(self.dispatcher.queued)
+        self.metrics.running.set(self.dispatcher.running)
+
+    async def wait_turn(self, request: Request, call: Call) -> str | None:
+        """The upstream granted to `call`, or None if its client hung up first (the call
+        leaves the queue). Raises what ended it while waiting (a model that could not be
+        swapped in)."""
+        if call.future.done():
+            return call.future.result()
+        watch: asyncio.Future[None] = asyncio.ensure_future(until_disconnect(request))
+        waiters: set[asyncio.Future[Any]] = {call.future, watch}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if call.future.done():
+            return call.future.result()
+        self.free(call)
+        return None
+
+    def release(self, call: Call, upstream: str) -> None:
+        call.upstream = None
+        if call.waiting is not None:
+            self._calls.pop(id(call.waiting), None)
+        self.grant(self.dispatcher.release(upstream))
+
+    def free(self, call: Call) -> None:
+        """Give back what the call holds, wherever it ended: its slot, or its queue place."""
+        if call.upstream is not None:
+            self.release(call, call.upstream)
+        elif call.waiting is not None and self.dispatcher.cancel(call.waiting):
+            self._calls.pop(id(call.waiting), None)
+            self.grant([])
+
+    def deadline_of(self, waiting: Waiting) -> float:
+        call = self._calls.get(id(waiting))
+        return call.deadline_s if call is not None else self.clock() + self.be_slo_s
+
+    def fail_waiting(self, model: str, message: str) -> int:
+        """End every call waiting for `model` with 503 (`message`); how many there were."""
+        failed = 0
+        for w in list(self.dispatcher.waiting()):
+            if w.model != model or not self.dispatcher.cancel(w):
+                continue
+            call = self._calls.pop(id(w), None)
+            if call is not None and not call.future.done():
+                call.future.set_exception(ServiceUnavailableError(message))
+                failed += 1
+        self.grant([])
+        return failed
+
+    # Failures before the first byte ------------------------------------------------------------
+
+    async def retry_elsewhere(self, call: Call, upstream: str, why: str) -> str | None:
+        """After a failure before the first byte: mark the upstream down and queue the call
+        once more, first in line; the new upstream, or None if there is none."""
+        self.metrics.upstream_errors.labels(upstream, why).inc()
+        self.grant(self.dispatcher.set_health(upstream, False))
+        if upstream not in self._recovering:
+            loop = asyncio.get_running_loop()
+            self._recovering[upstream] = loop.create_task(self._recover(upstream))
+        self.release(call, upstream)
+        # Another healthy replica will do, busy or not: the call waits for it, first in line.
+        if call.retried or not any(
+            self.dispatcher.healthy(u.name)
+            for u in self.dispatcher.upstreams
+            if u.name != upstream and call.model in u.models
+        ):
+            return None
+        call.retried = True
+        call.future = asyncio.get_running_loop().create_future()
+        try:
+            self.enqueue(call, float("-inf"))
+        except RateLimitError:
+            return None
+        return await call.future
+
+    async def _recover(self, upstream: str) -> None:
+        client = self.clients[upstream]
+        try:
+            while not self.stopping:
+                await asyncio.sleep(1.0)
+                if await client.healthy():
+                    self.grant(self.dispatcher.set_health(upstream, True))
+                    return
+        finally:
+            self._recovering.pop(upstream, None)
+
+    def recovering(self) -> list[asyncio.Task[None]]:
+        """The health polls running now (to cancel on shutdown)."""
+        return list(self._recovering.values())
+
+    # The end -----------------------------------------------------------------------------------
+
+    def account(self, call: Call, usage: dict[str, Any], finish: str) -> None:
+        """The call is over: free what it holds and count it, once, by how it finished."""
+        if call.ended:
+            return
+        call.ended = True
+        upstream = call.upstream
+        self.free(call)
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        if self.swapper is not None:
+            cls = "rt" if call.rt else "be"
+            self.swapper.on_ended(upstream, call.model, cls, completion, finish == "stop")
+        self.metrics.prompt_tokens.inc(prompt)
+        self.metrics.generation_tokens.inc(completion)
+        self.metrics.e2e.observe(self.clock() - call.arrived_s)
+        self.metrics.requests.labels(finish).inc()
+        self.end_call(call, prompt or call.ticket.info.prompt_tokens, completion)
+
+    def end_call(self, call: Call, prompt: int, completion: int) -> None:
+        """The application's side of the call's end (also for a call refused at the queue)."""
+        now = self.clock()
+        t = call.ticket
+        self.tracker.end_call(t, prompt, completion, now)
+        if t.app.ephemeral and t.app.in_flight == 0:
+            self.finish_app(t.app, now)

@@ -1,0 +1,133 @@
+"""The streaming relay: an upstream's server-sent events passed on as they come, a failure
+after the client's 200 as an SSE error event, and a client that hangs up cancelling its
+upstream call, streaming or not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from hermes.gateway.errors import UpstreamError, UpstreamTimeoutError, sse_error
+from hermes.gateway.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from hermes.gateway.calls import Call
+
+
+async def relay_events(
+    call: Call,
+    upstream: str,
+    resp: aiohttp.ClientResponse,
+    first: bytes,
+    metrics: GatewayMetrics,
+    clock: Callable[[], float],
+    on_end: Callable[[], None],
+) -> AsyncGenerator[bytes, None]:
+    """The upstream's events as they come, its usage-only event dropped unless asked for;
+    a failure becomes an SSE error event, the client having had its 200. `on_end` runs when
+    the stream ends, before the last send."""
+    wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    try:
+        buffer = b""
+        piece = first
+        while piece:  # b"": the end of the stream
+            buffer += piece
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                u = usage_of(event)
+                if u is not None:
+                    call.usage = u
+                    if not wants_usage and is_usage_only(event):
+                        continue
+                if not call.chunks:
+                    metrics.ttft.observe(clock() - call.arrived_s)
+                call.chunks += 1
+                yield event + b"\n\n"
+            piece = await resp.content.readany()
+        if buffer.strip():
+            yield buffer
+        call.finish = "stop"
+    except TimeoutError:
+        metrics.upstream_errors.labels(upstream, "timeout").inc()
+        call.finish = "error"
+        yield sse_error(UpstreamTimeoutError(f"upstream {upstream!r} timed out"))
+    except aiohttp.ClientError as e:
+        metrics.upstream_errors.labels(upstream, "midstream").inc()
+        call.finish = "error"
+        yield sse_error(UpstreamError(f"upstream failed mid-stream: {e}"))
+    finally:
+        # Here, before Starlette's last send, so that a client holding its whole answer
+        # finds the call ended; `Relay` ends the streams that never got here.
+        on_end()
+
+
+class Relay(StreamingResponse):
+    """An event stream relayed from upstream that closes its body iterator and runs `on_close`
+    however it ends: when the client hangs up, Starlette cancels the stream, leaving an
+    iterator cut off at a `yield` to the garbage collector, and never starting one whose
+    client left before the first chunk."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
+        headers = {"Cache-Control": "no-cache"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._events.aclose()
+            finally:
+                self._on_close()
+
+
+async def until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, Response]
+) -> Response | None:
+    """`work`'s response, or None if the client hangs up first: `work` is cancelled then, and
+    with it the upstream call (Starlette notices a disconnect by itself only while streaming)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(until_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    # A response done before the cancel took effect is still sent: sending it frees it.
+    return None if task.cancelled() else task.result()
+
+
+def usage_of(event: bytes) -> dict[str, Any] | None:
+    if not event.startswith(b"data: {") or b'"usage"' not in event:
+        return None
+    try:
+        u = json.loads(event[6:]).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return u if isinstance(u, dict) else None
+
+
+def is_usage_only(event: bytes) -> bool:
+    try:
+        return not json.loads(event[6:]).get("choices")
+    except (ValueError, AttributeError):
+        return False
