@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from hermes.gateway.dispatch import Dispatcher, Upstream
 from hermes.policies.slo_class import (
     GrantShare,
-    SloClass,
     SloClassOptions,
     class_of,
     class_priority,
     engine_rank,
 )
+from hermes.types import SloClass
 from test_gateway_server import FakeUpstream, client, fake, gateway  # noqa: F401
 
 

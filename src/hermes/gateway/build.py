@@ -12,11 +12,12 @@ from hermes.core.runs import AppRun
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.run_store import RunStore
-from hermes.gateway.server import Clock, Gateway
+from hermes.gateway.server import Gateway
 from hermes.policies.base import PolicyContext
 from hermes.policies.prewarm import make_prewarm
 from hermes.policies.registry import make_policy
 from hermes.profiles import load_profile
+from hermes.types import Clock
 from hermes.workloads.pdgraph_files import load_pdgraphs
 
 log = logging.getLogger("hermes.gateway")

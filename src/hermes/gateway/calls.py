@@ -20,8 +20,7 @@ from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.model_swaps import ModelSwapper
 from hermes.gateway.relay import until_disconnect
 from hermes.gateway.upstream import UpstreamClient
-
-Clock = Callable[[], float]
+from hermes.types import Clock
 
 
 @dataclass(slots=True, eq=False)

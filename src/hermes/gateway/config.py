@@ -14,7 +14,8 @@ from pydantic import Field, model_validator
 
 from hermes.config_base import PolicyOptions, read_yaml, validated
 from hermes.config_base import StrictModel as _Strict
-from hermes.policies.slo_class import SloClass, SloClassOptions, class_of
+from hermes.policies.slo_class import SloClassOptions, class_of
+from hermes.types import SloClass
 
 BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
 

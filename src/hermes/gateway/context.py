@@ -10,7 +10,8 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+
+from hermes.types import SloClass
 
 APP_ID = "x-hermes-app-id"
 APP_TYPE = "x-hermes-app-type"
@@ -36,7 +37,7 @@ class CallContext:
     app_type: str
     stage: str
     deadline_ms: float | None  # relative to the application's first call
-    slo_class: Literal["rt", "be"] | None
+    slo_class: SloClass | None
     # The stage's 0-based position in the application (tool stages count): it tells two
     # consecutive stages of the same name apart. None: the tracker goes by name alone.
     stage_index: int | None = None

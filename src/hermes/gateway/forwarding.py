@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.relay import Relay, relay_events
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.slo_class import SloClassOptions, engine_rank
+from hermes.types import Clock
 
 _JSON_BODY = {"Content-Type": "application/json"}
 
@@ -31,7 +31,7 @@ class Forwarder:
         clients: dict[str, UpstreamClient],
         prewarm: PrewarmActuator,
         metrics: GatewayMetrics,
-        clock: Callable[[], float],
+        clock: Clock,
         slo: SloClassOptions,
     ) -> None:
         self.calls = calls

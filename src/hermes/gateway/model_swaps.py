@@ -34,9 +34,9 @@ from hermes.policies.qlm import (
     QLMOptions,
     QLMPlanner,
 )
+from hermes.types import Clock
 
 log = logging.getLogger("hermes.gateway.model_swaps")
-Clock = Callable[[], float]
 
 PERIOD_S = 0.5  # between planning rounds, besides those calls for an inactive model start
 MIN_GAP_S = 0.05  # the least time between two planning rounds

@@ -37,9 +37,9 @@ from hermes.gateway.config import GatewayConfig, PrewarmTarget
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.prewarm import PrewarmOrder, PrewarmPolicy
+from hermes.types import Clock
 
 log = logging.getLogger("hermes.gateway.prewarm")
-Clock = Callable[[], float]
 
 
 @dataclass(slots=True)

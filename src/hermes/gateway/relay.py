@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from hermes.gateway.errors import UpstreamError, UpstreamTimeoutError, sse_error
 from hermes.gateway.metrics import GatewayMetrics
+from hermes.types import Clock
 
 if TYPE_CHECKING:
     from hermes.gateway.calls import Call
@@ -27,7 +28,7 @@ async def relay_events(
     resp: aiohttp.ClientResponse,
     first: bytes,
     metrics: GatewayMetrics,
-    clock: Callable[[], float],
+    clock: Clock,
     on_end: Callable[[], None],
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come, its usage-only event dropped unless asked for;

@@ -50,8 +50,8 @@ from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
 from hermes.policies.registry import make_policy
+from hermes.types import Clock
 
-Clock = Callable[[], float]
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 _QUEUED = "hermes_queued"  # request.state: the call got a place in the queue
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
-SloClass = Literal["rt", "be"]
+from hermes.types import SloClass
+
 SLO_CLASSES: tuple[SloClass, ...] = ("rt", "be")
 
 
