@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hermes.cluster.multi_model import MultiModelConfig
 from hermes.cluster.tool_pool import ToolBackendSpec
 from hermes.core.demand_cost import DemandCost
 from hermes.core.demand_sampler import DemandModel
@@ -22,7 +23,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.policies.base import PolicyContext
 from hermes.policies.prewarm import make_prewarm
-from hermes.policies.registry import make_policy
+from hermes.policies.registry import make_policy, make_queue_policy
 from hermes.profiles import load_profile, load_profile_file
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
 from hermes.sim.metrics import SLO
@@ -31,6 +32,7 @@ from hermes.sim.stream_figures import StreamSpec
 from hermes.workloads.arrivals import compress_to_window, gamma_arrivals, poisson_arrivals, rescale
 from hermes.workloads.mix import sample_mix
 from hermes.workloads.pdgraph_files import load_pdgraphs
+from hermes.workloads.qlm_workloads import profile_name
 from hermes.workloads.request_traces import TraceRequest, read_azure_csv, read_trace
 from hermes.workloads.run_files import read_runs
 from hermes.workloads.templates import TEMPLATE_NAMES, generate_runs
@@ -176,7 +178,12 @@ def build(
         None if config.slo is None else SLO(config.slo.ttft_s, config.slo.tpot_s, config.slo.e2e_s)
     )
     profiles = [_profile(group) for group in config.instances]
-    cost = EngineDemandCost(profiles[0])
+    shared = [
+        {m: load_profile(profile_name(m), g.gpu, g.tp) for m in g.models}
+        for g in config.shared_gpus
+    ]
+    # Demand is costed on the first model's engine (applications' stages are costed alike).
+    cost = EngineDemandCost(profiles[0] if profiles else next(iter(shared[0].values())))
     # The third child seeds the streams: added after the first two, it leaves their draws
     # (and every run without streams) as they were.
     requests_rng, apps_rng, streams_rng = (
@@ -208,6 +215,18 @@ def build(
             config.router,
             decode_runs,
             engine=group.engine,
+        )
+    for k, (gpus, costs) in enumerate(zip(config.shared_gpus, shared, strict=True)):
+        sim.add_shared_gpus(
+            costs,
+            MultiModelConfig(
+                cpu_memory_bytes=gpus.cpu_memory_gb * 1e9, cpu_kv_bytes=gpus.cpu_kv_gb * 1e9
+            ),
+            gpus.count,
+            make_queue_policy(gpus.queue_policy),
+            name=f"shared{k}",
+            decide_interval_s=gpus.decide_interval_s,
+            default_slo_s=gpus.default_slo_s,
         )
     for tool in config.tools:
         sim.add_tool_backend(

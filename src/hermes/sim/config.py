@@ -248,7 +248,9 @@ class SharedGpus(_Strict):
     )
     count: int = Field(default=2, ge=1, description="GPUs (instances) in the group")
     models: list[str] = Field(min_length=1, description="the models these GPUs serve")
-    queue_policy: str = Field(default="qlm", description="vllm, edf, qlm-noplan or qlm")
+    queue_policy: Literal["vllm", "edf", "qlm-noplan", "qlm"] = Field(
+        default="qlm", description="how requests are queued and GPUs swap models"
+    )
     decide_interval_s: float = Field(
         default=1.0,
         gt=0,

@@ -44,6 +44,7 @@ class LiveRequest:
     spec: QlmRequest
     engine_req: EngineRequest | None = None
     instance: str | None = None
+    given: EngineRequest | None = None  # the request to admit, from an embedding simulation
 
 
 @dataclass(slots=True)
@@ -73,12 +74,14 @@ class OperationCarrier:
         finish: dict[str, float],
         counters: RunCounters,
         changed: Callable[[], None],
+        on_rejected: Callable[[EngineRequest, float], None] | None = None,
     ) -> None:
         self.runners = runners
         self.live = live
         self.finish = finish
         self.counters = counters
         self._changed = changed
+        self.on_rejected = on_rejected  # told of a request the engine refused
         self.deferred: list[str] = []
 
     def refuse(self, kind: str) -> None:
@@ -135,11 +138,13 @@ class OperationCarrier:
     def admit(self, rid: str, runner: InstanceRunner, now: float) -> None:
         lv = self.live[rid]
         s = lv.spec
-        req = EngineRequest(rid, s.prompt_tokens, s.output_tokens, s.arrival_s)
+        req = lv.given or EngineRequest(rid, s.prompt_tokens, s.output_tokens, s.arrival_s)
         if not runner.add(req, now, model=s.model):
             self.refuse("rejected")
             self.finish[rid] = now  # a request the engine can never serve ends here, missed
             del self.live[rid]
+            if self.on_rejected is not None:
+                self.on_rejected(req, now)
             return
         lv.engine_req, lv.instance = req, runner.name
         self.counters.pulls += 1

@@ -66,7 +66,11 @@ def instance_view(inst: ModelInstance, now: float) -> InstanceView:
 
 
 class QueueShell:
-    """One run: `QueueShell(requests, policy, instances, timer=...).run(horizon_s)`."""
+    """One run: `QueueShell(requests, policy, instances, timer=...).run(horizon_s)`.
+
+    Embedded in a larger simulation, it runs on that simulation's `loop`, takes requests as
+    they come (`submit`) and reports each finished or refused one to `on_done`; it never
+    stops by itself then, since more may come."""
 
     def __init__(
         self,
@@ -76,10 +80,15 @@ class QueueShell:
         *,
         timer: Callable[[], float],
         decide_interval_s: float = 1.0,
+        loop: EventLoop | None = None,
+        on_done: Callable[[EngineRequest, float], None] | None = None,
     ) -> None:
         if len({inst.name for inst in instances}) != len(instances):
             raise ValueError("instances need distinct names")
-        self.loop = EventLoop()
+        self.loop = loop if loop is not None else EventLoop()  # an empty loop is falsy
+        self._embedded = loop is not None
+        self._on_done = on_done
+        self._rid_of: dict[int, str] = {}  # id(given request) -> its key in `live`
         self.policy = policy
         self.decide_interval_s = decide_interval_s
         self._timer = timer
@@ -96,7 +105,7 @@ class QueueShell:
         }
         self._tick_priority = INSTANCE_PRIORITY + len(instances)  # after every instance
         self.carrier = OperationCarrier(
-            self.runners, self.live, self.finish, self.counters, self._mark_changed
+            self.runners, self.live, self.finish, self.counters, self._mark_changed, on_done
         )
         self._dirty = False  # something changed since the last decision
         self._last_decide = -math.inf
@@ -142,12 +151,27 @@ class QueueShell:
         self._poke(now)
         self._schedule_arrival()
 
+    def submit(self, spec: QlmRequest, req: EngineRequest, now: float) -> None:
+        """`req` (described by `spec`) arrives now; it is the object admitted to an engine."""
+        rid = str(spec.id)
+        if rid in self.live or rid in self.finish:
+            raise ValueError(f"QueueShell.submit: request id {rid!r} was submitted before")
+        self._rid_of[id(req)] = rid
+        self.live[rid] = LiveRequest(spec, given=req)
+        self.policy.on_arrival(
+            rid, spec.model, spec.slo_class, spec.prompt_tokens, spec.slo_s, spec.arrival_s
+        )
+        self._mark_changed()
+        self._poke(now)
+
     def _done(self, req: EngineRequest, end_s: float) -> None:
-        rid = str(req.id)
+        rid = self._rid_of.pop(id(req), None) or str(req.id)
         self.finish[rid] = end_s
         self.live.pop(rid, None)
         self.policy.on_finished(rid, req.generated, end_s)
         self._mark_changed()
+        if self._on_done is not None:
+            self._on_done(req, end_s)
 
     def _instance_event(self, runner: InstanceRunner, now: float, kind: InstanceEvent) -> None:
         if kind == "swap":
@@ -181,7 +205,7 @@ class QueueShell:
         carrier.rescue_stranded(now)
         for runner in self.runners.values():
             runner.plan(now)
-        if not self.live and self._next >= len(self._pending):
+        if not self.live and self._next >= len(self._pending) and not self._embedded:
             self._stop(now)
         else:
             self._sync_decide_event(now)
@@ -224,6 +248,23 @@ class QueueShell:
         if self._decide_event is not None:
             self._decide_event.cancel()
             self._decide_event = None
+
+    def figures(self, now: float) -> dict[str, object]:
+        """Swaps, utilisation and the operations carried out, up to `now`."""
+        pooled = pooled_instances([r.figures(now) for r in self.runners.values()])
+        c = self.counters
+        return {
+            "model_swaps": pooled.warm_swaps + pooled.cold_swaps,
+            "warm_swaps": pooled.warm_swaps,
+            "cold_swaps": pooled.cold_swaps,
+            "swap_s": pooled.swap_s,
+            "gpu_utilisation": pooled.utilisation,
+            "decisions": c.decisions,
+            "pulls": c.pulls,
+            "evictions": c.evictions,
+            "restores": c.restores + c.shell_restores,
+            "refused_operations": dict(sorted(c.refused.items())),
+        }
 
     def _result(self, end: float) -> QlmRun:
         runners = list(self.runners.values())

@@ -15,11 +15,13 @@ may keep its instance idle past the TTL for the application's next tool stage (`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 
+from hermes.cluster.multi_model import MultiModelConfig
 from hermes.cluster.router import Router, make_router
 from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
 from hermes.core.demand_cost import DemandCost, LinearCost
@@ -31,12 +33,15 @@ from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.rt_pace import BrosOptions
 from hermes.policies.base import AppView, CallInfo, Policy
 from hermes.policies.prewarm import PrewarmPolicy
+from hermes.policies.qlm.policy import QueuePolicy
 from hermes.policies.registry import make_named_engine
 from hermes.policies.slo_class import SloClassOptions, engine_rank
+from hermes.sim.app_state import AppState, ToolCallId
 from hermes.sim.engine_runner import EngineRunner
 from hermes.sim.kernel import EventLoop
 from hermes.sim.metrics import SLO, app_figures, engine_figures, request_summary, tool_figures
 from hermes.sim.prewarm_orders import PrewarmOrders
+from hermes.sim.shared_cluster import SharedCluster
 from hermes.sim.stream_figures import StreamSpec, stream_results
 from hermes.sim.tool_runner import ToolRunner
 from hermes.workloads.request_traces import TraceRequest
@@ -50,47 +55,12 @@ class _ModelGroup:
     router: Router
 
 
-class SharedModels:
-    """Models served on shared GPUs through a queue policy (`sim.queue_shell.SharedCluster`)."""
+class SharedModels(Protocol):
+    """Models served on GPUs they share, through a queue policy (`sim.shared_cluster`)."""
 
-    def submit(self, req: EngineRequest, model: str, slo_s: float | None, now: float) -> None:
-        raise NotImplementedError
+    def submit(self, req: EngineRequest, model: str, slo_s: float | None, now: float) -> None: ...
 
-    def results(self, now: float) -> dict[str, object]:
-        raise NotImplementedError
-
-
-@dataclass(slots=True, eq=False)
-class AppState:
-    app_id: int
-    run: AppRun
-    arrival_s: float
-    view: AppView
-    stage: int = 0
-    pending: int = 0
-    live: list[EngineRequest] = field(default_factory=list)  # the stage's unfinished LLM calls
-    stage_done_s: float = 0.0  # demand cost of the stage's finished calls
-    done_s: float = 0.0  # demand cost of the finished stages
-    finish_s: float | None = None
-    failed: str | None = None
-    stage_cold_wait_s: float = 0.0  # the longest cold-start wait among the stage's calls
-    cold_wait_s: float = 0.0  # critical-path cold-start wait: stage_cold_wait_s summed
-    reserved: list[str] = field(default_factory=list)  # backends prewarmed for its next stage
-
-    @property
-    def app_type(self) -> str:
-        return self.run.app
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
-
-
-@dataclass(frozen=True, slots=True)
-class _ToolCallId:
-    app_id: int
-    stage: int
-    index: int
+    def results(self, now: float) -> dict[str, object]: ...
 
 
 @dataclass(slots=True)
@@ -170,11 +140,21 @@ class Simulation:
         ]
         self.groups[name] = _ModelGroup(runners, make_router(router))
 
-    def add_shared(self, models: Sequence[str], cluster: SharedModels) -> None:
-        """Models served by `cluster` (GPUs they share, under a queue policy)."""
-        for name in models:
+    def add_shared_gpus(
+        self,
+        costs: Mapping[str, StepCostModel],
+        config: MultiModelConfig,
+        count: int,
+        policy: QueuePolicy,
+        **options: Any,
+    ) -> SharedCluster:
+        """`count` GPUs shared by `costs`' models under `policy` (`SharedCluster` options)."""
+        for name in costs:
             self._claim(name)
+        cluster = SharedCluster(self.loop, costs, config, count, policy, self._llm_done, **options)
+        for name in costs:
             self.shared[name] = cluster
+        return cluster
 
     def _claim(self, name: str) -> None:
         if name in self.groups or name in self.shared:
@@ -314,7 +294,7 @@ class Simulation:
             pool = self.tools[stage.backend]
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, ToolCall)
-                pool.submit(_ToolCallId(app.app_id, app.stage, k), call.duration_s, now)
+                pool.submit(ToolCallId(app.app_id, app.stage, k), call.duration_s, now)
 
     def _submit(
         self,
@@ -363,7 +343,7 @@ class Simulation:
         self._call_done(app, now)
 
     def _tool_done(self, call_id: Hashable, now: float, cold_wait_s: float, instance: int) -> None:
-        assert isinstance(call_id, _ToolCallId)
+        assert isinstance(call_id, ToolCallId)
         app = self.apps[call_id.app_id]
         app.stage_cold_wait_s = max(app.stage_cold_wait_s, cold_wait_s)
         stage = app.run.stages[call_id.stage]
