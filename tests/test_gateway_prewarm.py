@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from hermes.config_base import PolicyOptions
 from hermes.core.pdgraph import learn
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.gateway.config import Backend, GatewayConfig, gateway_config_from_dict
 from hermes.gateway.prewarm import _Warmth
-from hermes.sim.config import PolicyOptions
 from hermes.testing.asgi_thread import serving
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.workloads.pdgraph_files import save_pdgraphs

@@ -34,10 +34,10 @@ _SERVER_DEPS = ("fastapi", "sse_starlette", "starlette_context", "pydantic_setti
 if any(importlib.util.find_spec(name) is None for name in _SERVER_DEPS):
     pytest.skip("llama-cpp-python's [server] extra is not installed", allow_module_level=True)
 
+from hermes.config_base import PolicyOptions  # noqa: E402
 from hermes.core.runs import AppRun  # noqa: E402
 from hermes.gateway.config import Backend, GatewayConfig  # noqa: E402
 from hermes.replay import ReplaySettings, plan, replay  # noqa: E402
-from hermes.sim.config import PolicyOptions  # noqa: E402
 from hermes.testing.gateway_thread import gateway_in_thread  # noqa: E402
 from hermes.testing.llama_server import DEFAULT_MODEL_ALIAS, llama_server  # noqa: E402
 from hermes.testing.real_engine_workload import MIX, mixed_runs, write_graphs  # noqa: E402
