@@ -7,8 +7,9 @@ model's timeline: the next step starts where the last ended, or at the latest ar
 is later, so sleep overshoot does not accumulate; the wall clock only falls behind when the
 host cannot keep up.
 
-The shell drives the engine only through its public methods (`add`, `abort`, `set_priority`,
-`plan`, `complete`, `idle`), so engine internals can change behind them.
+The shell drives the engine only through the engine contract (`engine.interface.LLMEngine`:
+`add`, `abort`, `set_priority`, `plan`, `complete`, `idle`), so engine internals can change
+behind it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Literal
 
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
+from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest
 from hermes.engine.scheduler import Engine
 
@@ -169,7 +171,7 @@ class EmulatedEngine:
                 f"EmulatedEngine: time_scale must be finite and > 0, got {time_scale!r}"
             )
         config = config or EngineConfig()
-        self.engine = Engine(cost, config, decode_runs=False)
+        self.engine: LLMEngine = Engine(cost, config, decode_runs=False)
         self._max_model_len = config.max_model_len
         self.time_scale = float(time_scale)
         self._live: dict[EngineRequest, EmulatedRequest] = {}
