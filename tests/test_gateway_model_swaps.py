@@ -30,8 +30,8 @@ from hermes.policies.qlm import (
     InstanceView,
     QLMOptions,
     QLMPolicy,
-    make_qlm_policy,
 )
+from hermes.policies.registry import make_queue_policy
 from hermes.testing.asgi_thread import serving
 from hermes.testing.gateway_thread import gateway_in_thread
 from test_gateway_server import FakeUpstream, fake, gateway  # noqa: F401
@@ -259,7 +259,7 @@ def test_the_gateway_and_the_simulator_plan_alike_from_the_same_options() -> Non
     )
     d = Dispatcher([Upstream("va", frozenset({"a"}), 1), Upstream("vb", frozenset({"b"}), 1)])
     gateway = _swapper(d, o).planner
-    policy = make_qlm_policy("qlm", o)
+    policy = make_queue_policy("qlm", o)
     assert isinstance(policy, QLMPolicy)
     assert type(gateway) is type(policy.planner)
     assert gateway.options == policy.planner.options == o

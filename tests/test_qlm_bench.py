@@ -16,7 +16,7 @@ from hermes.experiments.qlm_paper import QlmSettings, _instances, quick_settings
 from hermes.experiments.qlm_sim import QlmRun, RunCounters, simulate, summary
 from hermes.policies.qlm.estimator import InstanceView
 from hermes.policies.qlm.operations import Evict, Operation, Pull, RunningView, SwapKV
-from hermes.policies.qlm.policy import make_qlm_policy
+from hermes.policies.registry import make_queue_policy
 from hermes.profiles import load_profile
 from hermes.sim.instance_runner import InstanceRunner
 from hermes.workloads.qlm_workloads import QlmRequest
@@ -28,7 +28,7 @@ def test_every_request_finishes_under_every_policy(name: str, policy: str) -> No
     s = QlmSettings(instances=2, duration_s=40.0)
     reqs = workload(name, 8.0, s.duration_s, seed=3)
     models = sorted({r.model for r in reqs})
-    run = simulate(reqs, make_qlm_policy(policy), _instances(models, s), horizon_s=2000.0)
+    run = simulate(reqs, make_queue_policy(policy), _instances(models, s), horizon_s=2000.0)
     assert len(run.finish_s) == len(reqs)
     for r, f in zip(run.requests, run.finish_s, strict=True):
         assert f is not None, f"{policy}: request {r.id} never finished"
@@ -43,7 +43,9 @@ def test_qlm_serves_a_bursty_interactive_mix_better_than_fcfs() -> None:
     reqs = workload("WA", 16.0, s.duration_s, seed=0)
     att = {}
     for policy in ("vllm", "qlm"):
-        run = simulate(reqs, make_qlm_policy(policy), _instances(["llama-2-7b"], s), horizon_s=2e4)
+        run = simulate(
+            reqs, make_queue_policy(policy), _instances(["llama-2-7b"], s), horizon_s=2e4
+        )
         att[policy] = summary(run)["slo_attainment"]
     assert att["qlm"] > att["vllm"]
 
@@ -102,7 +104,7 @@ def test_instances_that_start_cold_load_their_model_and_serve_everything() -> No
         )
         for i in range(2)
     ]
-    run = simulate(reqs, make_qlm_policy("qlm"), cold, horizon_s=3000.0)
+    run = simulate(reqs, make_queue_policy("qlm"), cold, horizon_s=3000.0)
     assert all(f is not None for f in run.finish_s)
     assert run.swaps["cold"] >= 1  # no model was loaded: the first is loaded from disk
 

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes.policies.qlm import (
-    POLICY_NAMES,
     Evict,
     Grouper,
     GroupKey,
@@ -31,15 +30,14 @@ from hermes.policies.qlm import (
     SwapKV,
     SwapModel,
     length_bucket,
-    make_qlm_policy,
     operations_for,
     plan,
     plan_edf,
     plan_milp,
-    register_qlm_policy,
     waiting_times,
     z_for,
 )
+from hermes.policies.registry import REGISTRY, make_queue_policy
 
 A = GroupKey("A", "interactive", 5)
 B = GroupKey("B", "interactive", 5)
@@ -394,20 +392,23 @@ def test_an_interactive_group_evicts_batch_work_and_batch_work_resumes() -> None
 # Policies.
 
 
+POLICY_NAMES = ("vllm", "edf", "qlm-noplan", "qlm")
+
+
 def test_registry_knows_the_four_policies_and_refuses_duplicates() -> None:
-    assert POLICY_NAMES == ("vllm", "edf", "qlm-noplan", "qlm")
+    assert sorted(POLICY_NAMES) == REGISTRY.names("queue")
     for name in POLICY_NAMES:
-        assert hasattr(make_qlm_policy(name), "decide")
-    qlm = make_qlm_policy("qlm")
+        assert hasattr(make_queue_policy(name), "decide")
+    qlm = make_queue_policy("qlm")
     assert isinstance(qlm, QLMPolicy)
     assert qlm.options.planner == "milp"
-    noplan = make_qlm_policy("qlm-noplan", QLMOptions(pull_threshold=3))
+    noplan = make_queue_policy("qlm-noplan", QLMOptions(pull_threshold=3))
     assert isinstance(noplan, QLMPolicy)
     assert (noplan.options.planner, noplan.options.pull_threshold) == ("edf", 3)
-    with pytest.raises(ValueError, match="unknown QLM policy"):
-        make_qlm_policy("fifo")
+    with pytest.raises(ValueError, match="unknown queue policy 'fifo'"):
+        make_queue_policy("fifo")
     with pytest.raises(ValueError, match="already registered"):
-        register_qlm_policy("qlm", lambda o: QLMPolicy(o))
+        REGISTRY.register("queue", "qlm", QLMPolicy)
 
 
 def test_options_are_validated() -> None:
@@ -447,11 +448,11 @@ def test_the_planner_is_what_the_options_configure() -> None:
     assert planner.stats.prior_mean == 64.0
     assert planner.weights == {"rt": 4.0}
     assert QLMPlanner().weights is None
-    policy = make_qlm_policy("qlm", o)
+    policy = make_queue_policy("qlm", o)
     assert isinstance(policy, QLMPolicy)
     assert policy.planner.options == o
     assert policy.stats is policy.planner.stats
-    noplan = make_qlm_policy("qlm-noplan", o)
+    noplan = make_queue_policy("qlm-noplan", o)
     assert isinstance(noplan, QLMPolicy)
     assert noplan.planner.options.planner == "edf"
 
@@ -463,7 +464,7 @@ def arrive(policy: object, rid: str, model: str, cls: str, now: float) -> None:
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_every_policy_serves_every_request_once(name: str) -> None:
-    policy = make_qlm_policy(name, QLMOptions(pull_threshold=2, prior_output_mean=100.0))
+    policy = make_queue_policy(name, QLMOptions(pull_threshold=2, prior_output_mean=100.0))
     for k in range(5):
         arrive(policy, f"a{k}", "A", "interactive", 0.1 * k)
         arrive(policy, f"b{k}", "B", "batch", 0.1 * k)
@@ -517,7 +518,7 @@ def test_qlm_books_evictions_and_resumptions() -> None:
 
 
 def test_vllm_swaps_only_an_idle_instance_to_an_unserved_model() -> None:
-    policy = make_qlm_policy("vllm", QLMOptions(pull_threshold=8))
+    policy = make_queue_policy("vllm", QLMOptions(pull_threshold=8))
     arrive(policy, "a0", "A", "interactive", 0.0)
     arrive(policy, "c0", "C", "interactive", 0.1)
     arrive(policy, "b0", "B", "interactive", 0.2)
@@ -535,7 +536,7 @@ def test_vllm_swaps_only_an_idle_instance_to_an_unserved_model() -> None:
 
 
 def test_edf_pulls_by_deadline_and_swaps_an_idle_instance() -> None:
-    policy = make_qlm_policy("edf", QLMOptions(pull_threshold=1))
+    policy = make_queue_policy("edf", QLMOptions(pull_threshold=1))
     arrive(policy, "late", "A", "batch", 0.0)
     arrive(policy, "soon", "A", "interactive", 1.0)
     arrive(policy, "other", "B", "interactive", 1.5)

@@ -23,7 +23,7 @@ from typing import Any
 
 from hermes.cluster.multi_model import ModelInstance, MultiModelConfig
 from hermes.experiments.qlm_sim import QlmRun, simulate, summary
-from hermes.policies.qlm.policy import make_qlm_policy
+from hermes.policies.registry import make_queue_policy
 from hermes.profiles import load_profile
 from hermes.workloads import qlm_workloads as wl
 
@@ -85,7 +85,7 @@ def run_one(name: str, rate: float, policy: str, s: QlmSettings) -> dict[str, An
     start = time.perf_counter()
     run: QlmRun = simulate(
         reqs,
-        make_qlm_policy(policy),
+        make_queue_policy(policy),
         _instances(models, s),
         horizon_s=s.duration_s * s.horizon_factor,
         decide_interval_s=s.decide_interval_s,

@@ -205,6 +205,28 @@ def build(
         rank_interval_s=opts.rank_interval_s,
         prewarm=make_prewarm(opts.prewarm, ctx, k=opts.prewarm_k, cold_starts=cold_starts),
     )
+    _add_backends(sim, config, profiles, shared, decode_runs)
+    if config.requests is not None:
+        sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)
+    for stream, rng in zip(config.streams, streams_rng.spawn(len(config.streams)), strict=True):
+        spec = StreamSpec(
+            stream.name, stream.slo_class, stream.model, stream.ttft_s, stream.tpot_s, stream.e2e_s
+        )
+        work = RequestWorkload(trace=stream.trace, limit=stream.limit, arrivals=stream.arrivals)
+        sim.add_stream(spec, request_trace(work, rng))
+    if runs:
+        sim.add_apps(runs)
+    return sim
+
+
+def _add_backends(
+    sim: Simulation,
+    config: SimConfig,
+    profiles: Sequence[StepCostModel],
+    shared: Sequence[Mapping[str, StepCostModel]],
+    decode_runs: bool,
+) -> None:
+    """Engine groups, GPUs shared by several models, and tool backends."""
     for group, profile in zip(config.instances, profiles, strict=True):
         name = group.model if group.profile is None else profile.model
         sim.add_model(
@@ -234,17 +256,6 @@ def build(
                 tool.name, tool.cold_start_s, tool.keepalive_s, tool.concurrency, tool.max_instances
             )
         )
-    if config.requests is not None:
-        sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)
-    for stream, rng in zip(config.streams, streams_rng.spawn(len(config.streams)), strict=True):
-        spec = StreamSpec(
-            stream.name, stream.slo_class, stream.model, stream.ttft_s, stream.tpot_s, stream.e2e_s
-        )
-        work = RequestWorkload(trace=stream.trace, limit=stream.limit, arrivals=stream.arrivals)
-        sim.add_stream(spec, request_trace(work, rng))
-    if runs:
-        sim.add_apps(runs)
-    return sim
 
 
 def simulate(

@@ -35,17 +35,13 @@ from hermes.policies.qlm.operations import (
 from hermes.policies.qlm.options import QLMOptions, QLMPlanner
 from hermes.policies.qlm.planner import MilpSettings, Plan, edf_order, plan, plan_edf, plan_milp
 from hermes.policies.qlm.policy import (
-    POLICY_NAMES,
     EdfPolicy,
     FcfsPerModel,
     QLMPolicy,
     QueuePolicy,
-    make_qlm_policy,
-    register_qlm_policy,
 )
 
 __all__ = [
-    "POLICY_NAMES",
     "EdfPolicy",
     "Evict",
     "FcfsPerModel",
@@ -73,13 +69,11 @@ __all__ = [
     "edf_order",
     "group_tokens",
     "length_bucket",
-    "make_qlm_policy",
     "moves",
     "operations_for",
     "plan",
     "plan_edf",
     "plan_milp",
-    "register_qlm_policy",
     "waiting_times",
     "z_for",
 ]

@@ -1,5 +1,6 @@
 """QLM's options, and the planner they configure: the one both shells plan with (the
-simulator's `qlm` policies through `make_qlm_policy`, the gateway's model swaps directly)."""
+simulator's `qlm` policies through `policies.registry.make_queue_policy`, the gateway's
+model swaps directly)."""
 
 from __future__ import annotations
 

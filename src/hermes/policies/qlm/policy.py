@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -269,29 +269,3 @@ class EdfPolicy(_RequestQueues):
             chosen.setdefault(target, []).append(w.request_id)
             room[target] -= 1
         return ops + self._pulls(chosen)
-
-
-POLICY_NAMES: tuple[str, ...] = ("vllm", "edf", "qlm-noplan", "qlm")
-Factory = Callable[[QLMOptions | None], QueuePolicy]
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register_qlm_policy(name: str, factory: Factory) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"QLM policy {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def make_qlm_policy(name: str, options: QLMOptions | None = None) -> QueuePolicy:
-    """A fresh policy by name; `options` (pull threshold and, for QLM, the rest) default."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown QLM policy {name!r}; known: {', '.join(_REGISTRY)}") from None
-    return factory(options)
-
-
-register_qlm_policy("vllm", FcfsPerModel)
-register_qlm_policy("edf", EdfPolicy)
-register_qlm_policy("qlm-noplan", lambda o: QLMPolicy(replace(o or QLMOptions(), planner="edf")))
-register_qlm_policy("qlm", lambda o: QLMPolicy(replace(o or QLMOptions(), planner="milp")))
