@@ -125,6 +125,17 @@ class PagedKV:
         self.gpu.allocate(blocks)
         r.blocks += blocks
 
+    def grow_all(self, requests: list[EngineRequest]) -> None:
+        """Each of `requests` gets the blocks its computed tokens now need (a decode run's
+        end: the run was planned so that they fit)."""
+        bs = self.gpu.block_size
+        total = 0
+        for r in requests:
+            new = -(-r.num_computed // bs) - r.blocks
+            r.blocks += new
+            total += new
+        self.gpu.allocate(total)
+
     def give_back(self, r: EngineRequest, blocks: int) -> None:
         """Undo `add_blocks`: a chunk planned in this iteration was taken back."""
         self.gpu.release(blocks)

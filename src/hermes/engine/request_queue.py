@@ -89,6 +89,11 @@ class PriorityQueue:
         """A request that lost its place: its priority, not the call, decides where it goes."""
         self.push(req)
 
+    @property
+    def items(self) -> list[EngineRequest]:
+        """The queued requests in no particular order (cheap: for counts and sums)."""
+        return self._items
+
     def drop_head(self, count: int) -> None:
         """The first `count` requests of `ordered()` left the queue."""
         del self._items[:count]

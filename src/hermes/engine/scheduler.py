@@ -153,13 +153,17 @@ class Engine(EngineBase):
     # Queries --------------------------------------------------------------------------------
 
     @property
+    def idle(self) -> bool:
+        return not (self.running or self.queue.items or self.swapped)
+
+    @property
     def outstanding(self) -> int:
-        return len(self.running) + len(self.queue) + len(self.swapped)
+        return len(self.running) + len(self.queue.items) + len(self.swapped)
 
     @property
     def queued_tokens(self) -> int:
         """Tokens still to compute of the requests waiting for admission."""
-        return sum(r.num_tokens - r.num_computed for r in self.queue)
+        return sum(r.num_tokens - r.num_computed for r in self.queue.items)
 
     # Planning -------------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class Engine(EngineBase):
             head = self.swapped[0]
             chunk = min(head.num_tokens - head.num_computed, budget)
             return gpu.blocks_for(head.num_computed + chunk) <= free
-        if self.queue:
+        if self.queue.items:
             head = self.queue.head()
             chunk = min(head.num_tokens - head.num_computed, budget)
             return gpu.blocks_for(head.num_computed + chunk) - head.blocks <= free
@@ -242,14 +246,16 @@ class Engine(EngineBase):
     def _schedule_running(self, chunks: list[Chunk], budget: int) -> tuple[int, int, bool]:
         """Phase 1: running requests in admission order, preempting for memory. Returns the
         budget left, the blocks swapped out and whether anything was preempted."""
+        # The hot loop of the simulator: block arithmetic on the paged pool, inline.
         kv, gpu, running = self.kv, self.kv.gpu, self.running
+        bs = gpu.block_size
         swap_blocks = 0
         preempted = False
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
             n = min(r.num_tokens - r.num_computed, budget)
-            need = kv.need(r, r.num_computed + n)
+            need = -(-(r.num_computed + n) // bs) - r.blocks
             lost_self = False
             while need > gpu.free:
                 victim = self._victim(running)
@@ -266,7 +272,8 @@ class Engine(EngineBase):
                     break
             if lost_self:
                 continue
-            kv.add_blocks(r, need)
+            gpu.allocate(need)
+            r.blocks += need
             chunks.append((r, n, need))
             budget -= n
             i += 1
@@ -290,7 +297,8 @@ class Engine(EngineBase):
         """Phase 2b: waiting requests in priority order until one does not fit."""
         if self.swapped:
             return
-        cfg, kv, running = self.config, self.kv, self.running
+        cfg, gpu, running = self.config, self.kv.gpu, self.running
+        bs = gpu.block_size
         waiting = self.queue.ordered()
         admitted = 0
         while admitted < len(waiting):
@@ -298,10 +306,11 @@ class Engine(EngineBase):
                 break
             r = waiting[admitted]
             n = min(r.num_tokens - r.num_computed, budget)
-            need = kv.need(r, r.num_computed + n)
-            if need > kv.gpu.free:
+            need = -(-(r.num_computed + n) // bs) - r.blocks
+            if need > gpu.free:
                 break
-            kv.add_blocks(r, need)
+            gpu.allocate(need)
+            r.blocks += need
             r.state = RequestState.RUNNING
             if r.first_scheduled_s is None:
                 r.first_scheduled_s = now
@@ -366,16 +375,18 @@ class Engine(EngineBase):
         j, end = step.iterations, step.end_s
         first_end = step.start_s + step.first_s
         finished: list[EngineRequest] = []
-        for r, _, _ in chunks:
+        gaps = stats.itl_single
+        requests = [ch[0] for ch in chunks]
+        for r in requests:
             assert r.last_token_s is not None
-            stats.itl_single.append(first_end - r.last_token_s)
+            gaps.append(first_end - r.last_token_s)
             r.num_computed += j
             r.num_tokens += j
             r.generated += j
-            kv.add_blocks(r, kv.need(r, r.num_computed))
             r.last_token_s = end
             if r.generated >= r.output_tokens:
                 finished.append(r)
+        kv.grow_all(requests)
         n = len(chunks)
         if j > 1 and n:
             stats.itl_runs.append((step.first_s, step.growth_s, j - 1, n))

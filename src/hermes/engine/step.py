@@ -110,9 +110,23 @@ class BatchCost:
 
     @classmethod
     def of(cls, cost: StepCostModel, chunks: list[Chunk]) -> BatchCost:
+        """A whole batch at once (the sums of `add`, in one loop: it runs every iteration)."""
         batch = cls(cost)
-        for r, n, blocks in chunks:
-            batch.add(r, n, blocks)
+        tokens = decode = kv = outputs = 0
+        pairs = 0.0
+        for r, n, _ in chunks:
+            c = r.num_computed
+            tokens += n
+            if n == 1 and c > 0:
+                decode += 1
+                kv += c + 1
+            else:
+                pairs += n * (c + n / 2.0)
+            if c + n == r.num_tokens:
+                outputs += 1
+        batch.chunks = chunks
+        batch.tokens, batch.decode, batch.kv, batch.outputs = tokens, decode, kv, outputs
+        batch.prefill, batch.pairs = len(chunks) - decode, pairs
         return batch
 
     def time_with(self, r: EngineRequest, n: int) -> float:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
 from hermes.cluster.multi_model import MultiModelConfig
-from hermes.cluster.router import Router, make_router
+from hermes.cluster.router import ReplicaLoad, Router, make_router
 from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
 from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, ToolCall
@@ -47,6 +47,27 @@ from hermes.sim.tool_runner import ToolRunner
 from hermes.workloads.request_traces import TraceRequest
 
 _RANKED_BE = BrosOptions(be_order="priority")
+
+
+class _Loads(Sequence[ReplicaLoad]):
+    """Replicas' loads, each read when a router asks (round-robin asks for none)."""
+
+    def __init__(self, runners: Sequence[EngineRunner[LLMEngine]]) -> None:
+        self._runners = runners
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    @overload
+    def __getitem__(self, i: int) -> ReplicaLoad: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ReplicaLoad]: ...
+
+    def __getitem__(self, i: int | slice) -> ReplicaLoad | Sequence[ReplicaLoad]:
+        if isinstance(i, slice):
+            return [r.load() for r in self._runners[i]]
+        return self._runners[i].load()
 
 
 @dataclass(slots=True)
@@ -314,11 +335,7 @@ class Simulation:
             shared.submit(req, model, slo_s, now)
             return
         runners = self.groups[model].runners
-        i = (
-            0
-            if len(runners) == 1
-            else self.groups[model].router.choose([r.load() for r in runners])
-        )
+        i = 0 if len(runners) == 1 else self.groups[model].router.choose(_Loads(runners))
         self._runner_of[id(req)] = runners[i]
         runners[i].submit(req, now)
 

@@ -19,8 +19,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scipy.stats import norm  # type: ignore[import-untyped]
-
 from hermes.policies.qlm.groups import GroupKey, LengthStats
 
 
@@ -87,6 +85,9 @@ def z_for(violation_probability: float) -> float:
     budget buys a larger margin."""
     if not 0 < violation_probability < 1:
         raise ValueError(f"violation_probability must be in (0, 1), got {violation_probability!r}")
+    # scipy.stats takes most of a second to import: only runs that use QLM pay for it.
+    from scipy.stats import norm  # type: ignore[import-untyped]
+
     return float(norm.isf(violation_probability))  # = ppf(1 − p), exact for tiny p
 
 

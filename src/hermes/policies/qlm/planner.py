@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
-from scipy.sparse import coo_array  # type: ignore[import-untyped]
 
 from hermes.policies.qlm.estimator import GroupView, InstanceView, drain_times, group_tokens
 from hermes.policies.qlm.groups import LengthStats
@@ -295,7 +293,11 @@ class _Rows:
         self.upper.append(np.full(n, hi))
         self.n += n
 
-    def constraint(self, n_var: int) -> LinearConstraint:
+    def constraint(self, n_var: int) -> Any:
+        """The rows as scipy's `LinearConstraint`."""
+        from scipy.optimize import LinearConstraint  # type: ignore[import-untyped]
+        from scipy.sparse import coo_array  # type: ignore[import-untyped]
+
         a = coo_array(
             (np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
             shape=(self.n, n_var),
@@ -388,6 +390,9 @@ def _solve(
     ub[y0:] = serves.ravel()
     integrality = np.zeros(n_var)
     integrality[y0:] = 1
+    # scipy.optimize is slow to import: only runs that plan with the MILP pay for it.
+    from scipy.optimize import Bounds, milp
+
     res = milp(
         cost,
         constraints=rows.constraint(n_var),
