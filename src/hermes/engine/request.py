@@ -11,6 +11,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import Enum
 
+from hermes.engine.prefix import Content
+
 
 class RequestState(Enum):
     WAITING = "waiting"
@@ -32,7 +34,9 @@ class EngineRequest:
 
     Token bookkeeping follows vLLM V1: `num_tokens` (prompt + generated) is what the request
     has; `num_computed` catches up to it, a chunk per iteration; when it does, a token is
-    sampled. Prefill, decode and recompute after preemption are the same rule.
+    sampled. Prefill, decode and recompute after preemption are the same rule. A prefix
+    cache hit at admission starts `num_computed` past the cached tokens, and
+    `cached_tokens` records how many prompt tokens it served.
     """
 
     id: Hashable
@@ -43,6 +47,8 @@ class EngineRequest:
     slo_class: str = "be"
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    # What of its tokens other requests may share (`engine.prefix`); None: nothing.
+    content: Content | None = None
     # Progress, written by the engine.
     state: RequestState = RequestState.WAITING
     num_tokens: int = 0
@@ -51,6 +57,7 @@ class EngineRequest:
     blocks: int = 0
     seq: int = -1
     preemptions: int = 0
+    cached_tokens: int = 0
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
