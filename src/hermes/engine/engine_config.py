@@ -34,6 +34,11 @@ class EngineConfig:
     swap_space_bytes_per_gpu: float = DEFAULT_SWAP_SPACE_BYTES_PER_GPU
     num_cpu_blocks: int | None = None
     swap_bytes_per_s: float = DEFAULT_SWAP_BYTES_PER_S
+    # vLLM V1 caches prefixes by default and preempts by recompute only: None means on
+    # unless preemption is by swap.
+    enable_prefix_caching: bool | None = None
+    # A CPU tier for the prefix cache (bytes of CPU memory for evicted cached blocks); 0: none.
+    cpu_kv_cache_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
@@ -58,9 +63,20 @@ class EngineConfig:
                 "EngineConfig.preemption_mode must be 'recompute' or 'swap', "
                 f"got {self.preemption_mode!r}"
             )
-        for name in ("swap_space_bytes_per_gpu", "swap_bytes_per_s"):
+        for name in ("swap_space_bytes_per_gpu", "swap_bytes_per_s", "cpu_kv_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"EngineConfig.{name} must be finite and >= 0, got {value!r}")
         if self.swap_bytes_per_s == 0:
             raise ValueError("EngineConfig.swap_bytes_per_s must be > 0")
+        if self.enable_prefix_caching and self.preemption_mode == "swap":
+            raise ValueError(
+                "EngineConfig: prefix caching preempts by recompute (as vLLM V1); "
+                "preemption_mode 'swap' needs enable_prefix_caching false"
+            )
+
+    @property
+    def prefix_caching(self) -> bool:
+        if self.enable_prefix_caching is None:
+            return self.preemption_mode == "recompute"
+        return self.enable_prefix_caching

@@ -15,11 +15,13 @@ Mechanism only: which request gives way is the engine's (its policy's) choice.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from hermes.engine.bidir_kv import BidirBlockPool
 from hermes.engine.kv_pool import BlockPool
+from hermes.engine.prefix import block_hashes
 from hermes.engine.request import EngineRequest
 
 
@@ -277,3 +279,176 @@ class CpuSlots:
     def check(self) -> None:
         assert 0 <= self.used <= self.total, "CPU memory out of range"
         assert self.used == sum(self._held.values()), "CPU slots leaked"
+
+
+class _EvictingPool(BlockPool):
+    """A paged pool whose free blocks may hold cached content: handing blocks out evicts
+    the oldest cached contents that no longer fit among the free blocks."""
+
+    __slots__ = ("on_allocate",)
+
+    def __init__(self, total: int, block_size: int) -> None:
+        super().__init__(total, block_size)
+        self.on_allocate: Callable[[], None] = lambda: None
+
+    def allocate(self, blocks: int) -> None:
+        super().allocate(blocks)
+        self.on_allocate()
+
+
+class PrefixCachedKV(PagedKV):
+    """vLLM V1's automatic prefix caching over the paged pool (docs/kv.md).
+
+    A request whose `content` says what its tokens are keeps its full blocks of that content
+    in a cache keyed by chained block hashes (`engine.prefix`). A block stays cached after
+    its last holder lets go, on a least-recently-used queue of free blocks; a request's tail
+    blocks go first, so they are evicted first. Admission serves a request's leading cached
+    blocks from the cache (`take_hits`), sharing blocks that others still hold.
+
+    Counting: `gpu` counts physical blocks; a free block may still hold cached content (the
+    LRU queue is an overlay on the free count, evicted oldest first when free blocks run
+    short). `EngineRequest.blocks` counts a request's blocks, shared ones included.
+    """
+
+    __slots__ = (
+        "_hashes",
+        "_held",
+        "cpu_lru",
+        "cpu_tier_blocks",
+        "evictions",
+        "lru",
+        "refs",
+        "reloaded",
+    )
+
+    def __init__(
+        self, gpu_blocks: int, cpu_blocks: int, block_size: int, cpu_tier_blocks: int = 0
+    ) -> None:
+        super().__init__(gpu_blocks, cpu_blocks, block_size)
+        # A CPU tier: cached blocks evicted from the GPU are kept here (least recently used
+        # out first) and loaded back on a hit, at the cost of a copy over PCIe.
+        self.cpu_tier_blocks = cpu_tier_blocks
+        self.cpu_lru: OrderedDict[int, None] = OrderedDict()
+        self.gpu = gpu = _EvictingPool(gpu_blocks, block_size)
+        gpu.on_allocate = self._trim
+        self.refs: dict[int, int] = {}  # cached block hash -> holders (0: free, in `lru`)
+        self.lru: OrderedDict[int, None] = OrderedDict()  # free cached blocks, oldest first
+        self._hashes: dict[int, list[int]] = {}  # id(request) -> its content's block hashes
+        self._held: dict[int, list[int]] = {}  # id(request) -> cached blocks it holds, in order
+        self.evictions = 0
+        self.reloaded = 0  # blocks copied back from the CPU tier
+
+    def _trim(self) -> None:
+        """Free blocks were handed out: the oldest cached contents among them are gone
+        (a free block with no content left goes out first)."""
+        lru, refs = self.lru, self.refs
+        while len(lru) > self.gpu.free:
+            h, _ = lru.popitem(last=False)
+            del refs[h]
+            self.evictions += 1
+            self._offload(h)
+
+    def _offload(self, h: int) -> None:
+        if self.cpu_tier_blocks <= 0:
+            return
+        cpu = self.cpu_lru
+        cpu[h] = None
+        cpu.move_to_end(h)
+        if len(cpu) > self.cpu_tier_blocks:
+            cpu.popitem(last=False)
+
+    def hashes(self, r: EngineRequest) -> list[int]:
+        key = id(r)
+        h = self._hashes.get(key)
+        if h is None:
+            limit = r.prompt_tokens + r.output_tokens
+            h = self._hashes[key] = block_hashes(r.content, self.gpu.block_size, limit)
+        return h
+
+    def cached_prefix(self, r: EngineRequest) -> tuple[int, int]:
+        """(blocks of `r`'s prompt the cache holds, of those how many need a free GPU block:
+        free cached ones and ones in the CPU tier) for a request about to be admitted; at
+        least one prompt token is always left to compute."""
+        if r.content is None or r.num_computed or r.blocks:
+            return 0, 0
+        cap = (r.prompt_tokens - 1) // self.gpu.block_size
+        hits = free = 0
+        refs, cpu = self.refs, self.cpu_lru
+        for h in self.hashes(r)[:cap]:
+            n = refs.get(h)
+            if n is None and h not in cpu:
+                break
+            hits += 1
+            free += not n
+        return hits, free
+
+    def take_hits(self, r: EngineRequest, hits: int) -> int:
+        """`r` takes its first `hits` cached blocks (from `cached_prefix`); the blocks loaded
+        back from the CPU tier."""
+        refs, lru = self.refs, self.lru
+        held = self._held.setdefault(id(r), [])
+        loaded = 0
+        for h in self.hashes(r)[:hits]:
+            n = refs.get(h)
+            if n is None:  # in the CPU tier: copied back into a fresh GPU block
+                if h in self.cpu_lru:  # (an eviction this very loop made may have pushed
+                    self.cpu_lru.move_to_end(h)  # it out; the copy is made all the same)
+                self.gpu.allocate(1)
+                loaded += 1
+                n = 0
+            elif n == 0:
+                del lru[h]  # before the allocation, which must not evict it
+                self.gpu.allocate(1)
+            refs[h] = n + 1
+            held.append(h)
+        r.blocks += hits
+        r.num_computed = hits * self.gpu.block_size
+        self.reloaded += loaded
+        return loaded
+
+    def register(self, r: EngineRequest, tokens: int) -> None:
+        """`r`'s blocks up to `tokens` tokens are (being) computed: its full blocks of shared
+        content join the cache, where no other request put the same content first."""
+        hashes = self.hashes(r)
+        held = self._held.setdefault(id(r), [])
+        upto = min(len(hashes), tokens // self.gpu.block_size)
+        refs = self.refs
+        for j in range(len(held), upto):
+            h = hashes[j]
+            if h in refs:  # computed twice at once: this copy stays the request's own
+                break
+            refs[h] = 1
+            held.append(h)
+
+    def release(self, r: EngineRequest) -> None:
+        held = self._held.pop(id(r), None)
+        self._hashes.pop(id(r), None)
+        if not held:
+            super().release(r)
+            return
+        refs, lru = self.refs, self.lru
+        freed = r.blocks - len(held)  # the request's own blocks
+        for h in reversed(held):  # the tail first, so that it is evicted first
+            n = refs[h] - 1
+            refs[h] = n
+            if n == 0:
+                lru[h] = None
+                freed += 1
+        self.gpu.release(freed)
+        r.blocks = 0
+
+    def swap_out(self, r: EngineRequest) -> bool:
+        raise ValueError("prefix caching preempts by recompute, as vLLM V1 does")
+
+    def check(self, running: list[EngineRequest]) -> None:
+        gpu = self.gpu
+        assert 0 <= gpu.free <= gpu.total, "GPU blocks out of range"
+        own = sum(r.blocks - len(self._held.get(id(r), ())) for r in running)
+        shared = sum(1 for n in self.refs.values() if n > 0)
+        assert gpu.used == own + shared, "GPU blocks leaked"
+        assert all(self.refs[h] == 0 for h in self.lru), "a held block is on the free queue"
+        assert len(self.cpu_lru) <= max(0, self.cpu_tier_blocks), "CPU tier over capacity"
+        assert sum(1 for n in self.refs.values() if n == 0) == len(self.lru), "lost free blocks"
+        held = [h for r in running for h in self._held.get(id(r), ())]
+        for h, n in self.refs.items():
+            assert n == held.count(h), f"refs of block {h} off"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from hermes.engine.base import EngineBase, kv_blocks
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
-from hermes.engine.kv_manager import PagedKV
+from hermes.engine.kv_manager import PagedKV, PrefixCachedKV
 from hermes.engine.kv_pool import BlockPool
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.request_queue import PriorityQueue, priority_order
@@ -60,9 +60,14 @@ class Engine(EngineBase):
         super().__init__(cost, config)
         cfg = self.config
         gpu_blocks, cpu_blocks = kv_blocks(cost, cfg)
-        self.kv = PagedKV(gpu_blocks, cpu_blocks, cfg.block_size)
         # Each GPU copies its own shard over its own PCIe link.
         block_bytes = cfg.block_size * cost.kv_bytes_per_token
+        self._caching = cfg.prefix_caching
+        if self._caching:
+            tier = int(cfg.cpu_kv_cache_bytes // block_bytes)
+            self.kv = PrefixCachedKV(gpu_blocks, cpu_blocks, cfg.block_size, tier)
+        else:
+            self.kv = PagedKV(gpu_blocks, cpu_blocks, cfg.block_size)
         self._swap_s_per_block = block_bytes / cost.tp / cfg.swap_bytes_per_s
         self._victim = victim
         self._decode_runs = decode_runs
@@ -182,9 +187,19 @@ class Engine(EngineBase):
             return gpu.blocks_for(head.num_computed + chunk) <= free
         if self.queue.items:
             head = self.queue.head()
-            chunk = min(head.num_tokens - head.num_computed, budget)
-            return gpu.blocks_for(head.num_computed + chunk) - head.blocks <= free
+            hits, free_hits = self._hits(head)
+            computed = head.num_computed + hits * gpu.block_size
+            chunk = min(head.num_tokens - computed, budget)
+            return gpu.blocks_for(computed + chunk) - head.blocks - hits + free_hits <= free
         return False
+
+    def _hits(self, r: EngineRequest) -> tuple[int, int]:
+        """(cached blocks of `r`'s prompt, of those how many are free) if it were admitted."""
+        if not self._caching or r.content is None:
+            return 0, 0
+        kv = self.kv
+        assert isinstance(kv, PrefixCachedKV)
+        return kv.cached_prefix(r)
 
     def _plan_decode_run(self, now: float) -> Step | None:
         running = self.running
@@ -231,7 +246,7 @@ class Engine(EngineBase):
         if not preempted:
             budget, copied = self._swap_in(chunks, budget)
             swap_blocks += copied
-            self._admit_waiting(chunks, budget, now)
+            swap_blocks += self._admit_waiting(chunks, budget, now)
         if not chunks and swap_blocks == 0:
             raise RuntimeError(
                 "Engine: work is queued but nothing can be scheduled (a request larger than "
@@ -274,10 +289,26 @@ class Engine(EngineBase):
                 continue
             gpu.allocate(need)
             r.blocks += need
+            if r.content is not None and self._caching:
+                self._register(r, r.num_computed + n)
             chunks.append((r, n, need))
             budget -= n
             i += 1
         return budget, swap_blocks, preempted
+
+    def _take_hits(self, r: EngineRequest, hits: int) -> int:
+        """`r` takes its cached blocks; the blocks copied back from the CPU tier."""
+        kv = self.kv
+        assert isinstance(kv, PrefixCachedKV)
+        loaded = kv.take_hits(r, hits)
+        if r.first_scheduled_s is None:  # served from the cache on first admission
+            r.cached_tokens = hits * kv.block_size
+        return loaded
+
+    def _register(self, r: EngineRequest, tokens: int) -> None:
+        kv = self.kv
+        assert isinstance(kv, PrefixCachedKV)
+        kv.register(r, tokens)
 
     def _swap_in(self, chunks: list[Chunk], budget: int) -> tuple[int, int]:
         """Phase 2a: swapped-out requests come back first; the budget left, blocks copied."""
@@ -293,24 +324,31 @@ class Engine(EngineBase):
             budget -= n
         return budget, copied
 
-    def _admit_waiting(self, chunks: list[Chunk], budget: int, now: float) -> None:
-        """Phase 2b: waiting requests in priority order until one does not fit."""
+    def _admit_waiting(self, chunks: list[Chunk], budget: int, now: float) -> int:
+        """Phase 2b: waiting requests in priority order until one does not fit; the blocks
+        copied back from the CPU tier for their cache hits."""
         if self.swapped:
-            return
+            return 0
         cfg, gpu, running = self.config, self.kv.gpu, self.running
         bs = gpu.block_size
         waiting = self.queue.ordered()
-        admitted = 0
+        admitted = loaded = 0
         while admitted < len(waiting):
             if budget <= 0 or len(running) >= cfg.max_num_seqs:
                 break
             r = waiting[admitted]
-            n = min(r.num_tokens - r.num_computed, budget)
-            need = -(-(r.num_computed + n) // bs) - r.blocks
-            if need > gpu.free:
+            hits, free_hits = self._hits(r) if r.content is not None else (0, 0)
+            computed = r.num_computed + hits * bs
+            n = min(r.num_tokens - computed, budget)
+            need = -(-(computed + n) // bs) - r.blocks - hits
+            if need + free_hits > gpu.free:
                 break
+            if hits:
+                loaded += self._take_hits(r, hits)
             gpu.allocate(need)
             r.blocks += need
+            if r.content is not None and self._caching:
+                self._register(r, r.num_computed + n)
             r.state = RequestState.RUNNING
             if r.first_scheduled_s is None:
                 r.first_scheduled_s = now
@@ -319,6 +357,7 @@ class Engine(EngineBase):
             budget -= n
             admitted += 1
         self.queue.drop_head(admitted)
+        return loaded
 
     def _preempt(self, victim: EngineRequest) -> int:
         """Take `victim` off the GPU; returns blocks copied to CPU memory (0 for recompute)."""
@@ -387,6 +426,10 @@ class Engine(EngineBase):
             if r.generated >= r.output_tokens:
                 finished.append(r)
         kv.grow_all(requests)
+        if self._caching:
+            for r in requests:
+                if r.content is not None:
+                    self._register(r, r.num_computed)
         n = len(chunks)
         if j > 1 and n:
             stats.itl_runs.append((step.first_s, step.growth_s, j - 1, n))

@@ -1,0 +1,224 @@
+"""Automatic prefix caching in the engine model (vLLM V1's): hits serve a request's leading
+blocks, blocks are shared while held and kept on an LRU free queue after, tail first."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from hermes.engine.engine_config import EngineConfig
+from hermes.engine.kv_manager import PrefixCachedKV
+from hermes.engine.prefix import Content, block_hashes
+from hermes.engine.request import EngineRequest, RequestState
+from hermes.engine.scheduler import Engine
+from hermes.profiles import load_profile
+
+MODEL = load_profile("llama-2-7b@a100")
+BS = 16
+
+
+def engine(blocks: int = 1000, caching: bool | None = None, seqs: int = 256) -> Engine:
+    cfg = EngineConfig(num_gpu_blocks=blocks, enable_prefix_caching=caching, max_num_seqs=seqs)
+    return Engine(MODEL, cfg)
+
+
+def request(rid: str, content: Content | None, prompt: int, output: int = 4) -> EngineRequest:
+    return EngineRequest(rid, prompt, output, 0.0, content=content)
+
+
+def run(e: Engine, now: float = 0.0) -> float:
+    while not e.idle:
+        step = e.plan(now)
+        assert step is not None
+        now = step.end_s
+        e.complete(step)
+        e.check_invariants()
+    return now
+
+
+def kv(e: Engine) -> PrefixCachedKV:
+    assert isinstance(e.kv, PrefixCachedKV)
+    return e.kv
+
+
+def test_a_repeated_prefix_is_served_from_the_cache_and_not_prefilled_again() -> None:
+    e = engine()
+    system = (("system", 320),)
+    first = request("a", (*system, ("run-a", 200)), 500)
+    e.add(first, 0.0)
+    run(e)
+    assert first.cached_tokens == 0
+    prefill_before = e.stats.prefill_tokens
+    second = request("b", (*system, ("run-b", 200)), 500)
+    e.add(second, 1.0)
+    run(e, 1.0)
+    assert second.cached_tokens == 320  # the system prompt's 20 full blocks
+    assert e.stats.prefill_tokens - prefill_before == 500 - 320
+    assert second.state is RequestState.FINISHED
+    assert second.generated == second.output_tokens
+
+
+def test_an_agent_call_hits_its_previous_call_prompt_and_completion() -> None:
+    e = engine()
+    first = request("c1", (("sys", 100), ("run", 300 + 50)), 400, output=50)
+    e.add(first, 0.0)
+    run(e)
+    # The next call resends the history: the previous prompt and completion, then more.
+    second = request("c2", (("sys", 100), ("run", 500 + 20)), 620, output=20)
+    e.add(second, 1.0)
+    run(e, 1.0)
+    # Every full block of the first call's 450 tokens, generated ones included.
+    assert second.cached_tokens == (450 // BS) * BS
+
+
+def test_requests_running_at_once_share_blocks_and_count_them_once() -> None:
+    e = engine()
+    shared = (("system", 640),)
+    a = request("a", (*shared, ("a", 10)), 650, output=200)
+    e.add(a, 0.0)
+    step = e.plan(0.0)
+    assert step is not None
+    e.complete(step)  # a's prompt is computed and cached
+    b = request("b", (*shared, ("b", 10)), 650, output=200)
+    e.add(b, step.end_s)
+    step = e.plan(step.end_s)
+    assert step is not None
+    assert b.cached_tokens == 640
+    cache = kv(e)
+    assert all(cache.refs[h] == 2 for h in block_hashes(shared, BS, 640))
+    # 40 shared blocks once, plus each request's own blocks.
+    assert e.gpu.used == 40 + (a.blocks - 40) + (b.blocks - 40)
+    e.complete(step)
+    e.check_invariants()
+    run(e, step.end_s)
+
+
+def test_at_least_one_prompt_token_is_computed_on_a_full_hit() -> None:
+    e = engine()
+    content = (("doc", 160),)
+    e.add(request("a", content, 160), 0.0)
+    run(e)
+    again = request("b", content, 160)
+    e.add(again, 1.0)
+    run(e, 1.0)
+    assert again.cached_tokens == 144  # 9 of the 10 blocks: the last token is computed
+    assert again.first_token_s is not None
+
+
+def test_freed_blocks_are_evicted_least_recently_used_and_tail_first() -> None:
+    e = engine(blocks=12)
+    a = request("a", (("a", 96),), 97, output=1)  # 6 cached blocks (and a partial one)
+    e.add(a, 0.0)
+    run(e)
+    cache = kv(e)
+    hashes = block_hashes((("a", 96),), BS, 97)
+    assert list(cache.lru) == list(reversed(hashes))  # the tail is first in line to go
+    b = request("b", None, 128, output=1)  # 8 blocks: 6 free ones, then 2 cached ones go
+    e.add(b, 1.0)
+    run(e, 1.0)
+    assert cache.evictions == 2
+    assert set(cache.refs) == set(hashes[:4])  # the head of a's prompt is still cached
+    c = request("c", (("a", 96),), 97, output=1)
+    e.add(c, 2.0)
+    run(e, 2.0)
+    assert c.cached_tokens == 4 * BS
+
+
+def test_prefix_caching_can_be_switched_off_and_refuses_swap_preemption() -> None:
+    e = engine(caching=False)
+    content = (("system", 320),)
+    for k in range(2):
+        e.add(request(f"r{k}", content, 400), float(k))
+        run(e, float(k))
+    assert e.kv.__class__.__name__ == "PagedKV"
+    with pytest.raises(ValueError, match="preempts by recompute"):
+        EngineConfig(enable_prefix_caching=True, preemption_mode="swap")
+    assert not EngineConfig(preemption_mode="swap").prefix_caching
+    assert EngineConfig().prefix_caching
+
+
+STREAMS = ("s0", "s1", "s2")
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Random arrivals, steps and aborts on a small pool: the cache's books always balance,
+    no block is both free and held, and every hit was stored before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = engine(blocks=60, seqs=6)
+        self.now = 0.0
+        self.k = 0
+        self.stored: set[int] = set()
+        self.live: list[EngineRequest] = []
+
+    @rule(
+        stream=st.sampled_from(STREAMS),
+        shared=st.integers(0, 300),
+        prompt=st.integers(1, 400),
+        output=st.integers(1, 60),
+    )
+    def arrive(self, stream: str, shared: int, prompt: int, output: int) -> None:
+        content: Content = ((stream, shared + 200),) if shared else ()
+        r = request(f"r{self.k}", content or None, prompt, output)
+        self.k += 1
+        if self.e.add(r, self.now):
+            self.live.append(r)
+
+    @rule()
+    def step(self) -> None:
+        cache = kv(self.e)
+        before = set(cache.refs)
+        step = self.e.plan(self.now)
+        if step is None:
+            return
+        hit = {h for r in self.live for h in cache._held.get(id(r), ())}
+        assert hit <= before | self.stored | set(cache.refs)
+        self.now = step.end_s
+        self.e.complete(step)
+        self.stored |= set(cache.refs)
+
+    @rule(i=st.integers(0, 50))
+    def abort(self, i: int) -> None:
+        if self.live:
+            self.e.abort(self.live[i % len(self.live)], self.now)
+
+    @invariant()
+    def books_balance(self) -> None:
+        self.e.check_invariants()
+        cache = kv(self.e)
+        assert len(cache.lru) <= self.e.gpu.free + len(cache.lru)
+        for r in self.live:
+            assert r.cached_tokens <= max(0, r.prompt_tokens - 1)
+            assert r.cached_tokens % BS == 0
+
+
+CacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40)
+TestCacheMachine = CacheMachine.TestCase
+
+
+def test_a_cpu_tier_keeps_evicted_blocks_and_loads_them_back_over_pcie() -> None:
+    def second_prefill_time(tier_bytes: float) -> tuple[int, int, float]:
+        cfg = EngineConfig(num_gpu_blocks=70, cpu_kv_cache_bytes=tier_bytes)
+        e = Engine(MODEL, cfg)
+        e.add(request("a", (("a", 960),), 961, output=1), 0.0)
+        now = run(e)
+        e.add(request("b", None, 1120, output=1), now)  # fills the GPU: a's blocks evicted
+        now = run(e, now)
+        c = request("c", (("a", 960),), 961, output=1)
+        e.add(c, now)
+        step = e.plan(now)
+        assert step is not None
+        e.complete(step)
+        run(e, step.end_s)
+        return c.cached_tokens, kv(e).reloaded, step.end_s - step.start_s
+
+    block_bytes = BS * MODEL.kv_bytes_per_token
+    none = second_prefill_time(0.0)
+    tier = second_prefill_time(100 * block_bytes)
+    assert none[:2] == (0, 0)  # evicted and gone
+    assert tier[:2] == (960, 60)  # evicted to the CPU tier and loaded back
+    # Copying 60 blocks over PCIe costs less than computing their 960 tokens again.
+    assert tier[2] < none[2]
