@@ -10,6 +10,8 @@ from hermes.cluster.router import (
     LeastOutstanding,
     ReplicaLoad,
     RoundRobin,
+    RouteRequest,
+    SessionAffinity,
     make_router,
 )
 
@@ -81,7 +83,12 @@ def test_least_kv_ignores_outstanding_and_full_ties_go_to_the_lowest_index() -> 
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("round-robin", RoundRobin), ("least-outstanding", LeastOutstanding), ("least-kv", LeastKV)],
+    [
+        ("round-robin", RoundRobin),
+        ("least-outstanding", LeastOutstanding),
+        ("least-kv", LeastKV),
+        ("session", SessionAffinity),
+    ],
 )
 def test_make_router_by_name(name: str, cls: type) -> None:
     assert isinstance(make_router(name), cls)
@@ -97,5 +104,54 @@ def test_make_router_gives_a_fresh_router_each_time() -> None:
 def test_an_unknown_router_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown router 'random'") as info:
         make_router("random")
-    assert "known: round-robin, least-outstanding, least-kv" in str(info.value)
-    assert set(ROUTERS) == {"round-robin", "least-outstanding", "least-kv"}
+    assert "known: round-robin, least-outstanding, least-kv, session" in str(info.value)
+    assert set(ROUTERS) == {"round-robin", "least-outstanding", "least-kv", "session"}
+
+
+def loads(*outstanding: int) -> list[ReplicaLoad]:
+    return [load(outstanding=n) for n in outstanding]
+
+
+def test_session_keeps_an_application_on_the_replica_that_served_it() -> None:
+    r = SessionAffinity(max_excess=2)
+    a, b = RouteRequest("app-a"), RouteRequest("app-b")
+    assert r.choose(loads(0, 0, 0), a) == 0  # first call: the least loaded
+    assert r.choose(loads(1, 0, 0), b) == 1
+    # Busier than the least loaded, within the bound: still its replica.
+    assert r.choose(loads(3, 1, 1), a) == 0
+    assert r.choose(loads(3, 2, 0), b) == 1
+    assert (r.sticky, r.moved) == (2, 0)
+
+
+def test_session_load_guard_moves_an_application_to_the_least_loaded_and_it_stays() -> None:
+    r = SessionAffinity(max_excess=2)
+    a = RouteRequest("a")
+    assert r.choose(loads(0, 0), a) == 0
+    assert r.choose(loads(3, 0), a) == 1  # 3 over the least loaded: more than 2
+    assert r.moved == 1
+    assert r.choose(loads(0, 2), a) == 1  # its replica now
+    r.forget("a")
+    assert r.choose(loads(0, 2), a) == 0  # forgotten: a first call again
+
+
+def test_session_without_an_application_is_least_outstanding() -> None:
+    r = SessionAffinity()
+    assert r.choose(loads(4, 1, 1)) == 1
+    assert r.choose(loads(4, 1, 1), RouteRequest(None)) == 1
+    assert (r.sticky, r.moved) == (0, 0)
+
+
+def test_session_replica_gone_and_bad_bound() -> None:
+    r = SessionAffinity()
+    r.choose(loads(5, 5, 0), RouteRequest("a"))  # its replica is 2
+    assert r.choose(loads(1, 0), RouteRequest("a")) == 1  # only 2 replicas now
+    with pytest.raises(ValueError, match="max_excess must be >= 0, got -1"):
+        SessionAffinity(-1)
+
+
+def test_routers_other_than_session_ignore_the_request() -> None:
+    replicas = loads(3, 1, 2)
+    for name in ("round-robin", "least-outstanding", "least-kv"):
+        assert make_router(name).choose(replicas, RouteRequest("a")) == make_router(name).choose(
+            replicas
+        )

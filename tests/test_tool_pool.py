@@ -102,6 +102,48 @@ def test_max_instances_queues_fifo() -> None:
     assert pool.queued == 0
 
 
+def test_max_instances_queues_by_priority_lower_first_and_fifo_among_equals() -> None:
+    pool = ToolPool(ToolBackendSpec("env", max_instances=1))
+    assert pool.submit("a", 1.0, 0.0, priority=5.0) == [CallStarted("a", 0.0, 0.0, 0.0, 0)]
+    for name, at, priority in (("b", 0.1, 3.0), ("c", 0.2, 1.0), ("d", 0.3, 3.0), ("e", 0.4, 2.0)):
+        assert pool.submit(name, 1.0, at, priority) == []
+    assert pool.queued_ids() == ["c", "e", "b", "d"]
+    starts = [e for e in drain(pool) if isinstance(e, CallStarted)]
+    assert [(e.call_id, e.at) for e in starts] == [("c", 1.0), ("e", 2.0), ("b", 3.0), ("d", 4.0)]
+    assert pool.queue_wait_s == pytest.approx(0.8 + 1.6 + 2.9 + 3.7)
+
+
+def test_fifo_order_ignores_priorities() -> None:
+    pool = ToolPool(ToolBackendSpec("env", max_instances=1, order="fifo"))
+    assert pool.submit("a", 1.0, 0.0, priority=5.0) == [CallStarted("a", 0.0, 0.0, 0.0, 0)]
+    pool.submit("b", 1.0, 0.1, priority=3.0)
+    pool.submit("c", 1.0, 0.2, priority=1.0)
+    assert pool.queued_ids() == ["b", "c"]
+    pool.reprioritize({"c": -1.0})  # no effect on a FIFO pool
+    starts = [e.call_id for e in drain(pool) if isinstance(e, CallStarted)]
+    assert starts == ["b", "c"]
+    assert not ToolBackendSpec("env", max_instances=1, order="fifo").ranked
+    assert not ToolBackendSpec("env").ranked  # unlimited: nothing ever queues
+    assert ToolBackendSpec("env", max_instances=1).ranked
+
+
+def test_reprioritize_reorders_the_waiting_calls_only() -> None:
+    pool = ToolPool(ToolBackendSpec("docker", cold_start_s=1.0, max_instances=1))
+    assert pool.submit("a", 1.0, 0.0, priority=0.0) == []  # warming, holds the one instance
+    pool.submit("b", 1.0, 0.1, priority=1.0)
+    pool.submit("c", 1.0, 0.2, priority=2.0)
+    pool.reprioritize({"c": 0.5, "a": 9.0, "gone": -5.0})  # a is placed; "gone" is unknown
+    assert pool.queued_ids() == ["c", "b"]
+    starts = [e.call_id for e in drain(pool) if isinstance(e, CallStarted)]
+    assert starts == ["a", "c", "b"]
+    with pytest.raises(ValueError, match="priority must not be NaN"):
+        pool.submit("x", 1.0, 100.0, priority=math.nan)
+    pool.submit("y", 5.0, 100.0)
+    pool.submit("z", 5.0, 100.0)
+    with pytest.raises(ValueError, match="priority of 'z' must not be NaN"):
+        pool.reprioritize({"z": math.nan})
+
+
 def test_prewarm_early_enough_removes_the_cold_wait() -> None:
     pool = ToolPool(ToolBackendSpec("sd", cold_start_s=2.0, keepalive_s=10.0))
     assert pool.prewarm(0.0) == 1
@@ -253,6 +295,7 @@ def test_retain_never_shortens_and_ignores_busy_warming_and_gone_instances() -> 
         ("keepalive_s", math.nan),
         ("concurrency", 0),
         ("max_instances", 0),
+        ("order", "lifo"),
     ],
 )
 def test_spec_validation_names_the_field(field: str, value: Any) -> None:
@@ -290,6 +333,7 @@ specs = st.builds(
     keepalive_s=st.one_of(times, st.just(math.inf)),
     concurrency=st.integers(1, 3),
     max_instances=st.one_of(st.none(), st.integers(1, 3)),
+    order=st.sampled_from(["fifo", "policy"]),
 )
 
 
@@ -301,6 +345,7 @@ class Op:
     hold: float | None  # the prewarm's hold_s
     drive: bool  # advance through wakes before it, as the shell would; else catch up late
     retain: float | None = None  # keep instances whose calls end on the way this much longer
+    priority: int = 0  # the call's rank (lower first) if it queues
 
 
 ops = st.lists(
@@ -312,6 +357,7 @@ ops = st.lists(
         st.one_of(st.none(), times),
         st.booleans(),
         st.one_of(st.none(), times),
+        st.integers(0, 3),
     ),
     max_size=40,
 )
@@ -322,6 +368,7 @@ def run_script(spec: ToolBackendSpec, script: list[Op]) -> None:
     pool = ToolPool(spec)
     effects: list[Effect] = []
     submitted: dict[int, tuple[float, float]] = {}
+    priority: dict[int, int] = {}
     ends: dict[int, list[float]] = {}  # per instance, when its running calls end
     # Instances retained at their call's end: the earliest they may go (if no call takes them).
     kept: dict[int, float] = {}
@@ -364,8 +411,9 @@ def run_script(spec: ToolBackendSpec, script: list[Op]) -> None:
             pool.prewarm(now, op.prewarm, op.hold)
             observe(now)
         else:
+            priority[len(submitted)] = op.priority
             submitted[len(submitted)] = (now, op.duration)
-            take(pool.submit(len(submitted) - 1, op.duration, now), now, op.retain)
+            take(pool.submit(len(submitted) - 1, op.duration, now, op.priority), now, op.retain)
     last = script[-1].retain if script else None
     while (t := pool.next_wake()) is not None:
         take(pool.advance(t), t, last)
@@ -384,6 +432,10 @@ def run_script(spec: ToolBackendSpec, script: list[Op]) -> None:
         assert start.cold_wait_s <= spec.cold_start_s + 1e-9
         assert finish.at == start.at + duration
         assert finish.instance == start.instance
+
+    check_queue_order(spec, submitted, priority, starts)
+    waits = sum(s.waited_s - s.cold_wait_s for s in starts.values())
+    assert pool.queue_wait_s == pytest.approx(waits, abs=1e-6)
 
     running: Counter[int] = Counter()
     for e in effects:
@@ -405,6 +457,27 @@ def run_script(spec: ToolBackendSpec, script: list[Op]) -> None:
         # count each instant ended with.
         area = sum(c * (t1 - t0) for (t0, c), (t1, _) in itertools.pairwise(counts))
         assert warm == pytest.approx(area, abs=1e-9)
+
+
+def check_queue_order(
+    spec: ToolBackendSpec,
+    submitted: dict[int, tuple[float, float]],
+    priority: dict[int, int],
+    starts: dict[Any, CallStarted],
+) -> None:
+    """A call taken from the queue at t was the best of those queued at t: (priority,
+    submission) with order "policy", submission with "fifo"."""
+    placed = {c: s.at - s.cold_wait_s for c, s in starts.items()}
+
+    def key(c: int) -> tuple[int, int]:
+        return (priority[c] if spec.order == "policy" else 0, c)
+
+    for x, px in placed.items():
+        if px <= submitted[x][0]:
+            continue  # placed as it came: it never queued
+        for y, py in placed.items():
+            if submitted[y][0] < px < py:  # y waited in the queue while x was taken from it
+                assert key(x) < key(y), f"call {y} waited while {x} went first"
 
 
 @settings(max_examples=300, deadline=None)

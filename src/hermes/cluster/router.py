@@ -1,11 +1,12 @@
 """Routers: which replica of a model takes the next request.
 
-Each router sees a load snapshot per replica and returns an index; it never touches engines.
+Each router sees a load snapshot per replica, and what it may know of the request (its
+application), and returns an index; it never touches engines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,15 +18,25 @@ class ReplicaLoad:
     queued_tokens: int  # prompt tokens waiting to be prefilled
 
 
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What a router may know of the request it places."""
+
+    session: Hashable | None = None  # the application it belongs to; None: a plain request
+
+
+ANONYMOUS = RouteRequest()
+
+
 class Router(Protocol):
-    def choose(self, replicas: Sequence[ReplicaLoad]) -> int: ...
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int: ...
 
 
 class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, replicas: Sequence[ReplicaLoad]) -> int:
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int:
         i = self._next % len(replicas)
         self._next = i + 1
         return i
@@ -34,24 +45,66 @@ class RoundRobin:
 class LeastOutstanding:
     """Fewest requests in the engine; ties to the lowest index."""
 
-    def choose(self, replicas: Sequence[ReplicaLoad]) -> int:
-        return min(range(len(replicas)), key=lambda i: (replicas[i].outstanding, i))
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int:
+        return _least_outstanding(replicas)
+
+
+def _least_outstanding(replicas: Sequence[ReplicaLoad]) -> int:
+    return min(range(len(replicas)), key=lambda i: (replicas[i].outstanding, i))
 
 
 class LeastKV:
     """Least KV memory in use, then fewest tokens queued: the replica with the most room."""
 
-    def choose(self, replicas: Sequence[ReplicaLoad]) -> int:
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int:
         return min(
             range(len(replicas)),
             key=lambda i: (replicas[i].kv_used, replicas[i].queued_tokens, i),
         )
 
 
+# A sticky replica may have this many more outstanding requests than the least loaded one.
+SESSION_MAX_EXCESS = 8
+
+
+class SessionAffinity:
+    """Session routing: an application's calls go to the replica that served it (where its
+    KV and its cached prefix are), unless that replica has more than `max_excess` outstanding
+    requests over the least loaded one; then the least loaded, which becomes its replica. An
+    application's first call, and a request of none, go to the least loaded."""
+
+    def __init__(self, max_excess: int = SESSION_MAX_EXCESS) -> None:
+        if max_excess < 0:
+            raise ValueError(f"max_excess must be >= 0, got {max_excess!r}")
+        self.max_excess = max_excess
+        self._home: dict[Hashable, int] = {}
+        self.sticky = 0  # calls sent to their application's replica
+        self.moved = 0  # calls of a known application sent elsewhere by the load guard
+
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int:
+        least = _least_outstanding(replicas)
+        session = request.session
+        if session is None:
+            return least
+        home = self._home.get(session)
+        if home is not None and home < len(replicas):
+            if replicas[home].outstanding - replicas[least].outstanding <= self.max_excess:
+                self.sticky += 1
+                return home
+            self.moved += 1
+        self._home[session] = least
+        return least
+
+    def forget(self, session: Hashable) -> None:
+        """The application is over: its replica need not be remembered."""
+        self._home.pop(session, None)
+
+
 ROUTERS: dict[str, Callable[[], Router]] = {
     "round-robin": RoundRobin,
     "least-outstanding": LeastOutstanding,
     "least-kv": LeastKV,
+    "session": SessionAffinity,
 }
 
 

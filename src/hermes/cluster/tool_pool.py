@@ -4,7 +4,10 @@ One ``ToolPool`` per backend type. An instance is warming (started, ready ``cold
 later), busy, or idle; an idle instance is removed ``keepalive_s`` after its last call ended
 unless a call arrives first (a call arriving exactly then finds it gone). A call takes a free
 slot on a warm instance, else a spare slot on a warming one, else a new instance; with
-``max_instances`` reached it queues FIFO until a slot frees. An instance ``prewarm`` started
+``max_instances`` reached it queues until a slot frees. Waiting calls are granted in order of
+the priority they were submitted with (lower first, as the LLM queue ranks them: ``order
+"policy"``; ``reprioritize`` re-ranks them), or first come first served (``order "fifo"``);
+equals go in submission order. An instance ``prewarm`` started
 with a ``hold_s`` is held for that long after it is ready instead, until its first call; and
 ``retain`` keeps an idle instance longer than its TTL.
 
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
+
+ToolOrder = Literal["fifo", "policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,7 @@ class ToolBackendSpec:
     keepalive_s: float = 60.0  # idle seconds before removal; math.inf: never removed
     concurrency: int = 1  # calls one instance serves at once
     max_instances: int | None = None  # None: unlimited; otherwise calls beyond capacity queue
+    order: ToolOrder = "policy"  # how queued calls are granted: by priority, or FIFO
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -46,6 +52,13 @@ class ToolBackendSpec:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency!r}")
         if self.max_instances is not None and self.max_instances < 1:
             raise ValueError(f"max_instances must be None or >= 1, got {self.max_instances!r}")
+        if self.order not in ("fifo", "policy"):
+            raise ValueError(f"order must be 'fifo' or 'policy', got {self.order!r}")
+
+    @property
+    def ranked(self) -> bool:
+        """Whether calls can queue here in priority order (else priorities change nothing)."""
+        return self.order == "policy" and self.max_instances is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +119,10 @@ class ToolPool:
         self._instances: dict[int, _Instance] = {}  # in id order, which breaks placement ties
         self._next_id = 0
         self._busy = 0  # ready instances running at least one call
-        self._queue: deque[_Call] = deque()
+        # Waiting calls: a heap of (priority, submission number, call); FIFO: priority 0.
+        self._queue: list[tuple[float, int, _Call]] = []
+        self._submitted = 0
+        self.queue_wait_s = 0.0  # summed over started calls: waiting for a slot, not warm-up
         self._live: set[Hashable] = set()  # ids of calls submitted and not finished
         self._events: list[_Event] = []
         self._seq = 0
@@ -116,19 +132,41 @@ class ToolPool:
 
     # --- driving -----------------------------------------------------------------------------
 
-    def submit(self, call_id: Hashable, duration_s: float, now: float) -> list[Effect]:
-        """Submit a call of ``duration_s`` warm seconds. Returns the effects due up to ``now``,
+    def submit(
+        self, call_id: Hashable, duration_s: float, now: float, priority: float = 0.0
+    ) -> list[Effect]:
+        """Submit a call of ``duration_s`` warm seconds; if it must queue, it waits behind the
+        calls of lower ``priority`` (order "policy"). Returns the effects due up to ``now``,
         ending with this call's ``CallStarted`` if it starts right away."""
         if not 0 <= duration_s < math.inf:
             raise ValueError(f"duration_s must be finite and >= 0, got {duration_s!r}")
+        if math.isnan(priority):
+            raise ValueError(f"priority must not be NaN, got {priority!r}")
         self._run_until(now)
         if call_id in self._live:
             raise ValueError(f"call {call_id!r} is already in the pool")
         self._live.add(call_id)
         call = _Call(call_id, duration_s, now)
+        # A queue means no slot: every call needs the same one, so the head could not start.
         if self._queue or not self._place(call, now):
-            self._queue.append(call)
+            key = priority if self.spec.order == "policy" else 0.0
+            heapq.heappush(self._queue, (key, self._submitted, call))
+        self._submitted += 1
         return self._take()
+
+    def reprioritize(self, priorities: Mapping[Hashable, float]) -> None:
+        """New priorities for queued calls (a ranking round); calls not named keep theirs,
+        names not queued are ignored. No effect with order "fifo"."""
+        if self.spec.order != "policy" or not self._queue:
+            return
+        fresh = []
+        for key, seq, call in self._queue:
+            p = priorities.get(call.id, key)
+            if math.isnan(p):
+                raise ValueError(f"priority of {call.id!r} must not be NaN")
+            fresh.append((p, seq, call))
+        heapq.heapify(fresh)
+        self._queue = fresh
 
     def prewarm(self, now: float, instances: int = 1, hold_s: float | None = None) -> int:
         """Start warming instances until ``instances`` are idle or warming with a spare slot,
@@ -207,6 +245,10 @@ class ToolPool:
     def queued(self) -> int:
         return len(self._queue)
 
+    def queued_ids(self) -> list[Hashable]:
+        """The calls waiting for a slot, in the order they would be granted."""
+        return [call.id for _, _, call in sorted(self._queue, key=lambda e: e[:2])]
+
     def warm_instance_seconds(self, now: float) -> float:
         """Seconds summed over instances while they existed, warming or warm: the cost."""
         return self._areas(now)[0]
@@ -266,8 +308,8 @@ class ToolPool:
         self._live.remove(call.id)
         self.calls_finished += 1
         self._outbox.append(CallFinished(call.id, t, inst.id))
-        while self._queue and self._place(self._queue[0], t):
-            self._queue.popleft()
+        while self._queue and self._place(self._queue[0][2], t):
+            heapq.heappop(self._queue)
         if inst.running == 0:
             self._idle(inst, t)
 
@@ -311,6 +353,7 @@ class ToolPool:
             inst.prewarmed = False
             self.prewarms_used += 1
         self.calls_started += 1
+        self.queue_wait_s += placed_at - call.submitted_at
         self._push(t + call.duration_s, _FINISH, inst.id, call)
         self._outbox.append(CallStarted(call.id, t, t - call.submitted_at, t - placed_at, inst.id))
 

@@ -253,7 +253,12 @@ def _add_backends(
     for tool in config.tools:
         sim.add_tool_backend(
             ToolBackendSpec(
-                tool.name, tool.cold_start_s, tool.keepalive_s, tool.concurrency, tool.max_instances
+                tool.name,
+                tool.cold_start_s,
+                tool.keepalive_s,
+                tool.concurrency,
+                tool.max_instances,
+                tool.order,
             )
         )
 

@@ -116,6 +116,11 @@ class ToolBackend(_Strict):
     max_instances: int | None = Field(
         default=None, ge=1, description="at most this many instances; default unlimited"
     )
+    order: Literal["fifo", "policy"] = Field(
+        default="policy",
+        description="calls waiting for an instance (max_instances reached): policy (by their "
+        "applications' rank, as the LLM queue) or fifo (first come, first served)",
+    )
 
 
 class Arrivals(_Strict):
@@ -306,8 +311,10 @@ class SimConfig(_Strict):
     policy_options: PolicyOptions = Field(
         default=PolicyOptions(), description="options of the ranking and prewarm policies"
     )
-    router: Literal["round-robin", "least-outstanding", "least-kv"] = Field(
-        default="round-robin", description="how a model's replicas share its requests"
+    router: Literal["round-robin", "least-outstanding", "least-kv", "session"] = Field(
+        default="round-robin",
+        description="how a model's replicas share its requests; session: an application's "
+        "calls stay on the replica that served it unless that one is 8 requests busier",
     )
     instances: list[InstanceGroup] = Field(
         default_factory=lambda: [InstanceGroup(count=2)],

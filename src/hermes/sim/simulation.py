@@ -22,7 +22,7 @@ from typing import Any, Protocol, overload
 import numpy as np
 
 from hermes.cluster.multi_model import MultiModelConfig
-from hermes.cluster.router import ReplicaLoad, Router, make_router
+from hermes.cluster.router import ReplicaLoad, Router, RouteRequest, make_router
 from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
 from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, ToolCall
@@ -188,7 +188,7 @@ class Simulation:
             raise ValueError(f"tool backend {spec.name!r} is configured twice")
         if self.prewarm is not None:
             spec = replace(spec, keepalive_s=self.prewarm.keepalive_s(spec.keepalive_s))
-        self.tools[spec.name] = ToolRunner(self.loop, ToolPool(spec), self._tool_done)
+        self.tools[spec.name] = ToolRunner(self.loop, ToolPool(spec), self._tool_done, self.policy)
 
     # Workloads ------------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class Simulation:
             pool = self.tools[stage.backend]
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, ToolCall)
-                pool.submit(ToolCallId(app.app_id, app.stage, k), call.duration_s, now)
+                pool.submit(ToolCallId(app.app_id, app.stage, k), call.duration_s, now, app.view)
 
     def _submit(
         self,
@@ -335,7 +335,8 @@ class Simulation:
             shared.submit(req, model, slo_s, now)
             return
         runners = self.groups[model].runners
-        i = 0 if len(runners) == 1 else self.groups[model].router.choose(_Loads(runners))
+        route = RouteRequest(None if app is None else app.app_id)  # session routers' key
+        i = 0 if len(runners) == 1 else self.groups[model].router.choose(_Loads(runners), route)
         self._runner_of[id(req)] = runners[i]
         runners[i].submit(req, now)
 
@@ -406,6 +407,8 @@ class Simulation:
         live = [a for a in self.apps.values() if a.live]
         if live:
             self._rerank(live, now)
+        for tools in self.tools.values():  # calls waiting for tool instances, too
+            tools.rerank(now)
         if self._unfinished_apps > 0:
             self.loop.after(self.rank_interval_s, self._rank_round)
         else:
