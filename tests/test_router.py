@@ -105,7 +105,7 @@ def test_an_unknown_router_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown router 'random'") as info:
         make_router("random")
     assert "known: round-robin, least-outstanding, least-kv, session" in str(info.value)
-    assert set(ROUTERS) == {"round-robin", "least-outstanding", "least-kv", "session"}
+    assert {"round-robin", "least-outstanding", "least-kv", "session"} <= set(ROUTERS)
 
 
 def loads(*outstanding: int) -> list[ReplicaLoad]:
