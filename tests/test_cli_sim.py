@@ -167,7 +167,7 @@ BAD_CSV = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,abc,10
         pytest.param(
             ["--limit", "10", "--router", "random"], {},
             "default config with command-line options: router: Input should be 'round-robin', "
-            "'least-outstanding', 'least-kv' or 'session' (got 'random')",
+            "'least-outstanding', 'least-kv', 'session' or 'prefix' (got 'random')",
             id="unknown-router",
         ),
         pytest.param(

@@ -293,8 +293,8 @@ def test_config_from_dict_leaves_paths_alone() -> None:
         ),
         pytest.param(
             "requests: {}\nrouter: random\n",
-            "router: Input should be 'round-robin', 'least-outstanding', 'least-kv' or "
-            "'session' (got 'random')",
+            "router: Input should be 'round-robin', 'least-outstanding', 'least-kv', "
+            "'session' or 'prefix' (got 'random')",
             id="bad-router",
         ),
         pytest.param(

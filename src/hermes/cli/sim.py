@@ -31,6 +31,10 @@ def _sim_config(
         group["max_model_len"] = overrides["max_model_len"]
     if group:
         data["instances"][0].update(group)
+    for key in ("enable_prefix_caching", "cpu_kv_gb"):  # every instance group
+        if key in overrides:
+            for g in data["instances"]:
+                g[key] = overrides[key]
     for key in ("policy", "router", "seed"):
         if key in overrides:
             data[key] = overrides[key]
@@ -71,6 +75,17 @@ def sim(
         int | None, typer.Option(help="Replay the trace N times back to back.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    prefix_caching: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefix-caching/--no-prefix-caching",
+            help="Automatic prefix caching in every engine. [default: on]",
+        ),
+    ] = None,
+    cpu_kv_gb: Annotated[
+        float | None,
+        typer.Option(help="A CPU tier for the prefix cache per instance, GiB. [default: 0]"),
+    ] = None,
 ) -> None:
     """Simulate a cluster serving a workload. Without options: the Azure conversation trace
     (19,366 requests) on two Llama-2-7B A100 engines with vLLM-style FCFS."""
@@ -89,6 +104,8 @@ def sim(
         "router": router,
         "max_model_len": max_model_len,
         "seed": seed,
+        "enable_prefix_caching": prefix_caching,
+        "cpu_kv_gb": cpu_kv_gb,
     }
     cfg = _sim_config(
         config, {k: v for k, v in given.items() if v is not None}, trace, limit, repeat
@@ -146,6 +163,9 @@ def _print_sim(r: dict[str, Any]) -> None:
             )
     elif attainment is not None:
         table.add_row("SLO attainment", f"{100 * attainment:.1f} %")
+    pc = r.get("prefix_cache") or {}
+    if pc.get("hit_rate") is not None:
+        table.add_row("prefix cache hit rate", f"{100 * pc['hit_rate']:.1f} % of prompt tokens")
     for name, st in r.get("streams", {}).items():
         table.add_row(f"stream {name} ({st['slo_class']}): TTFT ms", _ms(st["ttft"]))
     if r.get("shared_gpus"):

@@ -23,6 +23,8 @@ class RouteRequest:
     """What a router may know of the request it places."""
 
     session: Hashable | None = None  # the application it belongs to; None: a plain request
+    # Tokens of its prompt that replica i's prefix cache holds (None: unknown).
+    cached: Callable[[int], int] | None = None
 
 
 ANONYMOUS = RouteRequest()
@@ -100,11 +102,38 @@ class SessionAffinity:
         self._home.pop(session, None)
 
 
+# A replica with the longest cached prefix may have this many more outstanding requests than
+# the least loaded one.
+PREFIX_MAX_EXCESS = 8
+
+
+class PrefixAffinity:
+    """Prefix-aware routing (as llm-d's and SGLang's routers): among the replicas within
+    `max_excess` outstanding requests of the least loaded, the one whose prefix cache holds
+    the longest prefix of the request's prompt; ties, and requests with nothing cached, go to
+    the least loaded."""
+
+    def __init__(self, max_excess: int = PREFIX_MAX_EXCESS) -> None:
+        if max_excess < 0:
+            raise ValueError(f"max_excess must be >= 0, got {max_excess!r}")
+        self.max_excess = max_excess
+
+    def choose(self, replicas: Sequence[ReplicaLoad], request: RouteRequest = ANONYMOUS) -> int:
+        least = _least_outstanding(replicas)
+        cached = request.cached
+        if cached is None:
+            return least
+        bound = replicas[least].outstanding + self.max_excess
+        near = [i for i in range(len(replicas)) if replicas[i].outstanding <= bound]
+        return max(near, key=lambda i: (cached(i), -replicas[i].outstanding, -i))
+
+
 ROUTERS: dict[str, Callable[[], Router]] = {
     "round-robin": RoundRobin,
     "least-outstanding": LeastOutstanding,
     "least-kv": LeastKV,
     "session": SessionAffinity,
+    "prefix": PrefixAffinity,
 }
 
 

@@ -382,6 +382,17 @@ class PrefixCachedKV(PagedKV):
             free += not n
         return hits, free
 
+    def cached_blocks(self, hashes: list[int]) -> int:
+        """How many of the leading `hashes` this cache holds (on the GPU or the CPU tier):
+        what a router weighs, without touching anything."""
+        refs, cpu = self.refs, self.cpu_lru
+        k = 0
+        for h in hashes:
+            if h not in refs and h not in cpu:
+                break
+            k += 1
+        return k
+
     def take_hits(self, r: EngineRequest, hits: int) -> int:
         """`r` takes its first `hits` cached blocks (from `cached_prefix`); the blocks loaded
         back from the CPU tier."""

@@ -85,6 +85,25 @@ class InstanceGroup(_Strict):
         description="host<->device copy speed per GPU (PCIe)",
     )
 
+    enable_prefix_caching: bool | None = Field(
+        default=None,
+        description="automatic prefix caching (vLLM V1's default); default on unless "
+        "preemption_mode is swap",
+    )
+    cpu_kv_gb: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a CPU tier for the prefix cache per instance, GiB: evicted cached blocks "
+        "are kept there and loaded back over PCIe on a hit",
+    )
+
+    @model_validator(mode="after")
+    def _caching_recomputes(self) -> InstanceGroup:
+        if self.enable_prefix_caching and self.preemption_mode == "swap":
+            raise ValueError("prefix caching preempts by recompute (as vLLM V1): drop swap")
+        return self
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             max_num_seqs=self.max_num_seqs,
@@ -96,6 +115,8 @@ class InstanceGroup(_Strict):
             preemption_mode=self.preemption_mode,
             swap_space_bytes_per_gpu=self.swap_space_gb * 2**30,
             swap_bytes_per_s=self.swap_bytes_per_s,
+            enable_prefix_caching=self.enable_prefix_caching,
+            cpu_kv_cache_bytes=self.cpu_kv_gb * 2**30,
         )
 
 
@@ -311,7 +332,7 @@ class SimConfig(_Strict):
     policy_options: PolicyOptions = Field(
         default=PolicyOptions(), description="options of the ranking and prewarm policies"
     )
-    router: Literal["round-robin", "least-outstanding", "least-kv", "session"] = Field(
+    router: Literal["round-robin", "least-outstanding", "least-kv", "session", "prefix"] = Field(
         default="round-robin",
         description="how a model's replicas share its requests; session: an application's "
         "calls stay on the replica that served it unless that one is 8 requests busier",

@@ -10,8 +10,8 @@ now)` after each completed step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Generic
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, overload
 
 from typing_extensions import TypeVar
 
@@ -150,3 +150,24 @@ class EngineRunner(Generic[E]):
         finally:
             self._busy = False
         self._plan(now)
+
+
+class ReplicaLoads(Sequence[ReplicaLoad]):
+    """Replicas' loads, each read when a router asks (round-robin asks for none)."""
+
+    def __init__(self, runners: Sequence[EngineRunner[LLMEngine]]) -> None:
+        self._runners = runners
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    @overload
+    def __getitem__(self, i: int) -> ReplicaLoad: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ReplicaLoad]: ...
+
+    def __getitem__(self, i: int | slice) -> ReplicaLoad | Sequence[ReplicaLoad]:
+        if isinstance(i, slice):
+            return [r.load() for r in self._runners[i]]
+        return self._runners[i].load()

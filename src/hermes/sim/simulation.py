@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 import numpy as np
 
 from hermes.cluster.multi_model import MultiModelConfig
-from hermes.cluster.router import ReplicaLoad, Router, RouteRequest, make_router
+from hermes.cluster.router import Router, RouteRequest, make_router
 from hermes.cluster.tool_pool import ToolBackendSpec, ToolPool
 from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, ToolCall
@@ -37,37 +37,18 @@ from hermes.policies.qlm.policy import QueuePolicy
 from hermes.policies.registry import make_named_engine
 from hermes.policies.slo_class import SloClassOptions, engine_rank
 from hermes.sim.app_state import AppState, ToolCallId
-from hermes.sim.engine_runner import EngineRunner
+from hermes.sim.engine_runner import EngineRunner, ReplicaLoads
 from hermes.sim.kernel import EventLoop
 from hermes.sim.metrics import SLO, app_figures, engine_figures, request_summary, tool_figures
+from hermes.sim.prefix_figures import cached_lookup, prefix_cache_figures, trace_content
 from hermes.sim.prewarm_orders import PrewarmOrders
 from hermes.sim.shared_cluster import SharedCluster
 from hermes.sim.stream_figures import StreamSpec, stream_results
 from hermes.sim.tool_runner import ToolRunner
+from hermes.workloads.call_content import call_content
 from hermes.workloads.request_traces import TraceRequest
 
 _RANKED_BE = BrosOptions(be_order="priority")
-
-
-class _Loads(Sequence[ReplicaLoad]):
-    """Replicas' loads, each read when a router asks (round-robin asks for none)."""
-
-    def __init__(self, runners: Sequence[EngineRunner[LLMEngine]]) -> None:
-        self._runners = runners
-
-    def __len__(self) -> int:
-        return len(self._runners)
-
-    @overload
-    def __getitem__(self, i: int) -> ReplicaLoad: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[ReplicaLoad]: ...
-
-    def __getitem__(self, i: int | slice) -> ReplicaLoad | Sequence[ReplicaLoad]:
-        if isinstance(i, slice):
-            return [r.load() for r in self._runners[i]]
-        return self._runners[i].load()
 
 
 @dataclass(slots=True)
@@ -199,7 +180,10 @@ class Simulation:
 
         def arrive(i: int, now: float) -> None:
             t = trace[i]
-            req = EngineRequest(("req", base + i), t.prompt_tokens, t.output_tokens, now)
+            content = trace_content(t)
+            req = EngineRequest(
+                ("req", base + i), t.prompt_tokens, t.output_tokens, now, content=content
+            )
             self._submit(name, req, now, None)
 
         self._feed([t.arrival_s for t in trace], arrive)
@@ -220,6 +204,7 @@ class Simulation:
                 slo_class=spec.slo_class,
                 ttft_slo_s=spec.ttft_s,
                 tpot_slo_s=spec.tpot_s,
+                content=trace_content(t),
             )
             spec.requests.append(req)
             self._submit(name, req, now, None, spec.e2e_s)
@@ -307,7 +292,11 @@ class Simulation:
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, LLMCall)
                 rid = ("app", app.app_id, app.stage, k)
-                req = EngineRequest(rid, call.prompt_tokens, call.completion_tokens, now)
+                # What it shares with the type's other runs and its own earlier calls.
+                content = call_content(app.run, app.app_id, app.stage, k)
+                req = EngineRequest(
+                    rid, call.prompt_tokens, call.completion_tokens, now, content=content
+                )
                 self._submit(name, req, now, app)
                 if not req.done:
                     app.live.append(req)
@@ -335,8 +324,14 @@ class Simulation:
             shared.submit(req, model, slo_s, now)
             return
         runners = self.groups[model].runners
-        route = RouteRequest(None if app is None else app.app_id)  # session routers' key
-        i = 0 if len(runners) == 1 else self.groups[model].router.choose(_Loads(runners), route)
+        route = RouteRequest(  # session routers' key; prefix routers' cache lookups
+            None if app is None else app.app_id, cached_lookup(runners, req)
+        )
+        i = (
+            0
+            if len(runners) == 1
+            else self.groups[model].router.choose(ReplicaLoads(runners), route)
+        )
         self._runner_of[id(req)] = runners[i]
         runners[i].submit(req, now)
 
@@ -470,8 +465,13 @@ class Simulation:
         out = request_summary(self.requests, itl, self.slo)
         span = float(out["makespan_s"])  # type: ignore[arg-type]
         out["instances"] = [
-            engine_figures(r.name, r.engine, len(r.requests), span) for r in runners
+            {
+                **engine_figures(r.name, r.engine, len(r.requests), span),
+                "prefix_cache": prefix_cache_figures([r]),
+            }
+            for r in runners
         ]
+        out["prefix_cache"] = prefix_cache_figures(runners)
         now = self.loop.now
         if self.apps:
             apps = app_figures(list(self.apps.values()))
