@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from hermes.engine.engine_config import EngineConfig
-from hermes.engine.kv_manager import PrefixCachedKV
 from hermes.engine.prefix import Content, block_hashes
+from hermes.engine.prefix_cache import PrefixCachedKV
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.scheduler import Engine
 from hermes.profiles import load_profile
@@ -222,3 +222,44 @@ def test_a_cpu_tier_keeps_evicted_blocks_and_loads_them_back_over_pcie() -> None
     assert tier[:2] == (960, 60)  # evicted to the CPU tier and loaded back
     # Copying 60 blocks over PCIe costs less than computing their 960 tokens again.
     assert tier[2] < none[2]
+
+
+def test_a_pin_keeps_an_idle_prefix_until_let_go_and_gives_way_under_pressure() -> None:
+    e = engine(blocks=12)
+    content = (("agent", 96),)
+    e.add(request("a", content, 97, output=1), 0.0)
+    now = run(e)
+    cache = kv(e)
+    hashes = block_hashes(content, BS, 97)
+    assert cache.pin("app", hashes) == 6
+    assert not cache.lru  # pinned: off the free queue
+    assert e.gpu.used == 6
+    e.check_invariants()
+    # A request that needs the whole pool: the pin gives way rather than stall the engine.
+    big = request("big", None, 190, output=1)
+    e.add(big, now)
+    now = run(e, now)
+    assert big.state is RequestState.FINISHED
+    assert cache.pins_broken == 1
+    assert not cache.pins
+    cache.unpin("app")  # already gone: nothing happens
+    e.check_invariants()
+
+
+def test_offload_and_prefetch_move_cached_blocks_through_the_cpu_tier() -> None:
+    cfg = EngineConfig(num_gpu_blocks=40, cpu_kv_cache_bytes=100 * BS * MODEL.kv_bytes_per_token)
+    e = Engine(MODEL, cfg)
+    content = (("agent", 160),)
+    e.add(request("a", content, 161, output=1), 0.0)
+    now = run(e)
+    cache = kv(e)
+    hashes = block_hashes(content, BS, 161)
+    assert cache.offload(hashes) == 10
+    assert not set(hashes) & set(cache.refs)
+    assert set(hashes) <= set(cache.cpu_lru)
+    assert cache.prefetch(hashes) == 10
+    again = request("b", content, 161, output=1)
+    e.add(again, now)
+    run(e, now)
+    assert again.cached_tokens == 160
+    assert cache.reloaded == 10  # the prefetch copied them; the hit found them on the GPU

@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from hermes.engine.base import EngineBase, kv_blocks
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
-from hermes.engine.kv_manager import PagedKV, PrefixCachedKV
+from hermes.engine.kv_manager import PagedKV
 from hermes.engine.kv_pool import BlockPool
+from hermes.engine.prefix_cache import PrefixCachedKV
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.request_queue import PriorityQueue, priority_order
 from hermes.engine.step import BatchCost, Chunk, EngineStats, Step, StepResult, sample_token
@@ -273,6 +274,8 @@ class Engine(EngineBase):
             need = -(-(r.num_computed + n) // bs) - r.blocks
             lost_self = False
             while need > gpu.free:
+                if self._caching and self._unpin_oldest():
+                    continue  # a pinned idle prefix gives way before a running request
                 victim = self._victim(running)
                 preempted = True
                 if running.index(victim) < i:  # scheduled earlier in this iteration: undo it
@@ -295,6 +298,10 @@ class Engine(EngineBase):
             budget -= n
             i += 1
         return budget, swap_blocks, preempted
+
+    def _unpin_oldest(self) -> bool:
+        kv = self.kv
+        return isinstance(kv, PrefixCachedKV) and kv.unpin_oldest()
 
     def _take_hits(self, r: EngineRequest, hits: int) -> int:
         """`r` takes its cached blocks; the blocks copied back from the CPU tier."""
@@ -342,6 +349,8 @@ class Engine(EngineBase):
             n = min(r.num_tokens - computed, budget)
             need = -(-(computed + n) // bs) - r.blocks - hits
             if need + free_hits > gpu.free:
+                if not running and self._unpin_oldest():
+                    continue  # nothing runs: pinned prefixes must not stall the engine
                 break
             if hits:
                 loaded += self._take_hits(r, hits)

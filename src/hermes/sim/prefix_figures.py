@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hermes.engine.kv_manager import PrefixCachedKV
 from hermes.engine.prefix import Content, block_hashes, runs_of
+from hermes.engine.prefix_cache import PrefixCachedKV
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.workloads.request_traces import TraceRequest
 

@@ -1,0 +1,84 @@
+"""KV retention policies and the simulator carrying them out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hermes.core.demand_sampler import DemandModel
+from hermes.core.llm_return import llm_return_samples
+from hermes.engine.demand_cost_adapter import EngineDemandCost
+from hermes.policies.base import AppView, PolicyContext
+from hermes.policies.kv_retention import LET_GO, PDGraphRetention, Retention, make_retention
+from hermes.profiles import load_profile
+from hermes.sim.build import simulate, template_graphs
+from hermes.sim.config import config_from_dict
+
+COST = EngineDemandCost(load_profile("llama-2-7b@a100"))
+
+
+def _ctx() -> PolicyContext:
+    graphs = template_graphs(["react_alfw"], 50, 0)
+    return PolicyContext({k: DemandModel(g, COST) for k, g in graphs.items()}, COST, seed=0)
+
+
+def test_an_agent_comes_back_from_its_tool_and_the_walk_says_when() -> None:
+    ctx = _ctx()
+    model = ctx.models["react_alfw"]
+    t = llm_return_samples(model, "act", 300, np.random.default_rng(0))
+    assert np.isfinite(t).mean() > 0.9  # ReAct: after acting it thinks again, nearly always
+    assert (t[np.isfinite(t)] > 0).all()
+    assert (llm_return_samples(model, "thought", 10, np.random.default_rng(0)) == 0).all()
+
+
+def test_the_policies_decide_as_their_rules_say() -> None:
+    ctx = _ctx()
+    view = AppView(0, "react_alfw", 0.0)
+    assert make_retention("lru", ctx).on_llm_stage_done(view, "act", 0.0) == LET_GO
+    ttl = make_retention("ttl", ctx).on_llm_stage_done(view, "act", 0.0)
+    assert ttl.pin_s > 0
+    pd = PDGraphRetention(ctx, k=0.5, max_pin_s=1e9).on_llm_stage_done(view, "act", 0.0)
+    assert pd.pin_s > 0
+    far = PDGraphRetention(ctx, k=0.5, max_pin_s=0.0).on_llm_stage_done(view, "act", 0.0)
+    assert far == Retention(offload=True, prefetch_in_s=far.prefetch_in_s)
+    assert far.prefetch_in_s is not None
+    never = PDGraphRetention(ctx, k=1.0).on_llm_stage_done(view, "act", 0.0)
+    assert never in (LET_GO, Retention(pin_s=never.pin_s))
+    assert make_retention("pdgraph", ctx).on_llm_stage_done(view, None, 0.0) == LET_GO
+    with pytest.raises(ValueError, match="unknown KV retention 'mru'"):
+        make_retention("mru", ctx)
+
+
+def _run(retention: str) -> Any:
+    cfg = config_from_dict(
+        {
+            "seed": 0,
+            "policy": "gittins",
+            "kv_retention": retention,
+            "instances": [{"model": "llama-2-7b", "num_gpu_blocks": 400}],
+            "apps": {  # the paper's six-application mix, on a tight KV pool
+                "templates": {
+                    "factool_code": 16,
+                    "factool_kbqa": 16,
+                    "react_alfw": 16,
+                    "langchain_mapreduce": 16,
+                    "factool_math": 4,
+                    "react_fever": 4,
+                },
+                "count": 100,
+                "arrivals": {"process": "poisson", "window_s": 300},
+            },
+        }
+    )
+    return simulate(cfg)
+
+
+def test_retention_keeps_agents_prefixes_through_their_tool_stages() -> None:
+    lru, ttl = _run("lru"), _run("ttl")
+    assert "kv_retention" not in lru
+    assert ttl["kv_retention"]["pins"] > 0
+    assert ttl["prefix_cache"]["hit_rate"] > lru["prefix_cache"]["hit_rate"] + 0.1
+    assert ttl["act"]["mean"] < lru["act"]["mean"]
+    assert ttl["apps"]["completed"] == lru["apps"]["completed"] == 100
