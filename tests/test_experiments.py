@@ -166,3 +166,76 @@ def test_cli_bench_paper_mode_writes_results_report_and_plots(tmp_path: Path) ->
     report = (out / "report.md").read_text()
     assert "| gittins |" in report
     assert "![ACT vs load](act_vs_intensity.png)" in report
+
+
+def test_cli_bench_runs_only_the_named_experiments(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "hermes", "--out", str(out), "--apps", "12", "--workloads", "1"]
+    res = runner.invoke(app, [*args, "--experiments", "tools,overhead", "--overhead-apps", "1"])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md"}  # no plots to draw
+    r = json.loads((out / "results.json").read_text())
+    assert set(r) == {"settings", "tools", "overhead", "targets", "wall_s"}
+    assert r["settings"]["experiments"] == ["tools", "overhead"]
+    tools = r["tools"]
+    for order in ("fifo", "policy"):
+        row = tools[order]
+        assert row["apps"] == 12
+        assert row["failed"] == 0
+        assert row["act_mean"] > 0
+        assert row["act_p95"] > 0
+        assert set(row["queue_wait_s"]) == {"sandbox"}
+    assert tools["setting"] == {**tools["setting"], "layout": "shared", "instances": 1}
+    assert set(tools["sweep"]) == {"separate", "shared"}
+    assert set(tools["sweep"]["separate"]) == {"1", "2", "4"}
+    assert set(tools["sweep"]["separate"]["1"]["fifo"]["queue_wait_s"]) == {"docker", "env"}
+    targets = [t["target"] for t in r["targets"]]
+    assert sum(t.startswith("policy-ordered vs FIFO tool pools") for t in targets) == 1
+    assert sum(t.startswith("ranking round") for t in targets) == 1
+    report = (out / "report.md").read_text()
+    assert "## Tool pools in policy order" in report
+    assert "## Ranking-round overhead" in report
+    assert "## Prewarming" not in report
+    assert "act_vs_intensity.png" not in report
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiments", "tools,kv2"], "--experiments: expected some of load, deadlines"),
+        (["--experiments", ","], "--experiments: expected some of"),
+        (["--runs", "x.jsonl", "--experiments", "tools"], "--experiments applies to the paper"),
+    ],
+)
+def test_cli_bench_rejects_unknown_experiments(args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["bench", "hermes", *args])
+    assert res.exit_code == 2
+    assert message in res.output
+
+
+def test_paper_settings_check_the_experiments() -> None:
+    from hermes.experiments.hermes_paper import EXPERIMENTS, PaperSettings
+
+    assert set(PaperSettings().experiments) == set(EXPERIMENTS)
+    with pytest.raises(ValueError, match=r"experiments: expected some of load, .*got nope"):
+        PaperSettings(experiments=("nope",))
+    with pytest.raises(ValueError, match="got none"):
+        PaperSettings(experiments=())
+
+
+def test_the_shared_layout_sends_sandboxed_tools_to_one_pool() -> None:
+    from hermes.experiments.tool_queues import SANDBOX, shared_runs
+
+    runs = [
+        *generate_runs("factool_code", 2, seed=0),
+        *generate_runs("react_alfw", 2, seed=0),
+        *generate_runs("factool_kbqa", 2, seed=0),
+    ]
+    before = {st.backend for r in runs for st in r.stages if st.kind == "tool"}
+    assert before == {"docker", "env", "search"}
+    after = shared_runs(runs)
+    assert {st.backend for r in after for st in r.stages if st.kind == "tool"} == {
+        SANDBOX,
+        "search",
+    }
+    assert [len(r.stages) for r in after] == [len(r.stages) for r in runs]

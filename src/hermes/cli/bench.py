@@ -78,19 +78,25 @@ def bench_hermes(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="With --runs: write the summary here.")
     ] = None,
+    experiments: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated experiments to run: load, deadlines, prewarm, ablation, "
+            "overhead, tools. [default: all]"
+        ),
+    ] = None,
 ) -> None:
     """The Hermes paper's experiments: completion time by policy and load, deadlines,
-    prewarming, ablations and ranking overhead. With --runs: policies on recorded runs."""
+    prewarming, ablations, ranking overhead, tool pools in policy order. With --runs: policies
+    on recorded runs."""
     chosen = _ranking_policies(policies)
+    named = _experiments(experiments)
     limits = tuple(int(x) for x in floats(max_num_seqs, "--max-num-seqs")) if max_num_seqs else None
     loads = floats(intensity, "--intensity") if intensity is not None else None
-    try:
-        from hermes.profiles import load_profile
-
-        load_profile(model, gpu, None)
-    except (ValueError, OSError) as e:
-        raise fail(str(e)) from None
+    _check_profile(model, gpu)
     if runs:
+        if named is not None:
+            raise fail("--experiments applies to the paper's experiments, not to --runs")
         _bench_recorded(
             runs, train_fraction, loads, chosen, seed, apps, weights, (model, gpu), limits, json_out
         )
@@ -100,14 +106,34 @@ def bench_hermes(
     kwargs: dict[str, Any] = {"apps": apps, "model": model, "gpu": gpu, "seed": seed}
     kwargs["workloads"] = workloads
     kwargs["overhead_apps"] = tuple(int(x) for x in floats(overhead_apps, "--overhead-apps"))
+    given = {"experiments": named, "policies": chosen, "batch_limits": limits}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
     if loads is not None:
         kwargs["intensities"] = loads
         kwargs["headline_intensity"] = max(loads)
-    if chosen is not None:
-        kwargs["policies"] = chosen
-    if limits is not None:
-        kwargs["batch_limits"] = limits
     _bench_paper(kwargs, out_dir)
+
+
+def _check_profile(model: str, gpu: str) -> None:
+    try:
+        from hermes.profiles import load_profile
+
+        load_profile(model, gpu, None)
+    except (ValueError, OSError) as e:
+        raise fail(str(e)) from None
+
+
+def _experiments(text: str | None) -> tuple[str, ...] | None:
+    """The comma-separated experiments named, each checked; None when not given."""
+    if text is None:
+        return None
+    from hermes.experiments.hermes_paper import EXPERIMENTS
+
+    chosen = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in chosen if x not in EXPERIMENTS]
+    if bad or not chosen:
+        raise fail(f"--experiments: expected some of {', '.join(EXPERIMENTS)}, got {text!r}")
+    return tuple(dict.fromkeys(chosen))
 
 
 def _ranking_policies(policies: str | None) -> tuple[str, ...] | None:

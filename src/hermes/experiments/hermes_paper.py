@@ -1,15 +1,16 @@
 """The Hermes paper's experiments on the simulator: completion time by policy and load,
-deadlines, prewarming, ablations, and the cost of a ranking round.
+deadlines, prewarming, ablations, the cost of a ranking round, and tool pools in policy order.
 
-Each experiment is a function from settings to plain data (JSON-ready); `run_all` runs them in
-turn and checks the issue's targets against what was measured. Nothing here writes files.
+Each experiment is a function from settings to plain data (JSON-ready), registered by name in
+`EXPERIMENTS`; `run_all` runs those the settings name, in turn, and checks the issue's targets
+against what was measured. Nothing here writes files.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from hermes.experiments.common import (
     with_deadlines,
 )
 from hermes.experiments.ranking_overhead import ranking_round_times
+from hermes.experiments.tool_queues import ToolQueueSettings, tools_experiment
 from hermes.sim.build import template_graphs
 from hermes.sim.config import PolicyOptions, ToolBackend
 from hermes.types import ProgressLog
@@ -78,6 +80,21 @@ class PaperSettings:
         300.0,
     )
     overhead_apps: tuple[int, ...] = (1, 10, 100, 1000, 10_000)
+    # Which experiments to run (names of EXPERIMENTS); all of them by default.
+    experiments: tuple[str, ...] = ("load", "deadlines", "prewarm", "ablation", "overhead", "tools")
+    # tools: LLM replicas (enough that tool pools are the bottleneck), the load, and the
+    # instance counts of the limited pools.
+    tools_replicas: int = 4
+    tools_intensity: float = 30.0
+    tools_instances: tuple[int, ...] = (1, 2, 4)
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.experiments if e not in EXPERIMENTS]
+        if unknown or not self.experiments:
+            raise ValueError(
+                f"experiments: expected some of {', '.join(EXPERIMENTS)}, got "
+                f"{', '.join(self.experiments) or 'none'}"
+            )
 
     def engine_spec(self, max_num_seqs: int) -> EngineSpec:
         return EngineSpec(self.model, self.gpu, 1, max_num_seqs)
@@ -258,15 +275,37 @@ def overhead_experiment(s: PaperSettings, w: _Workload, progress: ProgressLog = 
     return ranking_round_times(w.graphs, s.overhead_apps, s.seed)
 
 
+def tool_experiment(
+    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
+) -> dict[str, Any]:
+    """FIFO against policy-ordered tool pools under gittins (`experiments.tool_queues`)."""
+    spec = replace(s.engine_spec(s.batch_limits[0]), replicas=s.tools_replicas)
+    settings = ToolQueueSettings(
+        spec, BASE_WINDOW_S / s.tools_intensity, PAPER_TOOLS, s.tools_instances, seed=s.seed
+    )
+    draws = [(d.runs, d.offsets) for d in w.draws]
+    return tools_experiment(settings, draws, w.graphs, progress)
+
+
+Experiment = Callable[[PaperSettings, _Workload, ProgressLog], Any]
+EXPERIMENTS: dict[str, Experiment] = {
+    "load": load_experiment,
+    "deadlines": deadline_experiment,
+    "prewarm": prewarm_experiment,
+    "ablation": ablation_experiment,
+    "overhead": overhead_experiment,
+    "tools": tool_experiment,
+}
+
+
 def run_all(s: PaperSettings, progress: ProgressLog = _quiet) -> dict[str, Any]:
+    """The experiments `s.experiments` names, in the order of EXPERIMENTS."""
     start = time.perf_counter()
     w = _workload(s)
     results: dict[str, Any] = {"settings": _settings_dict(s)}
-    results["load"] = load_experiment(s, w, progress)
-    results["deadlines"] = deadline_experiment(s, w, progress)
-    results["prewarm"] = prewarm_experiment(s, w, progress)
-    results["ablation"] = ablation_experiment(s, w, progress)
-    results["overhead"] = overhead_experiment(s, w, progress)
+    for name, experiment in EXPERIMENTS.items():
+        if name in s.experiments:
+            results[name] = experiment(s, w, progress)
     results["targets"] = check_targets(s, results)
     results["wall_s"] = time.perf_counter() - start
     return results
@@ -288,7 +327,7 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
     """The issue's targets, each with the measured value and whether it is met."""
     out: list[dict[str, Any]] = []
     head = str(s.headline_intensity)
-    for seqs, load in r["load"].items():
+    for seqs, load in r.get("load", {}).items():
         rows = load["by_intensity"].get(head)
         if rows is None or "vllm" not in rows or "gittins" not in rows:
             continue
@@ -306,13 +345,13 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
                 d = reduction(g["act_mean"], rows[other]["act_mean"])
                 # 0.5 % slack: policies that rank alike differ by event-order noise.
                 out.append(_target(f"gittins vs {other}, mean ACT ({where})", d, "<=", 0.005))
-    for seqs, rows in r["deadlines"].items():
+    for seqs, rows in r.get("deadlines", {}).items():
         for factor, cell in rows.items():
             e, lst = cell["edf"]["dsr"], cell["lstf"]["dsr"]
             diff = None if e is None or lst is None else lst - e
             name = f"lstf minus edf deadline satisfaction ({factor}x, max_num_seqs {seqs})"
             out.append(_target(name, diff, ">=", 0.0))
-    pw = r["prewarm"]["policies"]
+    pw = r.get("prewarm", {}).get("policies", {})
     if "none" in pw and "pdgraph" in pw:
         base = pw["none"]["cold_wait_s"]
         removed = None if base == 0 else 1.0 - pw["pdgraph"]["cold_wait_s"] / base
@@ -331,9 +370,17 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
                 "(the shortest TTL that removes as much cold wait)"
             )
             out.append(_target(name, ratio, "<=", 1.0))
-    rounds = r["overhead"].get("rounds", [])
+    rounds = r.get("overhead", {}).get("rounds", [])
     if rounds:
         worst = max(rounds, key=lambda x: x["apps"])
         name = f"ranking round over {worst['apps']} active applications, ms"
         out.append(_target(name, worst["round_ms"], "<=", 10.0))
+    tools = r.get("tools")
+    if tools is not None:
+        at = tools["setting"]
+        name = (
+            f"policy-ordered vs FIFO tool pools, mean ACT ({at['layout']} pool of "
+            f"{at['instances']}, intensity {s.tools_intensity:g}, {at['replicas']} replicas)"
+        )
+        out.append(_target(name, tools["reduction"], "<=", -0.20))
     return out
