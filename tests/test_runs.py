@@ -122,6 +122,14 @@ def _break(path: str, value: Any) -> dict[str, Any]:
         ("arrival_s", -1, "'arrival_s' must be non-negative"),
         ("deadline_s", 0, "'deadline_s' must be positive"),
         ("slo_class", "gold", '\'slo_class\' must be "rt" or "be"'),
+        # The optional sharing fields of an llm call (docs/app-trace-format.md).
+        ("stages.1.calls.1.shared_prefix_tokens", -3, "stages[1].calls[1]: 'shared_prefix_tok"),
+        ("stages.1.calls.1.history_tokens", 2.5, "'history_tokens' must be a non-negative int"),
+        ("stages.1.calls.1.history_tokens", False, "'history_tokens' must be a non-negative"),
+        ("stages.1.calls.1.shared_prefix_id", "", "'shared_prefix_id' must be a non-empty"),
+        ("stages.1.calls.1.shared_prefix_id", "x", "'shared_prefix_id' needs 'shared_prefix_tok"),
+        ("stages.1.calls.1.history_tokens", 367, "shared_prefix_tokens + history_tokens (0 + 367)"),
+        ("stages.2.calls.0.history_tokens", 1, "'history_tokens' is only allowed on llm calls"),
     ],
 )
 def test_a_bad_line_names_file_line_and_rule(
@@ -166,3 +174,45 @@ def test_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(RunFormatError, match="not UTF-8"):
         read_runs(path)
+
+
+# ---- what a call shares (optional fields) -------------------------------------------------------
+
+
+def _calls(obj: dict[str, Any]) -> list[Any]:
+    return [stage["calls"] for stage in obj["stages"]]
+
+
+def _sharing_example() -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(json.dumps(EXAMPLE))
+    obj["stages"][0]["calls"][0].update(shared_prefix_tokens=520, history_tokens=0)
+    obj["stages"][3]["calls"][0].update(
+        shared_prefix_tokens=167, history_tokens=300, shared_prefix_id="verify-v2"
+    )
+    return obj
+
+
+def test_sharing_fields_are_read_and_written_back(tmp_path: Path) -> None:
+    run = run_from_dict(_sharing_example())
+    assert run.stages[0].calls[0] == LLMCall(723, 100, 520, 0)
+    assert run.stages[3].calls[0] == LLMCall(512, 64, 167, 300, "verify-v2")
+    assert run.stages[1].calls[0] == LLMCall(365, 15)  # absent: not recorded
+    assert not run.stages[1].llm_calls()[0].records_sharing
+    assert _calls(run_to_dict(run)) == _calls(_sharing_example())
+    path = tmp_path / "runs.jsonl"
+    write_runs(path, [run])
+    assert read_runs(path) == [run]
+
+
+def test_a_v1_file_without_them_reads_and_writes_as_before(tmp_path: Path) -> None:
+    run = run_from_dict(EXAMPLE)
+    assert all(not c.records_sharing for s in run.stages for c in s.llm_calls())
+    assert _calls(run_to_dict(run)) == _calls(EXAMPLE)  # no new keys in files that had none
+    nulls = _break("stages.0.calls.0.history_tokens", None)
+    assert run_from_dict(nulls) == run  # null is absent, as for the other optional fields
+
+
+def test_prefix_and_history_may_fill_the_prompt() -> None:
+    obj = _break("stages.1.calls.0.shared_prefix_tokens", 300)
+    obj["stages"][1]["calls"][0]["history_tokens"] = 65
+    assert run_from_dict(obj).stages[1].calls[0] == LLMCall(365, 15, 300, 65)

@@ -41,8 +41,22 @@ class RunFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LLMCall:
+    """One LLM call. The optional fields say which leading prompt tokens it shares with other
+    calls (docs/app-trace-format.md), for prefix caching; None: not recorded."""
+
     prompt_tokens: int
     completion_tokens: int
+    # Leading prompt tokens that every call of its stage (or of its shared_prefix_id) in every
+    # run of its application type sends alike: system prompt, instructions, few-shot examples.
+    shared_prefix_tokens: int | None = None
+    # The prompt tokens right after that prefix that resend the run's earlier context in order.
+    history_tokens: int | None = None
+    # Names the shared prefix where one stage has several (e.g. the few-shot of a task kind).
+    shared_prefix_id: str | None = None
+
+    @property
+    def records_sharing(self) -> bool:
+        return self.shared_prefix_tokens is not None or self.history_tokens is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +145,31 @@ def _call(obj: Any, kind: StageKind) -> LLMCall | ToolCall:
     if not isinstance(obj, Mapping):
         raise RunFormatError(f"a call must be an object, got {type(obj).__name__}")
     if kind == "llm":
-        return LLMCall(
-            prompt_tokens=_count(_require(obj, "prompt_tokens"), "prompt_tokens"),
-            completion_tokens=_count(_require(obj, "completion_tokens"), "completion_tokens"),
-        )
+        return _llm_call(obj)
+    for key in _SHARING_KEYS:
+        if _optional(obj, key) is not None:
+            raise RunFormatError(f"'{key}' is only allowed on llm calls")
     return ToolCall(duration_s=_seconds(_require(obj, "duration_s"), "duration_s"))
+
+
+_SHARING_KEYS = ("shared_prefix_tokens", "history_tokens", "shared_prefix_id")
+
+
+def _llm_call(obj: Mapping[str, Any]) -> LLMCall:
+    prompt = _count(_require(obj, "prompt_tokens"), "prompt_tokens")
+    completion = _count(_require(obj, "completion_tokens"), "completion_tokens")
+    raw_prefix, raw_history, raw_id = (_optional(obj, key) for key in _SHARING_KEYS)
+    prefix = None if raw_prefix is None else _count(raw_prefix, "shared_prefix_tokens")
+    history = None if raw_history is None else _count(raw_history, "history_tokens")
+    prefix_id = None if raw_id is None else _string(raw_id, "shared_prefix_id")
+    if prefix_id is not None and prefix is None:
+        raise RunFormatError("'shared_prefix_id' needs 'shared_prefix_tokens'")
+    if (prefix or 0) + (history or 0) > prompt:
+        raise RunFormatError(
+            f"shared_prefix_tokens + history_tokens ({prefix or 0} + {history or 0}) must not"
+            f" exceed prompt_tokens ({prompt})"
+        )
+    return LLMCall(prompt, completion, prefix, history, prefix_id)
 
 
 def _stage(obj: Any) -> Stage:
@@ -210,9 +244,7 @@ def run_to_dict(run: AppRun) -> dict[str, Any]:
         if s.model is not None:
             stage["model"] = s.model
         stage["calls"] = [
-            {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
-            if isinstance(c, LLMCall)
-            else {"duration_s": c.duration_s}
+            _llm_call_dict(c) if isinstance(c, LLMCall) else {"duration_s": c.duration_s}
             for c in s.calls
         ]
         stages.append(stage)
@@ -223,4 +255,16 @@ def run_to_dict(run: AppRun) -> dict[str, Any]:
         out["deadline_s"] = run.deadline_s
     if run.slo_class is not None:
         out["slo_class"] = run.slo_class
+    return out
+
+
+def _llm_call_dict(call: LLMCall) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "prompt_tokens": call.prompt_tokens,
+        "completion_tokens": call.completion_tokens,
+    }
+    for key in _SHARING_KEYS:  # written only when recorded: v1 files stay as they were
+        value = getattr(call, key)
+        if value is not None:
+            out[key] = value
     return out
