@@ -298,3 +298,60 @@ def test_runs_survive_the_format_v1_round_trip(app: str) -> None:
     for run in runs_of(app):
         assert run_from_dict(run_to_dict(run)) == run
         assert run_from_dict(json.loads(json.dumps(run_to_dict(run)))) == run
+
+
+# ---- what calls share (docs/app-trace-format.md) ------------------------------------------------
+
+# Each stage's template prefix in tokens (the agents' are checked for consistency instead).
+PREFIXES: dict[str, dict[str, int]] = {
+    "factool_code": {"generate_queries": 33, "generate_solutions": 75},
+    "factool_kbqa": {"extract_claims": 520, "generate_queries": 270, "verifies": 167},
+    "factool_math": {"extract_claims": 472, "generate_queries": 107},
+    "langchain_mapreduce": {
+        "generate_summary": 10,
+        "collapse_summaries": 10,
+        "generate_final_summary": 10,
+    },
+    "react_fever": {"thought": 1020},
+}
+
+
+@pytest.mark.parametrize("app", TEMPLATE_NAMES)
+def test_every_call_says_what_it_shares(app: str) -> None:
+    calls = [
+        ((stage.name, call.shared_prefix_id), call)
+        for run in runs_of(app)[:300]
+        for stage in run.stages
+        for call in stage.llm_calls()
+    ]
+    prefix_of: dict[tuple[str, str | None], int] = {}
+    for key, call in calls:
+        assert call.shared_prefix_tokens is not None
+        assert call.history_tokens is not None
+        assert call.shared_prefix_tokens + call.history_tokens <= call.prompt_tokens
+        prefix_of[key] = max(prefix_of.get(key, 0), call.shared_prefix_tokens)
+    # One prefix per stage (or id), the same in every run; a shorter prompt holds its start.
+    for key, call in calls:
+        assert call.shared_prefix_tokens == min(prefix_of[key], call.prompt_tokens)
+    if app in PREFIXES:
+        assert {name: n for (name, _), n in prefix_of.items()} == PREFIXES[app]
+    if app == "react_alfw":  # one few-shot prefix per ALFWorld task kind
+        assert {pid for _, pid in prefix_of} == {
+            f"alfw-{k}" for k in ("put", "clean", "heat", "cool", "examine", "puttwo")
+        }
+
+
+@pytest.mark.parametrize("app", TEMPLATE_NAMES)
+def test_agents_resend_their_history_and_the_others_do_not(app: str) -> None:
+    for run in runs_of(app)[:300]:
+        calls = [c for s in run.stages for c in s.llm_calls()]
+        if app not in ("react_fever", "react_alfw"):
+            assert all(c.history_tokens == 0 for c in calls)
+            continue
+        assert calls[0].history_tokens == 0
+        for before, call in pairwise(calls):
+            assert before.shared_prefix_tokens is not None
+            # The previous prompt after its prefix, and its completion, then something new.
+            resent = before.prompt_tokens - before.shared_prefix_tokens + before.completion_tokens
+            assert call.history_tokens == resent
+            assert call.prompt_tokens >= before.prompt_tokens + before.completion_tokens
