@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -82,3 +83,35 @@ def test_learned_structure_matches_apps_md(graphs: dict[str, PDGraph], name: str
             tolerance = 4 * math.sqrt(max(p * (1 - p), 0.005) / visits)
             got = learned.get(dst, 0.0)
             assert abs(got - p) <= tolerance, f"{src}->{dst}: {got:.4f} vs {p} (±{tolerance:.4f})"
+
+
+# Where the templates resend history (the ReAct agents): every other stage sends a fresh prompt.
+RESENDING = {("react_fever", "thought"), ("react_alfw", "thought")}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURE))
+def test_learn_detects_history_resend_where_the_templates_resend(
+    graphs: dict[str, PDGraph], name: str
+) -> None:
+    g = graphs[name]
+    for stage, node in g.nodes.items():
+        if node.kind != "llm":
+            continue
+        assert node.history_resend == ((name, stage) in RESENDING), stage
+        prefix = g.learned_prefix(stage)
+        assert prefix is not None
+        assert 0 < prefix.shared_prefix_tokens <= node.smallest_prompt  # type: ignore[operator]
+
+
+def test_inspect_shows_what_was_learned(graphs: dict[str, PDGraph], tmp_path: Path) -> None:
+    from hermes.workloads.pdgraph_files import save_pdgraphs
+
+    path = tmp_path / "g.json"
+    save_pdgraphs(path, graphs)
+    res = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    thought = json.loads(res.output)["react_alfw"]["nodes"]["thought"]["prefix"]
+    assert thought["history_resend"] is True
+    assert thought["resend_share"] == 1.0
+    assert thought["resend_checks"] == graphs["react_alfw"].window  # a full window
+    assert thought["shared_prefix_tokens"] == graphs["react_alfw"].nodes["thought"].smallest_prompt

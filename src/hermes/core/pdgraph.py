@@ -17,12 +17,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hermes.core.prefix_learning import StagePrefix, detected, passed, resend_checks
 from hermes.core.runs import AppRun, LLMCall, Stage, StageKind
 
 START = "<start>"
 END = "<end>"
 DEFAULT_WINDOW = 1000
 DEFAULT_CORRELATION_THRESHOLD = 0.5
+DEFAULT_PREFIX_FRACTION = 1.0
 FORMAT = "hermes-pdgraph/1"
 
 
@@ -59,10 +61,31 @@ class Node:
     # (run seq, duration s, 0.0) per tool call.
     fanouts: deque[tuple[int, int]] = field(init=False)
     calls: deque[tuple[int, float, float]] = field(init=False)
+    # (run seq, previous call's prompt + completion, prompt) per history-resend check of an
+    # llm call (`prefix_learning.resend_checks`).
+    resends: deque[tuple[int, float, float]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.fanouts = deque(maxlen=self.window)
         self.calls = deque(maxlen=self.window)
+        self.resends = deque(maxlen=self.window)
+
+    @property
+    def resend_share(self) -> float | None:
+        """The share of this stage's checked calls long enough to resend the previous call."""
+        checks = [(a, b) for _, a, b in self.resends]
+        return passed(checks) / len(checks) if checks else None
+
+    @property
+    def history_resend(self) -> bool:
+        """Learned: each call resends the run's context (off until the window shows it)."""
+        return detected([(a, b) for _, a, b in self.resends])
+
+    @property
+    def smallest_prompt(self) -> int | None:
+        if self.kind != "llm" or not self.calls:
+            return None
+        return int(min(p for _, p, _ in self.calls))
 
 
 def stage_features(stages: Iterable[Stage]) -> dict[str, StageFeatures]:
@@ -90,9 +113,12 @@ class PDGraph:
         *,
         window: int = DEFAULT_WINDOW,
         correlation_threshold: float = DEFAULT_CORRELATION_THRESHOLD,
+        prefix_fraction: float = DEFAULT_PREFIX_FRACTION,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if not 0.0 <= prefix_fraction <= 1.0:
+            raise ValueError(f"prefix_fraction must be in [0, 1], got {prefix_fraction}")
         if not 0.0 <= correlation_threshold < 1.0:
             raise ValueError(
                 f"correlation_threshold must be in [0, 1), got {correlation_threshold}"
@@ -100,6 +126,8 @@ class PDGraph:
         self.app = app
         self.window = window
         self.correlation_threshold = correlation_threshold
+        # The learned shared prefix of a stage is this fraction of its smallest prompt.
+        self.prefix_fraction = prefix_fraction
         self.nodes: dict[str, Node] = {}
         self.edges: dict[str, Counter[str]] = {}
         self.runs: deque[RunRecord] = deque(maxlen=window)
@@ -138,6 +166,8 @@ class PDGraph:
                     node.calls.append((seq, call.duration_s, 0.0))
             self.edges.setdefault(prev, Counter())[stage.name] += 1
             prev = stage.name
+        for name, resent, prompt in resend_checks(run):
+            self.nodes[name].resends.append((seq, float(resent), float(prompt)))
         self.edges.setdefault(prev, Counter())[END] += 1
         self.runs.append(RunRecord(seq, stage_features(run.stages)))
         self.runs_seen += 1
@@ -161,6 +191,19 @@ class PDGraph:
     def successors(self) -> dict[str, dict[str, float]]:
         return {src: self.transition_probabilities(src) for src in self.edges}
 
+    def learned_prefix(self, stage: str) -> StagePrefix | None:
+        """What the calls of an llm stage share, as learned from token counts alone."""
+        node = self.nodes.get(stage)
+        smallest = None if node is None else node.smallest_prompt
+        if node is None or smallest is None:
+            return None
+        return StagePrefix(int(smallest * self.prefix_fraction), node.history_resend)
+
+    def learned_prefixes(self) -> dict[str, StagePrefix]:
+        """`learned_prefix` of every llm stage."""
+        out = {name: self.learned_prefix(name) for name in self.nodes}
+        return {name: p for name, p in out.items() if p is not None}
+
     # ---- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +211,7 @@ class PDGraph:
             "app": self.app,
             "window": self.window,
             "correlation_threshold": self.correlation_threshold,
+            "prefix_fraction": self.prefix_fraction,
             "runs_seen": self.runs_seen,
             "longest_run": self.longest_run,
             "nodes": {
@@ -177,6 +221,7 @@ class PDGraph:
                     "model": n.model,
                     "fanouts": [list(v) for v in n.fanouts],
                     "calls": [list(v) for v in n.calls],
+                    "resends": [list(v) for v in n.resends],
                 }
                 for name, n in self.nodes.items()
             },
@@ -200,6 +245,8 @@ class PDGraph:
             _str(d, "app", where),
             window=_int(d, "window", where, minimum=1),
             correlation_threshold=_float(d, "correlation_threshold", where),
+            # Files written before prefixes were learned have neither key: nothing learned.
+            prefix_fraction=_fraction(d, "prefix_fraction", where),
         )
         g.runs_seen = _int(d, "runs_seen", where)
         g.longest_run = _int(d, "longest_run", where)
@@ -218,6 +265,11 @@ class PDGraph:
             )
             node.calls.extend(
                 (int(s), float(a), float(b)) for s, a, b in _rows(n.get("calls"), 3, f"{at}.calls")
+            )
+            # Absent in files written before history resend was learned: nothing learned.
+            node.resends.extend(
+                (int(s), float(a), float(b))
+                for s, a, b in _rows(n.get("resends", []), 3, f"{at}.resends")
             )
             g.nodes[name] = node
         for src, raw in _mapping(d.get("edges"), f"{where}.edges").items():
@@ -276,6 +328,15 @@ def _float(d: Mapping[str, Any], key: str, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise PDGraphFormatError(f"{where}.{key}: expected a number, got {v!r}")
     return float(v)
+
+
+def _fraction(d: Mapping[str, Any], key: str, where: str) -> float:
+    if key not in d:
+        return DEFAULT_PREFIX_FRACTION
+    v = _float(d, key, where)
+    if not 0.0 <= v <= 1.0:
+        raise PDGraphFormatError(f"{where}.{key}: expected a number in [0, 1], got {v!r}")
+    return v
 
 
 def _row(obj: Any, width: int, where: str) -> list[float]:

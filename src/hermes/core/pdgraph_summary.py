@@ -21,6 +21,18 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _prefix(graph: PDGraph, stage: str) -> dict[str, Any]:
+    """What the stage's calls share, as learned (`core.prefix_learning`)."""
+    node = graph.nodes[stage]
+    learned = graph.learned_prefix(stage)
+    return {
+        "shared_prefix_tokens": 0 if learned is None else learned.shared_prefix_tokens,
+        "history_resend": node.history_resend,
+        "resend_share": node.resend_share,
+        "resend_checks": len(node.resends),
+    }
+
+
 def summarize(model: DemandModel, *, samples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Nodes with their windows' statistics, edge probabilities, correlations used by
     refinement, and quantiles of the total demand in seconds (sampled with ``seed``)."""
@@ -40,6 +52,7 @@ def summarize(model: DemandModel, *, samples: int = 2000, seed: int = 0) -> dict
         if node.kind == "llm":
             entry["prompt_tokens"] = _stats(calls[:, 0])
             entry["completion_tokens"] = _stats(calls[:, 1])
+            entry["prefix"] = _prefix(graph, name)
         else:
             entry["duration_s"] = _stats(calls[:, 0])
         nodes[name] = entry
@@ -47,6 +60,7 @@ def summarize(model: DemandModel, *, samples: int = 2000, seed: int = 0) -> dict
     return {
         "app": graph.app,
         "runs_seen": graph.runs_seen,
+        "prefix_fraction": graph.prefix_fraction,
         "start": START,
         "end": END,
         "nodes": nodes,
