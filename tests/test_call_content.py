@@ -9,10 +9,11 @@ from collections.abc import Hashable
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hermes.core.pdgraph import learn
 from hermes.core.prefix_learning import StagePrefix
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.engine.prefix import block_hashes, shared_tokens
-from hermes.workloads.call_content import call_content, run_contents
+from hermes.workloads.call_content import call_content, run_contents, with_learned_fields
 from hermes.workloads.templates import generate_runs
 
 
@@ -110,6 +111,30 @@ def test_a_run_that_records_fields_is_not_overridden_by_learning() -> None:
     run = agent("a")
     learned = {"thought": StagePrefix(0, False)}
     assert run_contents(run, 3, learned) == run_contents(run, 3)
+    assert with_learned_fields(run, learned) is run
+
+
+def _plain(run: AppRun) -> AppRun:
+    return dataclasses.replace(run, stages=tuple(
+        dataclasses.replace(s, calls=tuple(LLMCall(c.prompt_tokens, c.completion_tokens)
+                                           for c in s.llm_calls())) if s.kind == "llm" else s
+        for s in run.stages
+    ))  # fmt: skip
+
+
+def test_learned_fields_written_into_a_run_give_the_same_content() -> None:
+    runs = [_plain(r) for r in generate_runs("react_fever", 30, seed=5)]
+    runs += [_plain(r) for r in generate_runs("factool_kbqa", 10, seed=6)]
+    graphs = learn(runs)
+    for app_id, run in enumerate(runs):
+        learned = graphs[run.app].learned_prefixes()
+        filled = with_learned_fields(run, learned)
+        assert all(c.records_sharing for s in filled.stages for c in s.llm_calls())
+        assert run_contents(filled, app_id) == run_contents(run, app_id, learned)
+    filled = with_learned_fields(runs[0], graphs["react_fever"].learned_prefixes())
+    histories = [c.history_tokens for s in filled.stages for c in s.llm_calls()]
+    assert histories[0] == 0
+    assert all(h is not None and h > 0 for h in histories[1:])  # detected: the thoughts resend
 
 
 def test_template_runs_carry_content_that_never_exceeds_the_call() -> None:

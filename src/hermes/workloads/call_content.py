@@ -22,7 +22,7 @@ The fields come from the run; where a run records none, from what a PDGraph lear
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hermes.core.prefix_learning import StagePrefix
 from hermes.core.runs import AppRun, LLMCall, Stage
@@ -111,3 +111,29 @@ def run_contents(
         [call_content(run, app_id, i, k, learned) for k in range(len(stage.calls))]
         for i, stage in enumerate(run.stages)
     ]
+
+
+def with_learned_fields(run: AppRun, learned: Learned) -> AppRun:
+    """`run` with the sharing fields its calls would have by `learned` (`PDGraph.learned_prefixes`)
+    where it records none, so that a shell can hand a plain run to `call_content` (or write it
+    out); a run that records fields comes back as it is."""
+    if any(c.records_sharing for s in run.stages for c in s.llm_calls()):
+        return run
+    stages: list[Stage] = []
+    context = 0
+    for stage in run.stages:
+        calls = stage.llm_calls()
+        if stage.kind != "llm" or not calls:
+            stages.append(stage)
+            continue
+        filled: list[LLMCall] = []
+        for call in calls:
+            share = _sharing(call, stage.name, context, False, learned)
+            filled.append(call if share is None else replace(
+                call, shared_prefix_tokens=share.prefix, history_tokens=share.history
+            ))  # fmt: skip
+        first = _sharing(calls[0], stage.name, context, False, learned)
+        if first is not None and _extends(stage, first, context):
+            context = calls[0].prompt_tokens - first.prefix + calls[0].completion_tokens
+        stages.append(replace(stage, calls=tuple(filled)))
+    return replace(run, stages=tuple(stages))
