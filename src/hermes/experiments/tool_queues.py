@@ -106,7 +106,7 @@ def _run(
 
 
 def _row(outcomes: list[Outcome], waits: list[dict[str, float]]) -> dict[str, Any]:
-    row = summary(outcomes)
+    row: dict[str, Any] = dict(summary(outcomes))
     by_app: dict[str, list[float]] = {}
     for o in outcomes:
         if o.act_s is not None:
