@@ -22,10 +22,12 @@ from hermes.core.runs import AppRun
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.policies.base import PolicyContext
+from hermes.policies.kv_retention import make_retention
 from hermes.policies.prewarm import make_prewarm
 from hermes.policies.registry import make_policy, make_queue_policy
 from hermes.profiles import load_profile, load_profile_file
 from hermes.sim.config import AppWorkload, Arrivals, InstanceGroup, RequestWorkload, SimConfig
+from hermes.sim.kv_retention import KvRetention
 from hermes.sim.metrics import SLO
 from hermes.sim.simulation import Simulation
 from hermes.sim.stream_figures import StreamSpec
@@ -194,7 +196,9 @@ def build(
     opts = config.policy_options
     ctx = (
         policy_context(config, cost, runs, graphs)
-        if config.policy in PDGRAPH_POLICIES or opts.prewarm in PDGRAPH_PREWARMS
+        if config.policy in PDGRAPH_POLICIES
+        or opts.prewarm in PDGRAPH_PREWARMS
+        or config.kv_retention != "lru"
         else PolicyContext(cost=cost, seed=config.seed)
     )
     cold_starts = {tool.name: tool.cold_start_s for tool in config.tools}
@@ -205,6 +209,8 @@ def build(
         rank_interval_s=opts.rank_interval_s,
         prewarm=make_prewarm(opts.prewarm, ctx, k=opts.prewarm_k, cold_starts=cold_starts),
     )
+    if config.kv_retention != "lru":
+        sim.kv_retention = KvRetention(sim.loop, make_retention(config.kv_retention, ctx))
     _add_backends(sim, config, profiles, shared, decode_runs)
     if config.requests is not None:
         sim.add_requests(request_trace(config.requests, requests_rng), config.requests.model)

@@ -24,6 +24,11 @@ from hermes.types import SloClass
 EngineKind = Literal["vllm", "vllm-priority", "bros", "bros-nobidir"]
 
 
+# Replicas a group may hold: each is an engine (KV pool, queues) in this process's memory,
+# and a count from a typo (--instances 100000000) would exhaust it before the run began.
+MAX_REPLICAS = 1024
+
+
 class InstanceGroup(_Strict):
     """`count` identical engine replicas of one model on one GPU type."""
 
@@ -47,7 +52,12 @@ class InstanceGroup(_Strict):
     profile: str | None = Field(
         default=None, description="an engine profile JSON file; overrides model, gpu and tp"
     )
-    count: int = Field(default=1, ge=1, description="identical replicas of this engine")
+    count: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"identical replicas of this engine (at most {MAX_REPLICAS})",
+    )
     max_num_seqs: int = Field(
         default=256, ge=1, description="vLLM's max_num_seqs: sequences in one batch"
     )
@@ -272,7 +282,12 @@ class SharedGpus(_Strict):
         ge=1,
         description="tensor-parallel degree of every model; default each profile's",
     )
-    count: int = Field(default=2, ge=1, description="GPUs (instances) in the group")
+    count: int = Field(
+        default=2,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"GPUs (instances) in the group (at most {MAX_REPLICAS})",
+    )
     models: list[str] = Field(min_length=1, description="the models these GPUs serve")
     queue_policy: Literal["vllm", "edf", "qlm-noplan", "qlm"] = Field(
         default="qlm", description="how requests are queued and GPUs swap models"
@@ -363,6 +378,12 @@ class SimConfig(_Strict):
     )
     slo: SLOConfig | None = Field(
         default=None, description="latency SLOs that plain requests are judged by"
+    )
+    kv_retention: Literal["lru", "ttl", "pdgraph"] = Field(
+        default="lru",
+        description="what happens to an application's cached KV while it runs a tool stage: "
+        "lru (vLLM: nothing), ttl (kept a while chosen from the tool's durations), pdgraph "
+        "(kept, moved to the CPU tier or loaded back by the PDGraph's forecast of its return)",
     )
     until_s: float | None = Field(
         default=None,

@@ -39,11 +39,13 @@ from hermes.policies.slo_class import SloClassOptions, engine_rank
 from hermes.sim.app_state import AppState, ToolCallId
 from hermes.sim.engine_runner import EngineRunner, ReplicaLoads
 from hermes.sim.kernel import EventLoop
-from hermes.sim.metrics import SLO, app_figures, engine_figures, request_summary, tool_figures
-from hermes.sim.prefix_figures import cached_lookup, prefix_cache_figures, trace_content
+from hermes.sim.kv_retention import KvRetention
+from hermes.sim.metrics import SLO
+from hermes.sim.prefix_figures import cached_lookup, trace_content
 from hermes.sim.prewarm_orders import PrewarmOrders
+from hermes.sim.results import simulation_results
 from hermes.sim.shared_cluster import SharedCluster
-from hermes.sim.stream_figures import StreamSpec, stream_results
+from hermes.sim.stream_figures import StreamSpec
 from hermes.sim.tool_runner import ToolRunner
 from hermes.workloads.call_content import call_content
 from hermes.workloads.request_traces import TraceRequest
@@ -74,6 +76,7 @@ class Simulation:
     rank_interval_s: float = 0.1
     prewarm: PrewarmPolicy | None = None  # None: fixed keep-alive TTLs, no orders
     slo_classes: SloClassOptions = field(default_factory=SloClassOptions)
+    kv_retention: KvRetention | None = None  # None: what vLLM does (LRU)
     loop: EventLoop = field(default_factory=EventLoop)
     groups: dict[str, _ModelGroup] = field(default_factory=dict)
     shared: dict[str, SharedModels] = field(default_factory=dict)  # model -> its shared GPUs
@@ -288,6 +291,8 @@ class Simulation:
             for order in self.prewarm.on_stage(view, now):
                 self.orders.schedule(app, order, now)
         if stage.kind == "llm":
+            if self.kv_retention is not None:
+                self.kv_retention.llm_stage_starts(app.app_id)
             name = self._model(stage.model, "")
             for k, call in enumerate(stage.calls):
                 assert isinstance(call, LLMCall)
@@ -336,11 +341,13 @@ class Simulation:
         runners[i].submit(req, now)
 
     def _llm_done(self, req: EngineRequest, now: float) -> None:
-        self._runner_of.pop(id(req), None)
+        runner = self._runner_of.pop(id(req), None)
         rid = req.id
         if not (isinstance(rid, tuple) and rid[0] == "app"):
             return
         app = self.apps[rid[1]]
+        if self.kv_retention is not None and runner is not None:
+            self.kv_retention.call_done(app.app_id, req, runner.engine)
         if req.state is RequestState.REJECTED:
             if app.failed is None:
                 app.failed = f"stages[{rid[2]}].calls[{rid[3]}]: {req.reason}"
@@ -387,7 +394,14 @@ class Simulation:
         app.cold_wait_s += app.stage_cold_wait_s
         app.view.total_attained_s = app.done_s
         app.stage += 1
-        if app.failed is not None or app.stage == len(app.run.stages):
+        done = app.failed is not None or app.stage == len(app.run.stages)
+        if self.kv_retention is not None:
+            if done:
+                self.kv_retention.app_done(app.app_id)
+            else:
+                nxt = app.run.stages[app.stage].name
+                self.kv_retention.llm_stage_done(app.app_id, app.view, nxt, now)
+        if done:
             self.orders.release(app)
             app.finish_s = now
             self._unfinished_apps -= 1
@@ -456,43 +470,4 @@ class Simulation:
     # Results --------------------------------------------------------------------------------
 
     def results(self) -> dict[str, object]:
-        runners = [r for g in self.groups.values() for r in g.runners]
-        values = [r.engine.itl_samples() for r in runners]
-        itl = (
-            np.concatenate([v for v, _ in values]) if values else np.empty(0),
-            np.concatenate([w for _, w in values]) if values else np.empty(0),
-        )
-        out = request_summary(self.requests, itl, self.slo)
-        span = float(out["makespan_s"])  # type: ignore[arg-type]
-        out["instances"] = [
-            {
-                **engine_figures(r.name, r.engine, len(r.requests), span),
-                "prefix_cache": prefix_cache_figures([r]),
-            }
-            for r in runners
-        ]
-        out["prefix_cache"] = prefix_cache_figures(runners)
-        now = self.loop.now
-        if self.apps:
-            apps = app_figures(list(self.apps.values()))
-            out["apps"] = apps
-            out["act"] = apps["act"]
-        if self.tools:
-            backends = list(self.tools.values())
-            out["tools"] = {
-                name: tool_figures(t.pool, t.cold_wait_s, now)
-                for name, t in sorted(self.tools.items())
-            }
-            out["tools_total"] = {
-                "warm_instance_s": sum(t.pool.warm_instance_seconds(now) for t in backends),
-                "cold_wait_s": sum(t.cold_wait_s for t in backends),
-                "cold_starts": sum(t.pool.cold_starts for t in backends),
-            }
-        out.update(stream_results(self.streams, out.get("slo_attainment"), now))
-        clusters = list({id(c): c for c in self.shared.values()}.values())
-        shared = [c.results(now) for c in clusters]
-        if shared:
-            out["shared_gpus"] = shared
-        out["model_swaps"] = sum(int(s["model_swaps"]) for s in shared)  # type: ignore[call-overload]
-        out["events"] = self.loop.processed
-        return out
+        return simulation_results(self)
