@@ -13,17 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hermes.experiments.common import PAPER_MIX
 from hermes.sim.build import simulate
 from hermes.sim.config import config_from_dict
 
-MIX = {
-    "factool_code": 16,
-    "factool_kbqa": 16,
-    "react_alfw": 16,
-    "langchain_mapreduce": 16,
-    "factool_math": 4,
-    "react_fever": 4,
-}
 SETTINGS: dict[str, dict[str, Any]] = {
     "tight": {"num_gpu_blocks": 400},
     "tight + CPU tier": {"num_gpu_blocks": 400, "cpu_kv_gb": 2.0},
@@ -39,7 +32,7 @@ def run(setting: dict[str, Any], retention: str) -> dict[str, Any]:
             "kv_retention": retention,
             "instances": [{"model": "llama-2-7b", "count": 1, **setting}],
             "apps": {
-                "templates": MIX,
+                "templates": PAPER_MIX,
                 "count": 100,
                 "arrivals": {"process": "poisson", "window_s": 300},
             },

@@ -10,6 +10,7 @@ import pytest
 from hermes.core.demand_sampler import DemandModel
 from hermes.core.llm_return import llm_return_samples
 from hermes.engine.demand_cost_adapter import EngineDemandCost
+from hermes.experiments.common import PAPER_MIX
 from hermes.policies.base import AppView, PolicyContext
 from hermes.policies.kv_retention import LET_GO, PDGraphRetention, Retention, make_retention
 from hermes.profiles import load_profile
@@ -59,14 +60,7 @@ def _run(retention: str) -> Any:
             "kv_retention": retention,
             "instances": [{"model": "llama-2-7b", "num_gpu_blocks": 400}],
             "apps": {  # the paper's six-application mix, on a tight KV pool
-                "templates": {
-                    "factool_code": 16,
-                    "factool_kbqa": 16,
-                    "react_alfw": 16,
-                    "langchain_mapreduce": 16,
-                    "factool_math": 4,
-                    "react_fever": 4,
-                },
+                "templates": PAPER_MIX,
                 "count": 100,
                 "arrivals": {"process": "poisson", "window_s": 300},
             },

@@ -26,7 +26,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_manager import BidirKV, CpuSlots, KVManager, PagedKV
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.request_queue import ClassQueue, PriorityQueue
+from hermes.engine.request_queue import ClassQueue, PriorityQueue, remove_request
 from hermes.engine.rt_pace import AdaptiveCap, BrosOptions, next_deadline
 from hermes.engine.step import Step, StepResult, sample_token
 
@@ -100,8 +100,8 @@ class BrosEngine(EngineBase):
     def abort(self, req: EngineRequest, now: float) -> bool:
         if req.done:
             return False
-        found = self.queue.remove(req) or _remove(self.suspended, req)
-        if not (found or _remove(self.running, req)):
+        found = self.queue.remove(req) or remove_request(self.suspended, req)
+        if not (found or remove_request(self.running, req)):
             return False
         if self._in_flight is not None and req.state is RequestState.RUNNING:
             self._aborted.add(id(req))
@@ -345,11 +345,3 @@ class BrosEngine(EngineBase):
             assert r.state is RequestState.SWAPPED
             assert r.slo_class == "be"
         self.kv.check(self.running)
-
-
-def _remove(items: list[EngineRequest], req: EngineRequest) -> bool:
-    k = next((k for k, r in enumerate(items) if r is req), None)
-    if k is None:
-        return False
-    del items[k]
-    return True

@@ -20,6 +20,16 @@ def _index(items: list[EngineRequest] | deque[EngineRequest], req: EngineRequest
     return next((k for k, r in enumerate(items) if r is req), None)
 
 
+def remove_request(items: list[EngineRequest], req: EngineRequest) -> bool:
+    """Remove `req` (by identity: requests compare by id), keeping the order; False if it
+    is not there."""
+    k = _index(items, req)
+    if k is None:
+        return False
+    del items[k]
+    return True
+
+
 class FcfsQueue:
     """Arrival order; a request that lost its place (its KV dropped) may go back in front."""
 

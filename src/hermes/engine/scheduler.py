@@ -34,7 +34,7 @@ from hermes.engine.kv_manager import PagedKV
 from hermes.engine.kv_pool import BlockPool
 from hermes.engine.prefix_cache import PrefixCachedKV
 from hermes.engine.request import EngineRequest, RequestState
-from hermes.engine.request_queue import PriorityQueue, priority_order
+from hermes.engine.request_queue import PriorityQueue, priority_order, remove_request
 from hermes.engine.step import BatchCost, Chunk, EngineStats, Step, StepResult, sample_token
 
 __all__ = ["Engine", "EngineStats", "Step", "StepResult", "lowest_priority_victim"]
@@ -116,11 +116,11 @@ class Engine(EngineBase):
         """
         state = req.state
         if state is RequestState.RUNNING:
-            found = _remove(self.running, req)
+            found = remove_request(self.running, req)
         elif state is RequestState.WAITING:
             found = self.queue.remove(req)
         elif state is RequestState.SWAPPED:
-            found = _remove(self.swapped, req)
+            found = remove_request(self.swapped, req)
         else:
             return False
         if not found:
@@ -481,12 +481,3 @@ class Engine(EngineBase):
             assert r.num_computed == 0
         for r in self.swapped:
             assert r.state is RequestState.SWAPPED
-
-
-def _remove(items: list[EngineRequest], req: EngineRequest) -> bool:
-    """Remove `req` (by identity), keeping the order; False if it is not there."""
-    k = next((k for k, r in enumerate(items) if r is req), None)
-    if k is None:
-        return False
-    del items[k]
-    return True
