@@ -78,3 +78,40 @@ def test_prefix_caching_and_swap_preemption_are_refused_together() -> None:
                 "instances": [{"enable_prefix_caching": True, "preemption_mode": "swap"}],
             }
         )
+
+
+def test_runs_that_record_no_sharing_can_use_what_learning_detects(tmp_path: Any) -> None:
+    from dataclasses import replace
+
+    from hermes.core.runs import AppRun, LLMCall, Stage
+    from hermes.workloads.run_files import write_runs
+    from hermes.workloads.templates import generate_runs
+
+    def plain(run: AppRun) -> AppRun:
+        stages = tuple(
+            Stage(
+                s.name,
+                s.kind,
+                s.backend,
+                tuple(LLMCall(c.prompt_tokens, c.completion_tokens) for c in s.llm_calls())
+                if s.kind == "llm"
+                else s.calls,
+                s.model,
+            )
+            for s in run.stages
+        )
+        return replace(run, stages=stages)
+
+    runs = [plain(r) for r in generate_runs("react_fever", 30, seed=3)]
+    path = tmp_path / "runs.jsonl"
+    write_runs(path, runs)
+
+    def hits(learned: bool) -> int:
+        apps: dict[str, Any] = {"runs": [str(path)], "count": 30, "learned_prefixes": learned}
+        apps["arrivals"] = {"process": "poisson", "window_s": 60}
+        out = simulate(config_from_dict({"instances": [{"count": 1}], "apps": apps}))
+        pc: Any = out["prefix_cache"]
+        return int(pc["hit_tokens"])
+
+    assert hits(False) == 0
+    assert hits(True) > 0

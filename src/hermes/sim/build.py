@@ -32,6 +32,7 @@ from hermes.sim.metrics import SLO
 from hermes.sim.simulation import Simulation
 from hermes.sim.stream_figures import StreamSpec
 from hermes.workloads.arrivals import compress_to_window, gamma_arrivals, poisson_arrivals, rescale
+from hermes.workloads.call_content import with_learned_fields
 from hermes.workloads.mix import sample_mix
 from hermes.workloads.pdgraph_files import load_pdgraphs
 from hermes.workloads.qlm_workloads import profile_name
@@ -193,6 +194,8 @@ def build(
     )
     if runs is None:
         runs = [] if config.apps is None else app_runs(config.apps, apps_rng, config.seed)
+    if config.apps is not None and config.apps.learned_prefixes:
+        runs = with_learned_prefixes(runs, graphs)
     opts = config.policy_options
     ctx = (
         policy_context(config, cost, runs, graphs)
@@ -223,6 +226,18 @@ def build(
     if runs:
         sim.add_apps(runs)
     return sim
+
+
+def with_learned_prefixes(
+    runs: Sequence[tuple[float, AppRun]], graphs: Mapping[str, PDGraph] | None
+) -> list[tuple[float, AppRun]]:
+    """Runs that record no sharing get what the PDGraphs (`graphs`, else learned from the
+    runs themselves) detected: each stage's shared prefix and history resend."""
+    learned = graphs if graphs is not None else learn(run for _, run in runs)
+    return [
+        (t, with_learned_fields(r, learned[r.app].learned_prefixes()) if r.app in learned else r)
+        for t, r in runs
+    ]
 
 
 def _add_backends(

@@ -226,6 +226,11 @@ class AppWorkload(_Strict):
         description="files of recorded application runs (format v1) instead of templates",
     )
     count: int = Field(default=200, ge=1, description="applications to run")
+    learned_prefixes: bool = Field(
+        default=False,
+        description="give runs that record no shared prefix or history the ones `hermes learn` "
+        "detects from the runs themselves (an upper bound on what they share)",
+    )
     arrivals: Arrivals = Arrivals(process="poisson", window_s=1800.0)
 
     @model_validator(mode="after")
