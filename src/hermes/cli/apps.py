@@ -78,15 +78,13 @@ def _seed_store(path: Path, runs: list[AppRun]) -> int:
 
     try:
         store = RunStore(path)
-    except ValueError as e:  # not an SQLite file, or a directory
-        raise fail(str(e)) from None
-    except OSError as e:  # its folder cannot be made: a file in the way, no permission
-        raise fail(f"{path}: not a usable run store: {e}") from None
+    except ValueError as e:  # not an SQLite file, a directory, a folder that cannot be made
+        raise fail(f"--store: {e}") from None
     try:
         store.add(runs)
         return store.count()
     except sqlite3.DatabaseError as e:  # e.g. a read-only file
-        raise fail(f"{path}: not a usable run store: {e}") from None
+        raise fail(f"--store: {path}: not a usable run store: {e}") from None
     finally:
         store.close()
 

@@ -34,6 +34,8 @@ def read_all(paths: list[Path]) -> list[AppRun]:
             runs.extend(read_runs(p))
         except RunFormatError as e:
             raise fail(str(e)) from None
+        except RecursionError:  # json's parser recurses per level: ~1,000 exhaust it
+            raise fail(f"{p}: a line nests its JSON too deeply to read") from None
     return runs
 
 

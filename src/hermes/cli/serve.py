@@ -16,7 +16,9 @@ def serve(
         bool, typer.Option("--emulate", help="Serve emulated engines: no GPU, no other server.")
     ] = False,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Listen port (0: any free one).")
+    ] = None,
     time_scale: Annotated[
         float, typer.Option(min=0.001, help="With --emulate: model time per wall second.")
     ] = 1.0,

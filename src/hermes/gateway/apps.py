@@ -11,11 +11,16 @@ tool stages included): a call whose index differs from the one the current stage
 with starts a new stage too, so a loop may call stage "think" twice in a row. Without an index,
 consecutive calls of the same stage name belong to one stage, however far apart, so such a
 loop must alternate stages (as agents do: thought, act, thought) or report its tool steps.
+
+Bounds: clients decide how many applications, types and stages the gateway holds, so each is
+capped (`AppLimits`): applications in progress (`TooManyAppsError`, 429), calls and tool
+stages per application (`AppTooLongError`, 409), and application types (types beyond the cap
+are folded into `OTHER_TYPE`, for metrics and learning alike).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -23,6 +28,45 @@ from hermes.core.demand_cost import DemandCost, LinearCost
 from hermes.core.runs import AppRun, LLMCall, Stage, ToolCall
 from hermes.gateway.context import CallContext
 from hermes.policies.base import AppView, CallInfo
+
+OTHER_TYPE = "other"  # where application types beyond `max_app_types` are counted
+
+
+class AppLimitError(ValueError):
+    """A client asked the gateway to hold more than its bounds allow."""
+
+
+class TooManyAppsError(AppLimitError):
+    """`max_apps` applications are in progress already."""
+
+
+class AppTooLongError(AppLimitError):
+    """The application has made `max_calls_per_app` calls and tool stages."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppLimits:
+    max_apps: int = 50_000  # applications in progress (plain calls' included)
+    max_app_types: int = 64  # distinct application types; further ones count as OTHER_TYPE
+    max_calls_per_app: int = 10_000  # LLM calls and tool stages of one application
+
+
+class AppTypes:
+    """The application types the gateway distinguishes: the first `limit` it sees (those it
+    learned graphs for beforehand included); any type after them is `OTHER_TYPE`."""
+
+    def __init__(self, limit: int, known: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.known: set[str] = set(known)
+
+    def admit(self, app_type: str) -> tuple[str, bool]:
+        """The type to count `app_type` as; (type, folded)."""
+        if app_type in self.known or app_type == OTHER_TYPE:
+            return app_type, False
+        if len(self.known) < self.limit:
+            self.known.add(app_type)
+            return app_type, False
+        return OTHER_TYPE, True
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +96,8 @@ class GatewayApp:
     stages: list[_StageLog] = field(default_factory=list)
     last_seen_s: float = 0.0
     calls: int = 0
+    steps: int = 0  # LLM calls and tool stages, held to `max_calls_per_app`
+    llm_in_flight: int = 0  # LLM calls queued or running (an open tool stage is not counted)
     ephemeral: bool = False  # a call without headers: ends with its call
 
     @property
@@ -73,9 +119,12 @@ class CallTicket:
 
 
 class AppTracker:
-    def __init__(self, cost: DemandCost | None = None) -> None:
+    def __init__(self, cost: DemandCost | None = None, limits: AppLimits | None = None) -> None:
         self.cost = cost or LinearCost()
+        self.limits = limits or AppLimits()
+        self.types = AppTypes(self.limits.max_app_types)
         self.apps: dict[str, GatewayApp] = {}
+        self.folded = 0  # applications whose type was counted as OTHER_TYPE
         self._ids = count()
 
     def __iter__(self) -> Iterator[GatewayApp]:
@@ -88,9 +137,16 @@ class AppTracker:
         if app is not None:
             app.last_seen_s = now
             return app, False
+        if len(self.apps) >= self.limits.max_apps:
+            raise TooManyAppsError(
+                f"{len(self.apps)} applications are in progress, the most this gateway holds "
+                "(max_apps); finish some, or wait for idle ones to end"
+            )
+        app_type, folded = self.types.admit(ctx.app_type)
+        self.folded += folded
         deadline = None if ctx.deadline_ms is None else now + ctx.deadline_ms / 1e3
-        view = AppView(key, ctx.app_type, now, deadline_s=deadline)
-        app = GatewayApp(key, ctx.app_type, view, last_seen_s=now, ephemeral=ctx.app_id is None)
+        view = AppView(key, app_type, now, deadline_s=deadline)
+        app = GatewayApp(key, app_type, view, last_seen_s=now, ephemeral=ctx.app_id is None)
         self.apps[key] = app
         return app, True
 
@@ -105,6 +161,7 @@ class AppTracker:
     ) -> CallTicket:
         """A call of `app` in stage `stage_name` (at the client's `stage_index`, if it sent
         one) is about to queue."""
+        self._step(app)
         cur = app.current
         if (
             cur is None
@@ -118,6 +175,7 @@ class AppTracker:
             # one (an adapter, a sleeping replica) ahead of the stage.
             cur.model = model
         cur.in_flight += 1
+        app.llm_in_flight += 1
         app.calls += 1
         app.last_seen_s = now
         self._refresh(app)
@@ -130,6 +188,7 @@ class AppTracker:
         """The call ended; a call that produced nothing is not recorded as demand."""
         stage, app = ticket.stage, ticket.app
         stage.in_flight -= 1
+        app.llm_in_flight -= 1
         app.last_seen_s = now
         if completion_tokens > 0:
             stage.calls.append(LLMCall(max(1, prompt_tokens), completion_tokens))
@@ -147,6 +206,7 @@ class AppTracker:
         now: float,
         stage_index: int | None = None,
     ) -> None:
+        self._step(app)
         self._new_stage(app, stage, "tool", backend, now, stage_index).in_flight = 1
         app.last_seen_s = now
         self._refresh(app)
@@ -169,17 +229,38 @@ class AppTracker:
 
     def finish(self, app: GatewayApp) -> AppRun | None:
         """Forget `app`; its run for learning, or None if it made no call worth recording."""
-        self.apps.pop(app.app_id, None)
+        self.forget(app)
+        return self.run_of(app)
+
+    @staticmethod
+    def run_of(app: GatewayApp) -> AppRun | None:
+        """`app`'s run so far (its stages with calls recorded), or None if it has none."""
         stages = tuple(s.frozen() for s in app.stages if s.calls)
         if not stages:
             return None
         return AppRun(app.app_type, app.app_id, stages)
 
+    def forget(self, app: GatewayApp) -> None:
+        self.apps.pop(app.app_id, None)
+
     def idle(self, now: float, timeout_s: float) -> list[GatewayApp]:
-        """Applications with nothing in flight and no activity for `timeout_s`."""
+        """Applications with no LLM call in flight and no activity for `timeout_s`. An open
+        tool stage does not keep an application: a client that reported a tool start and never
+        its end would otherwise hold it for good."""
         return [
-            a for a in self.apps.values() if a.in_flight == 0 and now - a.last_seen_s >= timeout_s
+            a
+            for a in self.apps.values()
+            if a.llm_in_flight == 0 and now - a.last_seen_s >= timeout_s
         ]
+
+    def _step(self, app: GatewayApp) -> None:
+        """Count one more call or tool stage of `app`, within `max_calls_per_app`."""
+        if app.steps >= self.limits.max_calls_per_app:
+            raise AppTooLongError(
+                f"application {app.app_id!r} has made {app.steps} calls and tool stages, the "
+                "most one application may (max_calls_per_app); finish it and start another"
+            )
+        app.steps += 1
 
     def _new_stage(
         self,

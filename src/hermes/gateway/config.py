@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from hermes.config_base import PolicyOptions, read_yaml, validated
 from hermes.config_base import StrictModel as _Strict
+from hermes.gateway.tenants import ApiKey
 from hermes.policies.slo_class import SloClassOptions, class_of
 from hermes.types import SloClass
 
@@ -148,7 +149,35 @@ class GatewayConfig(_Strict):
     app_idle_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     admin_key: str | None = None  # for /v1/apps/* events and finish, if set
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="tenants: each key's applications are its own (ids scoped by its name), "
+        "with the SLO classes and the tightest deadline its calls may ask for (docs/gateway.md)",
+    )
+    metrics_public: bool = Field(
+        default=False, description="serve /metrics without a key even when keys are configured"
+    )
     run_store: str | None = None  # SQLite file of finished application runs
+    run_store_pending_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="finished runs acknowledged and not yet written that the gateway holds; "
+        "beyond it a finish gets 503 (the application stays) until the store catches up",
+    )
+    max_apps: int = Field(
+        default=50_000, ge=1, description="applications in progress; a new one beyond it: 429"
+    )
+    max_app_types: int = Field(
+        default=64,
+        ge=1,
+        description="distinct application types; later types count as 'other' in metrics "
+        "and learning",
+    )
+    max_calls_per_app: int = Field(
+        default=10_000,
+        ge=1,
+        description="LLM calls and tool stages of one application; beyond it: 409",
+    )
     # The engine profile that weighs tokens into seconds of service for the demand models.
     demand_model: str = "llama-2-7b"
     demand_gpu: str = "a100"
@@ -250,6 +279,15 @@ class GatewayConfig(_Strict):
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backends: names must be unique, got {names}")
+        tenants = [k.name for k in self.api_keys]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError(f"api_keys: names must be unique, got {tenants}")
+        keys = [k.key for k in self.api_keys]
+        others = {self.api_key, self.admin_key} - {None}
+        if len(set(keys)) != len(keys) or others & set(keys):  # a key must say who calls
+            raise ValueError(
+                "api_keys: each key must differ from the others and from api_key and admin_key"
+            )
         targets = [t.name for t in self.prewarm_targets]
         if len(set(targets)) != len(targets):
             raise ValueError(f"prewarm_targets: names must be unique, got {targets}")

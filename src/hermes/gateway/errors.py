@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from hermes.gateway.apps import AppTooLongError, TooManyAppsError
 from hermes.gateway.context import HeaderError
+from hermes.gateway.tenants import KeyLimitError
 
 
 class ApiError(Exception):
@@ -54,6 +56,10 @@ class ServiceUnavailableError(ApiError):
     """Draining, or a model that could not be swapped in."""
 
 
+class StoreBehindError(ServiceUnavailableError):
+    """A finish the run store's outbox has no room for; the application stays."""
+
+
 class UpstreamError(ApiError):
     """The upstream failed before it answered, or answered 5xx."""
 
@@ -73,11 +79,15 @@ ERRORS: Mapping[type[Exception], ErrorKind] = {
     BadRequestError: ErrorKind(400, "invalid_request_error"),
     HeaderError: ErrorKind(400, "invalid_request_error"),
     AuthenticationError: ErrorKind(401, "authentication_error"),
+    KeyLimitError: ErrorKind(403, "permission_error"),
     NotFoundError: ErrorKind(404, "not_found_error"),
     ConflictError: ErrorKind(409, "invalid_request_error"),
+    AppTooLongError: ErrorKind(409, "invalid_request_error"),
     PayloadTooLargeError: ErrorKind(413, "invalid_request_error"),
     RateLimitError: ErrorKind(429, "rate_limit_error", {"Retry-After": "1"}),
+    TooManyAppsError: ErrorKind(429, "rate_limit_error", {"Retry-After": "1"}),
     ServiceUnavailableError: ErrorKind(503, "unavailable"),
+    StoreBehindError: ErrorKind(503, "unavailable", {"Retry-After": "1"}),
     UpstreamError: ErrorKind(502, "upstream_error"),
     UpstreamTimeoutError: ErrorKind(504, "upstream_timeout"),
 }
@@ -99,7 +109,12 @@ def error_body(status: int, kind: str, message: str, param: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
-def error_response(exc: ApiError | HeaderError) -> JSONResponse:
+# Errors raised outside the HTTP layer (the tracker's bounds, a key's limits, a bad header)
+# that the table answers as it answers the gateway's own.
+DOMAIN_ERRORS = (HeaderError, KeyLimitError, TooManyAppsError, AppTooLongError)
+
+
+def error_response(exc: Exception) -> JSONResponse:
     kind = kind_of(exc)
     param = exc.param if isinstance(exc, ApiError) else None
     body = error_body(kind.status, kind.type, str(exc), param)
@@ -120,7 +135,6 @@ def exception_handlers(
     `on_refused(request, status)` hears of each the gateway's own errors refuse."""
 
     async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError | HeaderError)
         response = error_response(exc)
         on_refused(request, response.status_code)
         return response
@@ -139,7 +153,7 @@ def exception_handlers(
 
     return {
         ApiError: api_error,
-        HeaderError: api_error,
+        **dict.fromkeys(DOMAIN_ERRORS, api_error),
         HTTPException: http_error,
         Exception: internal_error,
     }

@@ -5,7 +5,11 @@ Each gateway gets its own registry, so that several can live in one process (tes
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _ACT = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -16,6 +20,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self._calls(self.registry)
         self._prewarm(self.registry)
+        self._health(self.registry)
 
     def _calls(self, r: CollectorRegistry) -> None:
         """The queue, the calls' latencies and outcomes, applications and upstream errors."""
@@ -108,6 +113,49 @@ class GatewayMetrics:
             ["upstream", "result"],
             registry=r,
         )
+
+    def _health(self, r: CollectorRegistry) -> None:
+        """What keeps the gateway's own state sound: background loops, the run store, the
+        bounds on what clients may make the gateway hold."""
+        self.task_failures = Counter(
+            "hermes:background_task_failures",
+            "Failures of a periodic background task (logged with a traceback; it goes on)",
+            ["task"],
+            registry=r,
+        )
+        self.store_pending = Gauge(
+            "hermes:run_store_pending",
+            "Finished runs acknowledged and waiting to be written to the run store",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "hermes:run_store_failures",
+            "Failed attempts to write runs to the run store (each is retried)",
+            registry=r,
+        )
+        self.store_written = Counter(
+            "hermes:run_store_written", "Runs written to the run store", registry=r
+        )
+        self.runs_not_learned = Counter(
+            "hermes:runs_not_learned",
+            "Finished runs kept out of the demand graphs, by reason",
+            ["reason"],
+            registry=r,
+        )
+
+    def count_folded(self, read: Callable[[], int]) -> None:
+        """Export `read()` (the tracker's count, read at each scrape) as the applications
+        whose type was counted as 'other'."""
+
+        class Folded(Collector):
+            def collect(self) -> Iterable[CounterMetricFamily]:
+                yield CounterMetricFamily(
+                    "hermes:app_types_folded",
+                    "Applications counted as type 'other': beyond max_app_types",
+                    value=read(),
+                )
+
+        self.registry.register(Folded())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

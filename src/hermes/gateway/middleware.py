@@ -1,6 +1,7 @@
 """HTTP concerns kept out of the handlers, as ASGI middleware on the routes that need them: a
-gateway that drains refuses new calls, bearer tokens are checked, and bodies are held to a size.
-Each raises the gateway's errors, which its one table answers (`errors`)."""
+gateway that drains refuses new calls, bearer tokens are checked (and the caller's tenant kept
+for the handler), and bodies are held to a size. Each raises the gateway's errors, which its
+one table answers (`errors`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hermes.gateway.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
+from hermes.gateway.tenants import Keyring, Route, authorization, set_caller
 
 
 class Draining:
@@ -31,16 +33,19 @@ class Draining:
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <key>` when `key` is set."""
+    """Requires `Authorization: Bearer <key>` with a key that `keys` takes on `route`, and
+    keeps the caller it names for the handler (`tenants.caller_of`)."""
 
-    def __init__(self, app: ASGIApp, key: str | None) -> None:
+    def __init__(self, app: ASGIApp, keys: Keyring, route: Route) -> None:
         self.app = app
-        self.expected = None if key is None else f"Bearer {key}"
+        self.keys = keys
+        self.route: Route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        given = Headers(scope=scope).get("authorization")
-        if self.expected is not None and given != self.expected:
+        tenant = self.keys.caller(self.route, authorization(scope))
+        if tenant is None:
             raise AuthenticationError("missing or wrong bearer token")
+        set_caller(scope, tenant)
         await self.app(scope, receive, send)
 
 

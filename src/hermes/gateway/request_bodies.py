@@ -19,6 +19,8 @@ async def read_json(request: Request) -> tuple[bytes, Any]:
         return raw, json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequestError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # Python's parser recurses per level; ~1,000 levels exhaust it
+        raise BadRequestError("the body's JSON nests too deeply to read") from None
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
@@ -48,6 +50,8 @@ def check_completion(body: Any, chat: bool) -> dict[str, Any]:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
             raise BadRequestError("'messages' must be a non-empty list of objects", "messages")
+        for i, m in enumerate(msgs):
+            _check_content(m.get("content"), f"messages[{i}].content")
     else:
         p = body.get("prompt")
         if not (isinstance(p, str) or (isinstance(p, list) and p)):
@@ -62,6 +66,27 @@ def check_completion(body: Any, chat: bool) -> dict[str, Any]:
     if opts is not None and not isinstance(opts, dict):
         raise BadRequestError("'stream_options' must be an object", "stream_options")
     return body
+
+
+def _check_content(content: Any, where: str) -> None:
+    """A message's content: a string, null (an assistant's tool call), or a list of parts,
+    each an object whose `text`, if present, is a string (the token estimate reads it)."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise BadRequestError(
+            f"'{where}' must be a string or a list of content parts, got {type(content).__name__}",
+            where,
+        )
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise BadRequestError(f"'{where}[{j}]' must be an object", f"{where}[{j}]")
+        if "text" in part and not isinstance(part["text"], str):
+            text = part["text"]
+            raise BadRequestError(
+                f"'{where}[{j}].text' must be a string, got {type(text).__name__}",
+                f"{where}[{j}].text",
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,19 @@ graphs learned in production survive restarts.
 
 The store keeps runs, not graphs: a graph is relearned from the runs at start-up (a PDGraph
 keeps only a window of recent runs anyway), and the format stays the one `hermes learn` reads.
+Applications still in progress when the gateway stopped are kept too, marked unfinished: they
+are evidence for an operator, not demand to learn from (a cut-off run would bias it low).
+
+The file runs in WAL mode: readers (`hermes learn --store`, an operator's sqlite3) do not block
+the gateway's writes, and a write survives the gateway being killed once it has committed. The
+gateway writes from a thread of its own (`outbox`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,55 +33,93 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_app ON runs (app, seq);
 """
+# Added after the first release: stores written before it hold finished runs only.
+_FINISHED_COLUMN = "ALTER TABLE runs ADD COLUMN finished INTEGER NOT NULL DEFAULT 1"
+# How long a write waits for another connection's lock before it fails (and is retried).
+BUSY_TIMEOUT_S = 2.0
 
 
 class RunStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission
+            raise ValueError(f"{self.path}: not a usable run store: {e}") from None
+        # One connection shared by the event loop (reads at start-up) and the outbox's writer
+        # thread; the lock keeps their statements apart.
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            if "finished" not in columns:
+                with self._db:
+                    self._db.execute(_FINISHED_COLUMN)
+        except sqlite3.Error as e:
             raise ValueError(f"{self.path}: not a usable run store: {e}") from None
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
-    def add(self, runs: Iterable[AppRun]) -> int:
+    def journal_mode(self) -> str:
+        with self._lock:
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def add(self, runs: Iterable[AppRun], finished: bool = True) -> int:
+        """Append `runs` in one transaction (all or none); how many."""
+        return self.add_marked((r, finished) for r in runs)
+
+    def add_marked(self, runs: Iterable[tuple[AppRun, bool]]) -> int:
+        """Append `(run, finished)` pairs in one transaction (all or none); how many."""
+        now = time.time()
         rows = [
-            (r.app, r.run_id, time.time(), json.dumps(run_to_dict(r), separators=(",", ":")))
-            for r in runs
+            (r.app, r.run_id, now, json.dumps(run_to_dict(r), separators=(",", ":")), int(done))
+            for r, done in runs
         ]
-        with self._db:
+        with self._lock, self._db:
             self._db.executemany(
-                "INSERT INTO runs (app, run_id, stored_at, body) VALUES (?, ?, ?, ?)", rows
+                "INSERT INTO runs (app, run_id, stored_at, body, finished) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
         return len(rows)
 
-    def count(self) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
+    def count(self, finished: bool | None = None) -> int:
+        """How many runs it holds (only the finished or unfinished ones, if asked)."""
+        with self._lock:
+            if finished is None:
+                row = self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
+            else:
+                sql = "SELECT COUNT(*) FROM runs WHERE finished = ?"
+                row = self._db.execute(sql, (int(finished),)).fetchone()
         return int(row[0])
 
-    def runs(self, limit_per_app: int | None = None) -> list[AppRun]:
-        """Every stored run in the order stored (the newest `limit_per_app` of each type)."""
-        if limit_per_app is None:
-            rows = self._db.execute("SELECT seq, body FROM runs ORDER BY seq").fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT seq, body FROM ("
-                " SELECT seq, body, ROW_NUMBER() OVER (PARTITION BY app ORDER BY seq DESC) AS k"
-                " FROM runs) WHERE k <= ? ORDER BY seq",
-                (limit_per_app,),
-            ).fetchall()
+    def runs(self, limit_per_app: int | None = None, finished: bool = True) -> list[AppRun]:
+        """The finished (or unfinished) runs in the order stored; the newest `limit_per_app`
+        of each type, if given."""
+        with self._lock:
+            if limit_per_app is None:
+                rows = self._db.execute(
+                    "SELECT seq, body FROM runs WHERE finished = ? ORDER BY seq", (int(finished),)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT seq, body FROM ("
+                    " SELECT seq, body,"
+                    " ROW_NUMBER() OVER (PARTITION BY app ORDER BY seq DESC) AS k"
+                    " FROM runs WHERE finished = ?) WHERE k <= ? ORDER BY seq",
+                    (int(finished), limit_per_app),
+                ).fetchall()
         out = []
         for seq, body in rows:
             try:
                 out.append(run_from_dict(json.loads(body)))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise ValueError(f"{self.path}: stored run #{seq} is unreadable: {e}") from None
         return out
 
     def graphs(self, window: int = 1000) -> dict[str, PDGraph]:
-        """PDGraphs learned from the newest `window` runs of each application type."""
+        """PDGraphs learned from the newest `window` finished runs of each application type."""
         return learn(self.runs(limit_per_app=window), window=window)

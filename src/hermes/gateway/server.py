@@ -26,17 +26,25 @@ from starlette.routing import Route
 from hermes.core.demand_cost import DemandCost
 from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
-from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
+from hermes.gateway.apps import AppLimits, AppTracker, CallTicket, GatewayApp
 from hermes.gateway.calls import Call, CallLifecycle
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.context import CallContext, event_context, parse_context
 from hermes.gateway.dispatch import Dispatcher, Upstream, Waiting
-from hermes.gateway.errors import ApiError, ConflictError, NotFoundError, exception_handlers
+from hermes.gateway.errors import (
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    StoreBehindError,
+    exception_handlers,
+)
+from hermes.gateway.finishing import AppFinisher
 from hermes.gateway.forwarding import Forwarder
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.middleware import BearerAuth, BodyLimit, Draining
 from hermes.gateway.model_swaps import PERIOD_S as SWAP_PERIOD_S
 from hermes.gateway.model_swaps import ModelSwapper
+from hermes.gateway.outbox import RunOutbox
 from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.relay import unless_disconnected
 from hermes.gateway.request_bodies import (
@@ -46,6 +54,8 @@ from hermes.gateway.request_bodies import (
     read_json,
 )
 from hermes.gateway.run_store import RunStore
+from hermes.gateway.supervise import every
+from hermes.gateway.tenants import Keyring, caller_of
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
@@ -72,8 +82,11 @@ class Gateway:
         self.policy = policy or make_policy(config.policy, PolicyContext())
         self.clock = clock
         self.on_run = on_run
-        self.tracker = AppTracker(cost)
+        limits = AppLimits(config.max_apps, config.max_app_types, config.max_calls_per_app)
+        self.tracker = AppTracker(cost, limits)
         self.metrics = GatewayMetrics()
+        self.finisher = AppFinisher(self.tracker, self.policy, self.metrics, on_run)
+        self.reap_period_s = 1.0
         self.clients = {
             b.name: UpstreamClient(b, config.connect_timeout_s, config.upstream_timeout_s)
             for b in config.backends
@@ -111,14 +124,22 @@ class Gateway:
         self.forwarder = Forwarder(self.calls, self.clients, self.prewarm, self.metrics, clock, slo)
         self.graphs: dict[str, PDGraph] = {}  # what the policy learned, for inspection
         self.store: RunStore | None = None
+        self.outbox: RunOutbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self.app = self._routes()
 
+    def use_store(self, store: RunStore) -> None:
+        """Keep finished runs in `store`, written off the event loop (`outbox`)."""
+        self.store = store
+        self.outbox = RunOutbox(store, self.metrics, self.config.run_store_pending_limit)
+        self.finisher.outbox = self.outbox
+
     def _routes(self) -> Starlette:
         c = self.config
-        api = Middleware(BearerAuth, key=c.api_key)
-        admin = Middleware(BearerAuth, key=c.admin_key if c.admin_key is not None else c.api_key)
+        keys = Keyring(c.api_keys, c.api_key, c.admin_key, c.metrics_public)
+        api = Middleware(BearerAuth, keys=keys, route="calls")
+        admin = Middleware(BearerAuth, keys=keys, route="apps")
         limit = Middleware(BodyLimit, limit=c.max_body_bytes)
         call = [Middleware(Draining, draining=lambda: self._draining), api, limit]
         return Starlette(
@@ -127,15 +148,20 @@ class Gateway:
                 Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
                 Route("/v1/models", self.models, methods=["GET"], middleware=[api]),
                 Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/metrics", self.prometheus, methods=["GET"]),
                 Route(
-                    "/v1/apps/{app_id}/events",
+                    "/metrics",
+                    self.prometheus,
+                    methods=["GET"],
+                    middleware=[Middleware(BearerAuth, keys=keys, route="metrics")],
+                ),
+                Route(  # app ids may hold '/', and a tenant's always do
+                    "/v1/apps/{app_id:path}/events",
                     self.app_event,
                     methods=["POST"],
                     middleware=[admin, limit],
                 ),
                 Route(
-                    "/v1/apps/{app_id}/finish",
+                    "/v1/apps/{app_id:path}/finish",
                     self.app_finish,
                     methods=["POST"],
                     middleware=[admin],
@@ -165,13 +191,17 @@ class Gateway:
             await c.start()
         await self.prewarm.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(
-            loop.create_task(self._every(self.config.policy_options.rank_interval_s, self.rerank))
-        )
+        fails = self.metrics.task_failures
+        rank_s = self.config.policy_options.rank_interval_s
+        self._tasks.append(loop.create_task(every("rerank", rank_s, self.rerank, fails)))
         if self.swapper is not None:
             await self.swapper.start()
-            self._tasks.append(loop.create_task(self._every(SWAP_PERIOD_S, self.swapper.tick)))
-        self._tasks.append(loop.create_task(self._every(1.0, self._reap_idle_apps)))
+            swaps = every("model_swaps", SWAP_PERIOD_S, self.swapper.tick, fails)
+            self._tasks.append(loop.create_task(swaps))
+        reap = every("reap_idle_apps", lambda: self.reap_period_s, self._reap_idle_apps, fails)
+        self._tasks.append(loop.create_task(reap))
+        if self.outbox is not None:
+            self.outbox.start()
 
     async def drain(self, drain_s: float = 30.0) -> None:
         """Refuse new calls with 503 (and /healthz says draining) and wait up to `drain_s` for
@@ -192,6 +222,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        # What is still in progress is kept, unfinished, and the store gets what waits.
+        self.finisher.store_unfinished()
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.swapper is not None:
             await self.swapper.close()
         await self.prewarm.close()
@@ -199,11 +233,6 @@ class Gateway:
             await c.close()
         if self.store is not None:
             self.store.close()
-
-    async def _every(self, period_s: float, fn: Callable[[], None]) -> None:
-        while True:
-            await asyncio.sleep(period_s)
-            fn()
 
     def rerank(self) -> None:
         """One ranking round over the calls waiting (dynamic policies)."""
@@ -231,22 +260,12 @@ class Gateway:
 
     def _reap_idle_apps(self) -> None:
         now = self.clock()
-        for app in self.tracker.idle(now, self.config.app_idle_timeout_s):
-            self._finish_app(app, now)
-        self.metrics.apps_active.set(len(self.tracker.apps))
+        self.finisher.reap(now, self.config.app_idle_timeout_s)
         if self.prewarm.active:
             self.prewarm.on_idle(now, lambda u: self.dispatcher.busy(u) > 0)
 
     def _finish_app(self, app: GatewayApp, now: float) -> None:
-        self.metrics.act.labels(app.app_type).observe(
-            max(0.0, app.last_seen_s - app.view.arrival_s)
-        )
-        self.policy.on_done(app.view, now)
-        run = self.tracker.finish(app)
-        # A call without headers shows no application structure to learn from; storing one
-        # run per plain call would only fill the store.
-        if run is not None and self.on_run is not None and not app.ephemeral:
-            self.on_run(run)
+        self.finisher.finish(app, now)  # a plain call's app: nothing to store, never held
 
     # Handlers --------------------------------------------------------------------------------
 
@@ -262,29 +281,50 @@ class Gateway:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    def degraded(self) -> list[str]:
+        """What is wrong while the gateway still serves (/healthz: degraded, 200)."""
+        problems = []
+        if self.outbox is not None and (store := self.outbox.problem()) is not None:
+            problems.append(store)
+        return problems
+
     async def healthz(self, request: Request) -> Response:
-        status = 503 if self._draining else 200
-        return JSONResponse(
-            {
-                "status": "draining" if self._draining else "ok",
-                "queued": self.dispatcher.queued,
-                "running": self.dispatcher.running,
-                "apps": len(self.tracker.apps),
-            },
-            status_code=status,
-        )
+        problems = self.degraded()
+        status = "draining" if self._draining else "degraded" if problems else "ok"
+        body = {
+            "status": status,
+            "queued": self.dispatcher.queued,
+            "running": self.dispatcher.running,
+            "apps": len(self.tracker.apps),
+            "problems": problems,
+        }
+        if self.outbox is not None:
+            body["run_store_pending"] = self.outbox.pending
+        return JSONResponse(body, status_code=503 if self._draining else 200)
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        # Rendered in a thread: the labels are bounded, but a scrape still should not hold
+        # the event loop for its whole length.
+        text = await asyncio.to_thread(self.metrics.render)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def app_event(self, request: Request) -> Response:
         _, body = await read_json(request)
         event = check_event(body)
-        app_id = request.path_params["app_id"]
-        app = self.tracker.apps.get(app_id)
+        # Everything checked before an application is made: its id, type, deadline, class.
+        ctx = event_context(request.path_params["app_id"], body)
+        ctx = caller_of(request).admit(ctx, ctx.slo_class)
+        assert ctx.app_id is not None
+        app = self.tracker.apps.get(ctx.app_id)
         now = self.clock()
-        if app is None:  # its first sight: the body may carry its type, deadline and class
-            app, _ = self.tracker.app_for(event_context(app_id, body), now)
+        if app is None:
+            if event.kind == "stage_finished":
+                raise ConflictError(
+                    f"tool stage {event.stage!r} is not in progress: no application in "
+                    "progress has this id"
+                )
+            # Its first sight: the body may carry its type, deadline and class.
+            app, _ = self.tracker.app_for(ctx, now)
             self.policy.on_arrival(app.view, now)
         if event.kind == "stage_started":
             self.tracker.tool_started(app, event.stage, event.backend, now, event.index)
@@ -301,12 +341,17 @@ class Gateway:
         return JSONResponse({"ok": True})
 
     async def app_finish(self, request: Request) -> Response:
-        app = self.tracker.apps.get(request.path_params["app_id"])
+        app_id = caller_of(request).app_id(request.path_params["app_id"])
+        app = self.tracker.apps.get(app_id)
         if app is None:
             raise NotFoundError("no application in progress with this id")
         if app.in_flight:
             raise ConflictError(f"the application has {app.in_flight} calls in flight")
-        self._finish_app(app, self.clock())
+        if not self.finisher.finish(app, self.clock()):
+            raise StoreBehindError(
+                f"the run store is behind ({self.outbox.pending if self.outbox else 0} runs "
+                "wait to be written); the application is kept, retry the finish later"
+            )
         return JSONResponse({"ok": True})
 
     async def _completion(self, request: Request, path: str, chat: bool) -> Response:
@@ -317,6 +362,8 @@ class Gateway:
             raise NotFoundError(
                 f"model {body['model']!r} is not served here; see /v1/models", "model"
             )
+        slo = self.config.slo_class_of(body["model"], ctx.slo_class)
+        ctx = caller_of(request).admit(ctx, slo)  # its key's limits; its app in its namespace
         call = self._admit(body, raw, ctx)
         setattr(request.state, _QUEUED, True)
         try:
