@@ -185,6 +185,7 @@ def test_cli_bench_runs_only_the_named_experiments(tmp_path: Path) -> None:
         assert row["act_mean"] > 0
         assert row["act_p95"] > 0
         assert set(row["queue_wait_s"]) == {"sandbox"}
+        assert row["tool_calls"]["sandbox"] > 0
     assert tools["setting"] == {**tools["setting"], "layout": "shared", "instances": 1}
     assert set(tools["sweep"]) == {"separate", "shared"}
     assert set(tools["sweep"]["separate"]) == {"1", "2", "4"}

@@ -89,7 +89,8 @@ def _run(
     graphs: Mapping[str, PDGraph],
     tools: Sequence[ToolBackend],
 ) -> tuple[list[Outcome], dict[str, float]]:
-    """Each application's outcome, and the seconds calls waited for an instance, by pool."""
+    """Each application's outcome, and by pool the seconds calls waited for an instance and
+    (under `calls:<pool>`) the calls it ran."""
     cfg = config_for(s.policy, s.engine, s.seed, tools=tools)
     sim = build(cfg, runs=schedule, graphs=graphs)
     sim.run(cfg.until)
@@ -102,6 +103,7 @@ def _run(
         for a in sim.apps.values()
     ]
     waits = {t.name: sim.tools[t.name].pool.queue_wait_s for t in tools}
+    waits.update({f"calls:{t.name}": float(sim.tools[t.name].pool.calls_started) for t in tools})
     return outcomes, waits
 
 
@@ -112,7 +114,9 @@ def _row(outcomes: list[Outcome], waits: list[dict[str, float]]) -> dict[str, An
         if o.act_s is not None:
             by_app.setdefault(o.app, []).append(o.act_s)
     row["act_mean_by_app"] = {k: float(np.mean(v)) for k, v in sorted(by_app.items())}
-    row["queue_wait_s"] = {k: float(sum(w[k] for w in waits)) for k in sorted(waits[0])}
+    pools = sorted(k for k in waits[0] if not k.startswith("calls:"))
+    row["queue_wait_s"] = {k: float(sum(w[k] for w in waits)) for k in pools}
+    row["tool_calls"] = {k: int(sum(w[f"calls:{k}"] for w in waits)) for k in pools}
     return row
 
 
