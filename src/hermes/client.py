@@ -107,7 +107,8 @@ class HermesApp:
         event = {"stage": stage, "stage_index": self._next_stage()}
         # The context too: the gateway may first see the application here.
         started = {**event, **self._context, "backend": backend or stage}
-        self._post("events", {**started, "event": "stage_started"})
+        # A capacity-managed tool backend answers when the policy grants the stage a slot.
+        self._post("events", {**started, "event": "stage_started"}, read_timeout_s=None)
         try:
             yield
         finally:
@@ -121,7 +122,7 @@ class HermesApp:
         """The application is done: the gateway records its run and learns from it."""
         self._post("finish", {})
 
-    def _post(self, what: str, body: dict[str, Any]) -> None:
+    def _post(self, what: str, body: dict[str, Any], read_timeout_s: float | None = 10.0) -> None:
         import httpx  # the openai client's own HTTP library
 
         key = self._admin_key or self.client.api_key
@@ -129,7 +130,7 @@ class HermesApp:
             f"{self._root}/v1/apps/{self.app_id}/{what}",
             json=body,
             headers={"Authorization": f"Bearer {key}"},
-            timeout=10,
+            timeout=httpx.Timeout(10.0, read=read_timeout_s),
         )
         if r.status_code >= 400:
             raise RuntimeError(

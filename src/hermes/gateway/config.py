@@ -37,6 +37,13 @@ class Backend(_Strict):
     emulate_gpu: str = "a100"
     emulate_max_num_seqs: int = Field(default=256, ge=1)
     time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    router: Literal["least-outstanding", "session"] = Field(
+        default="least-outstanding",
+        description="least-outstanding: a call goes to the replica of its model with the most "
+        "free slots; session: an application's calls come back to this replica once it has "
+        "served one, unless it has more than session_max_excess calls in flight over the "
+        "least loaded (llama.cpp: each application also keeps its slot, with cache_prompt)",
+    )
 
     @model_validator(mode="after")
     def _url(self) -> Backend:
@@ -99,6 +106,28 @@ class PrewarmTarget(_Strict):
             if getattr(self, name) is not None:
                 raise ValueError(f"{name!r} has no meaning for action {self.action!r}")
         return self
+
+
+class ToolCapacity(_Strict):
+    """A capacity-managed tool backend: at most `capacity` of its tool stages run at once.
+    A `stage_started` event for it waits until the policy grants a slot (or, with
+    `"wait": false`, answers 202 with a grant to poll); `stage_finished`, the application's
+    next stage or its end gives the slot back."""
+
+    name: str = Field(min_length=1, description="the backend name the tool stages give")
+    capacity: int = Field(ge=1, description="tool stages that may run on it at once")
+    order: Literal["fifo", "policy"] = Field(
+        default="policy",
+        description="waiting stages are granted by their applications' rank (policy, as LLM "
+        "calls are) or first come, first served (fifo)",
+    )
+    hold_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a grant held this long without stage_finished is revoked (its client "
+        "may be gone)",
+    )
 
 
 GpuGroupKind = Literal["vllm-sleep", "llamacpp-router"]
@@ -190,6 +219,16 @@ class GatewayConfig(_Strict):
     # The completion time each class is planned for (model swaps): a call's deadline is its
     # arrival plus this, or its application's x-hermes-deadline-ms if that is earlier.
     slo_s: dict[SloClass, float] = Field(default_factory=lambda: dict(DEFAULT_SLO_S))
+    tools: list[ToolCapacity] = Field(
+        default_factory=list,
+        description="tool backends whose stages run only when the policy grants them a slot",
+    )
+    session_max_excess: int = Field(
+        default=8,
+        ge=0,
+        description="router session: an application's replica is left for the least loaded "
+        "when it has more than this many calls in flight over it",
+    )
 
     def slo_class_of(self, model: str, header: SloClass | None) -> SloClass:
         """A call's SLO class: its header's, else its model's default, else best-effort."""
@@ -279,6 +318,9 @@ class GatewayConfig(_Strict):
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backends: names must be unique, got {names}")
+        tools = [t.name for t in self.tools]
+        if len(set(tools)) != len(tools):
+            raise ValueError(f"tools: names must be unique, got {tools}")
         tenants = [k.name for k in self.api_keys]
         if len(set(tenants)) != len(tenants):
             raise ValueError(f"api_keys: names must be unique, got {tenants}")

@@ -24,6 +24,7 @@ import heapq
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hermes.gateway.affinity import MostFree, UpstreamRouter
 from hermes.policies.slo_class import GrantShare, SloClassOptions
 
 RT, BE = 0, 1  # heap index per SLO class
@@ -64,6 +65,8 @@ class Dispatcher:
     upstreams: Sequence[Upstream]
     limit: int = 10_000
     slo: SloClassOptions = field(default_factory=SloClassOptions)
+    # Which free upstream a granted call goes to (`affinity`: the most free slots, or session).
+    router: UpstreamRouter = field(default_factory=MostFree)
     # Per model, one heap per class (RT, BE) of (priority, seq, call).
     _heaps: dict[str, tuple[list[tuple[float, int, Waiting]], ...]] = field(default_factory=dict)
     _share: GrantShare = field(init=False)
@@ -209,8 +212,9 @@ class Dispatcher:
                 return grants
             _, _, w = heapq.heappop(heaps[cls])
             self._granted(w)
-            best = max(free, key=self._free)
+            best = self.router.choose(w, free, self.busy)
             self._busy[best.name] += 1
+            self.router.placed(w, best.name)
             grants.append(Grant(w, best.name))
 
     def _upstream(self, name: str) -> Upstream:
@@ -236,6 +240,7 @@ class Dispatcher:
             _, _, w = heapq.heappop(self._heaps[model][cls])
             self._granted(w)
             self._busy[name] += 1
+            self.router.placed(w, name)
             grants.append(Grant(w, name))
         return grants
 

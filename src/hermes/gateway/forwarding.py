@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,8 @@ class Forwarder:
         self.metrics = metrics
         self.clock = clock
         self.slo = slo
+        # Fields that keep a call on its application's cache (`affinity.SlotAffinity`).
+        self.cache_fields: Callable[[Call, str], dict[str, Any]] = lambda call, upstream: {}
 
     async def answer(self, call: Call, upstream: str, path: str) -> Response:
         """The upstream's answer; raises an `ApiError` until the upstream's headers (a failed
@@ -69,6 +72,7 @@ class Forwarder:
         if stream:  # usage always, to record it; stripped if not asked for
             opts = call.body.get("stream_options") or {}
             extra["stream_options"] = {**opts, "include_usage": True}
+        extra.update(self.cache_fields(call, upstream))
         rank = call.waiting.priority if call.waiting else 0.0
         rank = engine_rank(rank, "rt" if call.rt else "be", self.slo)
         return self.clients[upstream].prepare(call.raw, call.body, rank, extra)

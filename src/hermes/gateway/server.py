@@ -26,6 +26,7 @@ from starlette.routing import Route
 from hermes.core.demand_cost import DemandCost
 from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
+from hermes.gateway.affinity import SlotAffinity, router_for
 from hermes.gateway.apps import AppLimits, AppTracker, CallTicket, GatewayApp
 from hermes.gateway.calls import Call, CallLifecycle
 from hermes.gateway.config import GatewayConfig
@@ -56,6 +57,7 @@ from hermes.gateway.request_bodies import (
 from hermes.gateway.run_store import RunStore
 from hermes.gateway.supervise import every
 from hermes.gateway.tenants import Keyring, caller_of
+from hermes.gateway.tool_admission import ToolAdmission
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
@@ -96,6 +98,7 @@ class Gateway:
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
             slo=slo,
+            router=router_for(config.backends, config.session_max_excess),
         )
         self.calls = CallLifecycle(
             self.dispatcher,
@@ -122,6 +125,9 @@ class Gateway:
                 self.calls.fail_waiting,
             )
         self.forwarder = Forwarder(self.calls, self.clients, self.prewarm, self.metrics, clock, slo)
+        self.forwarder.cache_fields = SlotAffinity(config.backends).fields  # llama.cpp slots
+        # Capacity-managed tool backends: their stages wait for a grant in policy order.
+        self.tools = ToolAdmission(config.tools, self.policy, clock, self.metrics.registry)
         self.graphs: dict[str, PDGraph] = {}  # what the policy learned, for inspection
         self.store: RunStore | None = None
         self.outbox: RunOutbox | None = None
@@ -159,6 +165,12 @@ class Gateway:
                     self.app_event,
                     methods=["POST"],
                     middleware=[admin, limit],
+                ),
+                Route(
+                    "/v1/apps/{app_id:path}/grants/{grant_id}",
+                    self.tools.poll,
+                    methods=["GET"],
+                    middleware=[admin],
                 ),
                 Route(
                     "/v1/apps/{app_id:path}/finish",
@@ -211,6 +223,7 @@ class Gateway:
         deadline = self.clock() + drain_s
         while (self.dispatcher.running or self.dispatcher.queued) and self.clock() < deadline:
             await asyncio.sleep(0.05)
+        self.tools.close()
 
     async def stop(self, drain_s: float = 30.0) -> None:
         """Drain, then close."""
@@ -236,6 +249,7 @@ class Gateway:
 
     def rerank(self) -> None:
         """One ranking round over the calls waiting (dynamic policies)."""
+        self.tools.rerank(self.clock())  # tool stages waiting for a grant, too
         if not self.policy.dynamic or not self.dispatcher.queued:
             return
         now = self.clock()
@@ -261,6 +275,7 @@ class Gateway:
     def _reap_idle_apps(self) -> None:
         now = self.clock()
         self.finisher.reap(now, self.config.app_idle_timeout_s)
+        self.tools.sweep(self.tracker.apps, now)  # grants of ended applications go back
         if self.prewarm.active:
             self.prewarm.on_idle(now, lambda u: self.dispatcher.busy(u) > 0)
 
@@ -330,6 +345,9 @@ class Gateway:
             self.tracker.tool_started(app, event.stage, event.backend, now, event.index)
             self.prewarm.on_tool_started(event.backend, now)
             self.prewarm.on_stage(app, now)
+            self.tools.moved_on(app, now)
+            if self.tools.manages(event.backend):  # run it when the policy gives a slot
+                return await self.tools.stage_started(request, app, event.backend, body)
         else:
             current = app.current
             if not self.tracker.tool_finished(app, event.stage, now, event.index):
@@ -338,6 +356,7 @@ class Gateway:
                 )
             assert current is not None  # a tool stage was in progress
             self.prewarm.on_tool_finished(app, event.stage, current.backend, now)
+            self.tools.stage_finished(app)
         return JSONResponse({"ok": True})
 
     async def app_finish(self, request: Request) -> Response:
@@ -388,6 +407,7 @@ class Gateway:
         prompt = estimate_prompt_tokens(body)
         stages = len(app.stages)
         ticket = self.tracker.start_call(app, ctx.stage, prompt, now, ctx.stage_index, model)
+        self.tools.moved_on(app, now)  # an LLM stage: a tool grant it held goes back
         if len(app.stages) != stages:
             self.prewarm.on_stage(app, now)
         slo = self.config.slo_class_of(model, ctx.slo_class)
