@@ -357,7 +357,7 @@ def test_a_model_that_cannot_be_woken_fails_its_calls_with_503_in_bounded_time()
             {
                 "port": 0,
                 "policy": "vllm",
-                "upstream_timeout_s": 1.0,
+                "queue_timeout_s": 1.0,
                 "backends": [
                     _emulated("ea", "a"),
                     {"name": "fb", "kind": "vllm", "url": url, "models": ["b"]},

@@ -6,6 +6,7 @@ import typer
 
 from hermes.cli.apps import demo, generate, inspect, learn_cmd
 from hermes.cli.bench import bench_bros, bench_hermes, bench_qlm
+from hermes.cli.emulate import emulate
 from hermes.cli.replay import replay
 from hermes.cli.serve import serve
 from hermes.cli.sim import sim
@@ -24,6 +25,7 @@ app.command()(inspect)
 app.command()(demo)
 app.command()(sim)
 app.command()(serve)
+app.command()(emulate)
 app.command()(replay)
 
 bench = typer.Typer(

@@ -1,21 +1,29 @@
 """A call's life in the gateway: queued in policy order, granted an upstream slot, released,
 retried once elsewhere after a failure before the upstream's first byte, and accounted for
 once however it ends. The HTTP side (`forwarding`, `relay`) and the handlers (`server`) call in
-here; the `Dispatcher` decides, this carries its grants out."""
+here; the `Dispatcher` decides, this carries its grants out.
+
+No call waits without bound: after `queue_timeout_s` in the queue it gets 503 if no healthy
+upstream serves its model, else 429, both with Retry-After; a call for a model that has had no
+healthy upstream for that long gets 503 at once; and a gateway that stops fails the calls still
+waiting with 503 (`fail_all`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
 from starlette.requests import Request
 
 from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
 from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Waiting
-from hermes.gateway.errors import RateLimitError, ServiceUnavailableError
+from hermes.gateway.errors import ApiError, RateLimitError, ServiceUnavailableError
+from hermes.gateway.health import UpstreamHealth
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.model_swaps import ModelSwapper
 from hermes.gateway.relay import until_disconnect
@@ -59,6 +67,7 @@ class CallLifecycle:
         clock: Clock,
         finish_app: Callable[[GatewayApp, float], None],
         be_slo_s: float,
+        queue_timeout_s: float = math.inf,
     ) -> None:
         self.dispatcher = dispatcher
         self.clients = clients
@@ -67,10 +76,23 @@ class CallLifecycle:
         self.clock = clock
         self.finish_app = finish_app
         self.be_slo_s = be_slo_s
+        self.queue_timeout_s = queue_timeout_s
         self.swapper: ModelSwapper | None = None
+        self.health: UpstreamHealth | None = None
         self.stopping = False
         self._calls: dict[int, Call] = {}  # by id(Waiting)
-        self._recovering: dict[str, asyncio.Task[None]] = {}  # health polls of failed upstreams
+        self.queue_timeouts = Counter(
+            "hermes:queue_timeouts",
+            "Calls that waited queue_timeout_s in the queue, by the status they got (503: no "
+            "healthy upstream for their model, 429: overloaded)",
+            ["status"],
+            registry=metrics.registry,
+        )
+        self.aged = Counter(
+            "hermes:aged_calls",
+            "Calls that waited aging_max_wait_s and went ahead of every newer call",
+            registry=metrics.registry,
+        )
 
     def of(self, waiting: Waiting) -> Call:
         """The call behind a queued or granted `waiting`."""
@@ -79,10 +101,21 @@ class CallLifecycle:
     # Queue and slots ---------------------------------------------------------------------------
 
     def enqueue(self, call: Call, priority: float) -> None:
-        """Queue `call` (RateLimitError when the queue is full); granted at once if a slot is
-        free."""
+        """Queue `call` (RateLimitError when the queue is full, ServiceUnavailableError when no
+        healthy upstream has served its model for `queue_timeout_s`); granted at once if a
+        slot is free."""
+        if self.health is not None:
+            down_s = self.health.unavailable_for(call.model)
+            if down_s >= self.queue_timeout_s:
+                raise ServiceUnavailableError(
+                    f"no healthy upstream serves model {call.model!r} (none for {down_s:.0f} s); "
+                    "retry later",
+                    "model",
+                )
         try:
-            waiting, grants = self.dispatcher.submit(call.ticket, call.model, priority, call.rt)
+            waiting, grants = self.dispatcher.submit(
+                call.ticket, call.model, priority, call.rt, self.clock()
+            )
         except QueueFullError:
             raise RateLimitError("the gateway's queue is full; retry later") from None
         call.waiting = waiting
@@ -104,20 +137,64 @@ class CallLifecycle:
 
     async def wait_turn(self, request: Request, call: Call) -> str | None:
         """The upstream granted to `call`, or None if its client hung up first (the call
-        leaves the queue). Raises what ended it while waiting (a model that could not be
-        swapped in)."""
+        leaves the queue). Raises what ended it while waiting: `queue_timeout_s` passed (see
+        `timed_out`), a model that could not be swapped in, a gateway that stopped."""
         if call.future.done():
             return call.future.result()
         watch: asyncio.Future[None] = asyncio.ensure_future(until_disconnect(request))
         waiters: set[asyncio.Future[Any]] = {call.future, watch}
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=self._time_left(call), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             watch.cancel()
         if call.future.done():
             return call.future.result()
         self.free(call)
-        return None
+        if watch.done():
+            return None
+        raise self.timed_out(call)
+
+    async def wait_retry(self, call: Call) -> str:
+        """The upstream granted to a call queued again for a retry, within what is left of
+        its `queue_timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._time_left(call)):
+                return await asyncio.shield(call.future)
+        if call.future.done():
+            return call.future.result()
+        self.free(call)
+        raise self.timed_out(call)
+
+    def _time_left(self, call: Call) -> float | None:
+        left = self.queue_timeout_s - (self.clock() - call.arrived_s)
+        return None if math.isinf(left) else max(0.0, left)
+
+    def timed_out(self, call: Call) -> ApiError:
+        """The error for a call that waited `queue_timeout_s`: 503 when no healthy upstream
+        serves its model (nothing to wait for), else 429 (too many calls ahead of it)."""
+        waited = self.clock() - call.arrived_s
+        why = self.swapper.failing(call.model) if self.swapper is not None else None
+        if why is not None:
+            self.queue_timeouts.labels("503").inc()
+            return ServiceUnavailableError(
+                f"model {call.model!r} is unavailable: it could not be swapped in on its GPUs "
+                f"({why}); the call waited {waited:.0f} s (queue_timeout_s)",
+                "model",
+            )
+        if not self.dispatcher.available(call.model):
+            self.queue_timeouts.labels("503").inc()
+            return ServiceUnavailableError(
+                f"no healthy upstream serves model {call.model!r}: the call waited "
+                f"{waited:.0f} s (queue_timeout_s); retry later",
+                "model",
+            )
+        self.queue_timeouts.labels("429").inc()
+        return RateLimitError(
+            f"the call waited {waited:.0f} s in the gateway's queue (queue_timeout_s): too "
+            "many calls ahead of it; retry later"
+        )
 
     def release(self, call: Call, upstream: str) -> None:
         call.upstream = None
@@ -137,11 +214,12 @@ class CallLifecycle:
         call = self._calls.get(id(waiting))
         return call.deadline_s if call is not None else self.clock() + self.be_slo_s
 
-    def fail_waiting(self, model: str, message: str) -> int:
-        """End every call waiting for `model` with 503 (`message`); how many there were."""
+    def fail_waiting(self, model: str | None, message: str) -> int:
+        """End every call waiting for `model` (None: for any) with 503 (`message`); how many
+        there were."""
         failed = 0
         for w in list(self.dispatcher.waiting()):
-            if w.model != model or not self.dispatcher.cancel(w):
+            if (model is not None and w.model != model) or not self.dispatcher.cancel(w):
                 continue
             call = self._calls.pop(id(w), None)
             if call is not None and not call.future.done():
@@ -156,10 +234,10 @@ class CallLifecycle:
         """After a failure before the first byte: mark the upstream down and queue the call
         once more, first in line; the new upstream, or None if there is none."""
         self.metrics.upstream_errors.labels(upstream, why).inc()
-        self.grant(self.dispatcher.set_health(upstream, False))
-        if upstream not in self._recovering:
-            loop = asyncio.get_running_loop()
-            self._recovering[upstream] = loop.create_task(self._recover(upstream))
+        if self.health is not None:
+            self.health.mark_down(upstream)  # probed back in by the health checks
+        else:
+            self.grant(self.dispatcher.set_health(upstream, False))
         self.release(call, upstream)
         # Another healthy replica will do, busy or not: the call waits for it, first in line.
         if call.retried or not any(
@@ -172,24 +250,15 @@ class CallLifecycle:
         call.future = asyncio.get_running_loop().create_future()
         try:
             self.enqueue(call, float("-inf"))
-        except RateLimitError:
+        except ApiError:
             return None
-        return await call.future
+        return await self.wait_retry(call)
 
-    async def _recover(self, upstream: str) -> None:
-        client = self.clients[upstream]
-        try:
-            while not self.stopping:
-                await asyncio.sleep(1.0)
-                if await client.healthy():
-                    self.grant(self.dispatcher.set_health(upstream, True))
-                    return
-        finally:
-            self._recovering.pop(upstream, None)
-
-    def recovering(self) -> list[asyncio.Task[None]]:
-        """The health polls running now (to cancel on shutdown)."""
-        return list(self._recovering.values())
+    def age(self) -> None:
+        """One aging round: calls that have waited `aging_max_wait_s` go ahead."""
+        aged = self.dispatcher.age(self.clock())
+        if aged:
+            self.aged.inc(len(aged))
 
     # The end -----------------------------------------------------------------------------------
 

@@ -108,6 +108,18 @@ class PrewarmTarget(_Strict):
         return self
 
 
+class HealthCheck(_Strict):
+    """Active health checks: every `interval_s` the gateway probes each upstream (GET its
+    `health_path`, `timeout_s` to answer; any status under 500 is healthy). After `failures`
+    failed probes in a row the upstream is out of rotation, its connections closed (calls in
+    flight on it end now, and those that had no byte of answer yet go to another replica); one
+    good probe brings it back. A refused connection takes it out at once."""
+
+    interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    failures: int = Field(default=2, ge=1)
+
+
 class ToolCapacity(_Strict):
     """A capacity-managed tool backend: at most `capacity` of its tool stages run at once.
     A `stage_started` event for it waits until the policy grants a slot (or, with
@@ -173,8 +185,58 @@ class GatewayConfig(_Strict):
     # this share of the grants while both wait.
     be_min_share: float = Field(default=0.1, ge=0, le=1)
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
-    upstream_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    upstream_first_byte_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="from sending a call to the upstream's first byte: a stream's headers and "
+        "first event; a whole answer's headers (engines send it at its end); then 504",
+    )
+    upstream_chunk_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the longest silence between two pieces of an answer once it has begun; "
+        "then 504, or an SSE error event once streaming",
+    )
+    upstream_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="deprecated: a cap on the whole call, which cuts healthy long streams; "
+        "use upstream_first_byte_timeout_s and upstream_chunk_timeout_s. Honoured when set",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    queue_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the longest a call waits in the gateway's queue: then 503 if no healthy "
+        "upstream serves its model, else 429, both with Retry-After; a call for a model "
+        "without a healthy upstream for this long already gets 503 at once",
+    )
+    health_check: HealthCheck = HealthCheck()
+    aging_max_wait_s: float | None = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="aging: a call that has waited this long goes ahead of every call that "
+        "has waited less (aged calls first come, first served), so that none is overtaken "
+        "without bound; null turns aging off",
+    )
+    client_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a client's request headers must arrive within this (from the connection, "
+        "or from its last answer on a kept-alive one), else the connection is closed",
+    )
+    client_body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a request's body must arrive within this of its headers, else 408",
+    )
     app_idle_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     admin_key: str | None = None  # for /v1/apps/* events and finish, if set

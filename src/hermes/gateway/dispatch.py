@@ -13,6 +13,9 @@ An upstream takes calls only for the models it has loaded now (`set_loaded`; at 
 its models): engines that share a GPU take turns with their models (`model_swaps`), and calls
 for a model that none has loaded wait here until one does.
 
+Aging (`policies.aging`): a call that has waited `max_wait_s` goes ahead of every call that
+has waited less; `age(now)` applies it, looking only at the oldest calls of each queue.
+
 Pure: `submit`, `release`, `cancel` and `rerank` return the grants to carry out; the server
 turns them into started upstream calls. Picking the best call is a heap pop (O(log n)); a
 re-rank rebuilds the heaps in O(n).
@@ -21,10 +24,12 @@ re-rank rebuilds the heaps in O(n).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hermes.gateway.affinity import MostFree, UpstreamRouter
+from hermes.policies.aging import AGED_RANK, Aging
 from hermes.policies.slo_class import GrantShare, SloClassOptions
 
 RT, BE = 0, 1  # heap index per SLO class
@@ -39,7 +44,8 @@ class Upstream:
 
 @dataclass(slots=True, eq=False)
 class Waiting:
-    """A queued call. `priority` is the policy's rank (lower first)."""
+    """A queued call. `priority` is the policy's rank (lower first), or `AGED_RANK` once
+    aged."""
 
     key: Hashable
     model: str
@@ -48,6 +54,8 @@ class Waiting:
     cancelled: bool = False
     granted: bool = False
     rt: bool = False  # real-time: ahead of best-effort calls
+    queued_s: float = 0.0
+    aged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +73,14 @@ class Dispatcher:
     upstreams: Sequence[Upstream]
     limit: int = 10_000
     slo: SloClassOptions = field(default_factory=SloClassOptions)
+    aging: Aging = field(default_factory=lambda: Aging(None))
     # Which free upstream a granted call goes to (`affinity`: the most free slots, or session).
     router: UpstreamRouter = field(default_factory=MostFree)
-    # Per model, one heap per class (RT, BE) of (priority, seq, call).
+    # Per model, one heap per class (RT, BE) of (priority, seq, call). An aged call has a
+    # second entry, at AGED_RANK; the first is stale then (see `_live`).
     _heaps: dict[str, tuple[list[tuple[float, int, Waiting]], ...]] = field(default_factory=dict)
+    # With aging: per model, per class, the calls in the order they were queued.
+    _fifo: dict[str, tuple[deque[Waiting], deque[Waiting]]] = field(default_factory=dict)
     _share: GrantShare = field(init=False)
     _busy: dict[str, int] = field(default_factory=dict)
     _healthy: dict[str, bool] = field(default_factory=dict)
@@ -87,6 +99,7 @@ class Dispatcher:
             self._loaded[u.name] = u.models
             for m in u.models:
                 self._heaps.setdefault(m, ([], []))
+                self._fifo.setdefault(m, (deque(), deque()))
 
     # Queries ---------------------------------------------------------------------------------
 
@@ -114,29 +127,57 @@ class Dispatcher:
         """The models `upstream` takes calls for now."""
         return self._loaded[upstream]
 
+    def available(self, model: str) -> bool:
+        """Whether a healthy upstream serves `model` (loaded now or not)."""
+        return any(self._healthy[u.name] for u in self.upstreams if model in u.models)
+
     def waiting(self) -> Iterable[Waiting]:
         for heaps in self._heaps.values():
             for heap in heaps:
-                for _, _, w in heap:
-                    if not w.cancelled:
-                        yield w
+                for entry in heap:
+                    if _live(entry):
+                        yield entry[2]
 
     # Inputs ----------------------------------------------------------------------------------
 
     def submit(
-        self, key: Hashable, model: str, priority: float, rt: bool = False
+        self, key: Hashable, model: str, priority: float, rt: bool = False, now: float = 0.0
     ) -> tuple[Waiting, list[Grant]]:
-        """Queue a call (`rt`: real-time); KeyError for a model no upstream serves,
+        """Queue a call (`rt`: real-time) at `now`; KeyError for a model no upstream serves,
         QueueFullError when full."""
         if model not in self._heaps:
             raise KeyError(model)
         if self._queued >= self.limit:
             raise QueueFullError(self.limit)
-        w = Waiting(key, model, priority, self._seq, rt=rt)
+        w = Waiting(key, model, priority, self._seq, rt=rt, queued_s=now)
         self._seq += 1
-        heapq.heappush(self._heaps[model][RT if rt else BE], (priority, w.seq, w))
+        cls = RT if rt else BE
+        heapq.heappush(self._heaps[model][cls], (priority, w.seq, w))
+        if self.aging.active and priority > AGED_RANK:
+            self._fifo[model][cls].append(w)
         self._queued += 1
         return w, self._fill(model)
+
+    def age(self, now: float) -> list[Waiting]:
+        """Age the calls that have waited long enough at `now` (`aging`): each goes ahead of
+        every call that has waited less. The calls aged; a new order grants nothing by itself.
+        Looks only at each queue's oldest calls: O(aged calls) per round."""
+        aged: list[Waiting] = []
+        for model, fifos in self._fifo.items():
+            for cls, fifo in enumerate(fifos):
+                while fifo:
+                    w = fifo[0]
+                    if w.cancelled or w.granted:
+                        fifo.popleft()
+                        continue
+                    if not self.aging.due(w.queued_s, w.priority, now):
+                        break
+                    fifo.popleft()
+                    w.aged = True
+                    w.priority = AGED_RANK
+                    heapq.heappush(self._heaps[model][cls], (AGED_RANK, w.seq, w))
+                    aged.append(w)
+        return aged
 
     def release(self, upstream: str) -> list[Grant]:
         """A call on `upstream` ended: its slot goes to the best waiting call it can serve."""
@@ -172,14 +213,18 @@ class Dispatcher:
         return self._fill_upstream(upstream)
 
     def rerank(self, priority: Callable[[Waiting], float]) -> None:
-        """Give every waiting call a new priority (dynamic policies, once per round)."""
+        """Give every waiting call a new priority (dynamic policies, once per round); aged
+        calls keep theirs."""
         for heaps in self._heaps.values():
             for heap in heaps:
                 fresh = []
-                for _, seq, w in heap:
-                    if not w.cancelled:
+                for entry in heap:
+                    if not _live(entry):
+                        continue
+                    w = entry[2]
+                    if not w.aged:
                         w.priority = priority(w)
-                        fresh.append((w.priority, seq, w))
+                    fresh.append((w.priority, w.seq, w))
                 heapq.heapify(fresh)
                 heap[:] = fresh
 
@@ -246,6 +291,13 @@ class Dispatcher:
 
     @staticmethod
     def _prune(heap: list[tuple[float, int, Waiting]]) -> list[tuple[float, int, Waiting]]:
-        while heap and heap[0][2].cancelled:
+        while heap and not _live(heap[0]):
             heapq.heappop(heap)
         return heap
+
+
+def _live(entry: tuple[float, int, Waiting]) -> bool:
+    """A heap entry of a call still waiting, at its current priority (an aged call's entry at
+    its old rank is stale)."""
+    w = entry[2]
+    return not (w.cancelled or w.granted) and entry[0] == w.priority

@@ -86,7 +86,7 @@ ERRORS: Mapping[type[Exception], ErrorKind] = {
     PayloadTooLargeError: ErrorKind(413, "invalid_request_error"),
     RateLimitError: ErrorKind(429, "rate_limit_error", {"Retry-After": "1"}),
     TooManyAppsError: ErrorKind(429, "rate_limit_error", {"Retry-After": "1"}),
-    ServiceUnavailableError: ErrorKind(503, "unavailable"),
+    ServiceUnavailableError: ErrorKind(503, "unavailable", {"Retry-After": "1"}),
     StoreBehindError: ErrorKind(503, "unavailable", {"Retry-After": "1"}),
     UpstreamError: ErrorKind(502, "upstream_error"),
     UpstreamTimeoutError: ErrorKind(504, "upstream_timeout"),

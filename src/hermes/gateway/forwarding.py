@@ -1,6 +1,12 @@
 """A granted call sent to its upstream and answered: the whole answer, or a relayed stream.
 Until the upstream's headers nothing has reached the client, so a refused, dropped or timed-out
-connection is retried once on another replica; after them a failure is an explicit error."""
+connection is retried once on another replica; after them a failure is an explicit error.
+
+Timeouts: the first byte (a stream's headers and first event, a whole answer's headers) must
+come within `upstream_first_byte_timeout_s`; after it, no silence may last
+`upstream_chunk_timeout_s` (`UpstreamClient.answer_began`). An upstream that the health checks
+take out has its connections closed: its calls end then, and those still without headers are
+retried elsewhere like a dropped connection."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from hermes.gateway.errors import ApiError, UpstreamError, UpstreamTimeoutError
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.relay import Relay, relay_events
-from hermes.gateway.upstream import UpstreamClient
+from hermes.gateway.upstream import UpstreamClient, late
 from hermes.policies.slo_class import SloClassOptions, engine_rank
 from hermes.types import Clock
 
@@ -53,12 +59,17 @@ class Forwarder:
             upstream, resp = await self._open(call, upstream, path, stream)
             if stream and resp.status == 200:
                 first = await self._first(upstream, resp)
+                self.clients[upstream].answer_began(resp)
 
                 def end() -> None:
                     self._relayed(call, resp)
 
-                events = relay_events(call, upstream, resp, first, self.metrics, self.clock, end)
+                silent = self._late(upstream, first=False)
+                events = relay_events(
+                    call, upstream, resp, first, self.metrics, self.clock, end, silent
+                )
                 return Relay(events, end)
+            self.clients[upstream].answer_began(resp)
             return await self._whole(call, upstream, resp)
         except asyncio.CancelledError:
             self.calls.account(call, {}, "abort")
@@ -100,7 +111,7 @@ class Forwarder:
                 error: aiohttp.ClientError = e
             except TimeoutError:
                 self.metrics.upstream_errors.labels(upstream, "timeout").inc()
-                raise UpstreamTimeoutError(f"upstream {upstream!r} timed out") from None
+                raise self._late(upstream, first=True) from None
             except aiohttp.ClientError as e:
                 error = e
             nxt = await self.calls.retry_elsewhere(call, upstream, "connect")
@@ -115,7 +126,7 @@ class Forwarder:
             raw = await resp.read()
         except TimeoutError:
             self.metrics.upstream_errors.labels(upstream, "timeout").inc()
-            raise UpstreamTimeoutError(f"upstream {upstream!r} timed out") from None
+            raise self._late(upstream, first=False) from None
         except aiohttp.ClientError as e:
             self.metrics.upstream_errors.labels(upstream, "midstream").inc()
             raise UpstreamError(f"upstream failed mid-answer: {e}") from None
@@ -146,7 +157,7 @@ class Forwarder:
             resp.release()  # closed: the upstream stops
             raise
         except TimeoutError:
-            error = UpstreamTimeoutError(f"upstream {upstream!r} timed out")
+            error = self._late(upstream, first=True)
             kind = "timeout"
         except aiohttp.ClientError as e:
             error = UpstreamError(f"upstream failed before its first event: {e}")
@@ -159,6 +170,9 @@ class Forwarder:
         resp.release()
         self.metrics.upstream_errors.labels(upstream, kind).inc()
         raise error
+
+    def _late(self, upstream: str, first: bool) -> UpstreamTimeoutError:
+        return late(self.clients[upstream], first)
 
     def _relayed(self, call: Call, resp: aiohttp.ClientResponse) -> None:
         resp.release()  # cut off (the client hung up): closed, and the upstream stops

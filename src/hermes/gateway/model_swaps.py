@@ -83,7 +83,7 @@ def _groups(config: GatewayConfig, clients: Mapping[str, UpstreamClient]) -> lis
         else:
             (b,) = g.backends
             members = [Member(b, m) for m in dict.fromkeys(models[b])]
-            actuator = LlamaCppRouter(clients, config.upstream_timeout_s)
+            actuator = LlamaCppRouter(clients, config.upstream_first_byte_timeout_s)
         upstreams = list(dict.fromkeys(m.upstream for m in members))
         out.append(_Group(g, members, actuator, g.throughput_tok_s, upstreams=upstreams))
     return out
@@ -134,7 +134,7 @@ class ModelSwapper:
         self.grant = grant
         self.deadline = deadline
         self.fail = fail
-        self.bound_s = config.upstream_timeout_s
+        self.bound_s = config.queue_timeout_s
         self.groups = _groups(config, clients)
         self._by_upstream = {u: g for g in self.groups for u in g.upstreams}
         self.models = {m.model for g in self.groups for m in g.members}
@@ -367,6 +367,11 @@ class ModelSwapper:
         self._retry_at[new.model] = now + min(MAX_RETRY_S, RETRY_S * 2 ** (n - 1))
         since = self._failing.get(new.model, (now, ""))[0]
         self._failing[new.model] = (since, f"group {g.config.name!r}: {error}")
+
+    def failing(self, model: str) -> str | None:
+        """Why no swap could bring `model` in, while that is so; else None."""
+        failing = self._failing.get(model)
+        return None if failing is None else failing[1]
 
     def _expire(self, now: float) -> None:
         """End the calls waiting for a model that no swap could bring in for `bound_s`."""

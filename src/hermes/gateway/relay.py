@@ -30,10 +30,11 @@ async def relay_events(
     metrics: GatewayMetrics,
     clock: Clock,
     on_end: Callable[[], None],
+    late: UpstreamTimeoutError,
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come, its usage-only event dropped unless asked for;
-    a failure becomes an SSE error event, the client having had its 200. `on_end` runs when
-    the stream ends, before the last send."""
+    a failure becomes an SSE error event (`late` if it fell silent too long), the client
+    having had its 200. `on_end` runs when the stream ends, before the last send."""
     wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
     try:
         buffer = b""
@@ -58,7 +59,7 @@ async def relay_events(
     except TimeoutError:
         metrics.upstream_errors.labels(upstream, "timeout").inc()
         call.finish = "error"
-        yield sse_error(UpstreamTimeoutError(f"upstream {upstream!r} timed out"))
+        yield sse_error(late)
     except aiohttp.ClientError as e:
         metrics.upstream_errors.labels(upstream, "midstream").inc()
         call.finish = "error"

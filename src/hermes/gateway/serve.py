@@ -11,14 +11,11 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import uvicorn
 
-from hermes.emulator import EmulatedEngine, emulator_app
-from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
+from hermes.emulator.server import emulated_app
 from hermes.gateway.build import build_gateway
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.server import Gateway
-from hermes.profiles import load_profile
-
-EMULATED_LORA_LOAD_S = 0.37
+from hermes.gateway.slow_clients import uvicorn_http_protocol, with_header_timeout
 
 
 class _QuietServer(uvicorn.Server):
@@ -44,11 +41,23 @@ def _bound(host: str, port: int) -> socket.socket:
 
 @asynccontextmanager
 async def _server(
-    app: object, sock: socket.socket, log_level: str, access_log: bool = False
+    app: object,
+    sock: socket.socket,
+    log_level: str,
+    access_log: bool = False,
+    http: type[asyncio.Protocol] | str = "auto",
 ) -> AsyncIterator[None]:
     # No access log by default: a line per call costs the event loop ~11 µs (more to a
     # terminal) and floods the log at thousands of calls per second; /metrics counts them.
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=access_log)  # type: ignore[arg-type]
+    # A shutdown waits at most 5 s for connections still busy (the gateway drained before).
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level=log_level,
+        lifespan="on",
+        access_log=access_log,
+        http=http,
+        timeout_graceful_shutdown=5,
+    )
     server = _QuietServer(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started:
@@ -66,17 +75,13 @@ async def _server(
 async def _emulate(backend: Backend, stack: AsyncExitStack, adapters: set[str]) -> Backend:
     """Start an emulated engine server for `backend`; the backend with its URL. Its models
     named in `adapters` are LoRA adapters, served once loaded at run time."""
-    cost = load_profile(backend.emulate_model, backend.emulate_gpu, None)
-    engine = EmulatedEngine(
-        cost, EngineConfig(max_num_seqs=backend.emulate_max_num_seqs), time_scale=backend.time_scale
-    )
-    # Waking from sleep level 1 copies the weights back from CPU memory, each GPU its shard
-    # over its own PCIe link; a LoRA adapter loads in ~370 ms (docs/calibration.md).
-    wake_s = cost.weight_bytes / cost.tp / DEFAULT_SWAP_BYTES_PER_S * backend.time_scale
-    app = emulator_app(
-        dict.fromkeys([m for m in backend.models if m not in adapters], engine),
-        wake_s=wake_s,
-        lora_load_s=EMULATED_LORA_LOAD_S * backend.time_scale,
+    app = emulated_app(
+        backend.models,
+        profile=backend.emulate_model,
+        gpu=backend.emulate_gpu,
+        max_num_seqs=backend.emulate_max_num_seqs,
+        time_scale=backend.time_scale,
+        adapters=adapters,
     )
     sock = _bound("127.0.0.1", 0)
     await stack.enter_async_context(_server(app, sock, "warning"))
@@ -102,7 +107,9 @@ async def running(
         gateway = build_gateway(config)
         sock = _bound(config.host, config.port)
         host, port = sock.getsockname()[:2]
-        await stack.enter_async_context(_server(gateway.app, sock, log_level, access_log))
+        slow = gateway.slow_clients.labels("headers").inc
+        http = with_header_timeout(uvicorn_http_protocol(), config.client_header_timeout_s, slow)
+        await stack.enter_async_context(_server(gateway.app, sock, log_level, access_log, http))
         # Unwound first: new calls get 503 while those in flight finish, and only then does
         # uvicorn stop listening (it would refuse connections, and drain nothing the gateway
         # has queued).

@@ -41,6 +41,7 @@ from hermes.gateway.errors import (
 )
 from hermes.gateway.finishing import AppFinisher
 from hermes.gateway.forwarding import Forwarder
+from hermes.gateway.health import UpstreamHealth
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.middleware import BearerAuth, BodyLimit, Draining
 from hermes.gateway.model_swaps import PERIOD_S as SWAP_PERIOD_S
@@ -55,10 +56,12 @@ from hermes.gateway.request_bodies import (
     read_json,
 )
 from hermes.gateway.run_store import RunStore
+from hermes.gateway.slow_clients import BodyDeadline, slow_client_counter
 from hermes.gateway.supervise import every
 from hermes.gateway.tenants import Keyring, caller_of
 from hermes.gateway.tool_admission import ToolAdmission
-from hermes.gateway.upstream import UpstreamClient
+from hermes.gateway.upstream import upstream_clients
+from hermes.policies.aging import Aging
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.prewarm import NoPrewarm, PrewarmPolicy
 from hermes.policies.registry import make_policy
@@ -87,17 +90,16 @@ class Gateway:
         limits = AppLimits(config.max_apps, config.max_app_types, config.max_calls_per_app)
         self.tracker = AppTracker(cost, limits)
         self.metrics = GatewayMetrics()
+        self.slow_clients = slow_client_counter(self.metrics.registry)
         self.finisher = AppFinisher(self.tracker, self.policy, self.metrics, on_run)
         self.reap_period_s = 1.0
-        self.clients = {
-            b.name: UpstreamClient(b, config.connect_timeout_s, config.upstream_timeout_s)
-            for b in config.backends
-        }
+        self.clients = upstream_clients(config)
         slo = config.slo_class_options()
         self.dispatcher = Dispatcher(
             [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
             limit=config.queue_limit,
             slo=slo,
+            aging=Aging(config.aging_max_wait_s),
             router=router_for(config.backends, config.session_max_excess),
         )
         self.calls = CallLifecycle(
@@ -108,6 +110,15 @@ class Gateway:
             clock,
             self._finish_app,
             config.slo_seconds("be"),
+            config.queue_timeout_s,
+        )
+        self.health = self.calls.health = UpstreamHealth(
+            config.health_check,
+            self.clients,
+            self.dispatcher,
+            self.calls.grant,
+            self.metrics.registry,
+            clock,
         )
         self.prewarm = PrewarmActuator(
             config, prewarm or NoPrewarm(), self.clients, clock, self.metrics
@@ -147,7 +158,9 @@ class Gateway:
         api = Middleware(BearerAuth, keys=keys, route="calls")
         admin = Middleware(BearerAuth, keys=keys, route="apps")
         limit = Middleware(BodyLimit, limit=c.max_body_bytes)
-        call = [Middleware(Draining, draining=lambda: self._draining), api, limit]
+        late = self.slow_clients.labels("body").inc
+        slow = Middleware(BodyDeadline, timeout_s=c.client_body_timeout_s, on_timeout=late)
+        call = [Middleware(Draining, draining=lambda: self._draining), api, limit, slow]
         return Starlette(
             routes=[
                 Route(CHAT, self.chat, methods=["POST"], middleware=call),
@@ -164,7 +177,7 @@ class Gateway:
                     "/v1/apps/{app_id:path}/events",
                     self.app_event,
                     methods=["POST"],
-                    middleware=[admin, limit],
+                    middleware=[admin, limit, slow],
                 ),
                 Route(
                     "/v1/apps/{app_id:path}/grants/{grant_id}",
@@ -212,6 +225,10 @@ class Gateway:
             self._tasks.append(loop.create_task(swaps))
         reap = every("reap_idle_apps", lambda: self.reap_period_s, self._reap_idle_apps, fails)
         self._tasks.append(loop.create_task(reap))
+        if self.config.aging_max_wait_s is not None:
+            age_s = min(1.0, self.config.aging_max_wait_s / 4)
+            self._tasks.append(loop.create_task(every("aging", age_s, self.calls.age, fails)))
+        self.health.start()
         if self.outbox is not None:
             self.outbox.start()
 
@@ -222,13 +239,18 @@ class Gateway:
         self._draining = self.calls.stopping = True
         deadline = self.clock() + drain_s
         while (self.dispatcher.running or self.dispatcher.queued) and self.clock() < deadline:
+            # A call for a model without a healthy upstream would hold the shutdown up.
+            for model in self.health.unavailable():
+                self.calls.fail_waiting(model, f"the gateway is shutting down; {model!r} is down")
             await asyncio.sleep(0.05)
+        self.calls.fail_waiting(None, "the gateway is shutting down")
         self.tools.close()
 
     async def stop(self, drain_s: float = 30.0) -> None:
         """Drain, then close."""
         await self.drain(drain_s)
-        tasks = [*self._tasks, *self.calls.recovering()]
+        await self.health.close()
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -301,6 +323,8 @@ class Gateway:
         problems = []
         if self.outbox is not None and (store := self.outbox.problem()) is not None:
             problems.append(store)
+        for model in sorted(self.health.unavailable()):
+            problems.append(f"no healthy upstream serves model {model!r}")
         return problems
 
     async def healthz(self, request: Request) -> Response:
@@ -312,6 +336,8 @@ class Gateway:
             "running": self.dispatcher.running,
             "apps": len(self.tracker.apps),
             "problems": problems,
+            "upstreams": {u: "up" if self.dispatcher.healthy(u) else "down" for u in self.clients},
+            "unavailable_models": sorted(self.health.unavailable()),
         }
         if self.outbox is not None:
             body["run_store_pending"] = self.outbox.pending

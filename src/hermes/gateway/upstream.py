@@ -3,17 +3,27 @@
 aiohttp rather than httpx for the upstream side: one pooled session per upstream, streaming
 bodies read as they arrive, and the lower per-request overhead of the two in our gateway
 benchmark (docs/benchmarks.md).
+
+Timeouts (docs/gateway.md, "Timeouts and health"): a connection must open within
+`connect_timeout_s`; the answer's first byte must come within `first_byte_timeout_s` of the
+call; after it, no silence may last `chunk_timeout_s`. Both are aiohttp's socket-read
+timeout, one timer per connection restarted by each read: `answer_began` switches it from the
+first to the second, so that a healthy stream runs as long as it keeps sending.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from hermes.gateway.config import Backend
+from hermes.gateway.config import Backend, GatewayConfig
+from hermes.gateway.errors import UpstreamTimeoutError
+
+log = logging.getLogger("hermes.gateway")
 
 # Engine priorities are integers; ranks are seconds (or deadlines), kept to the millisecond.
 _PRIORITY_SCALE = 1000.0
@@ -46,18 +56,56 @@ def engine_priority(kind: str, rank: float) -> int | None:
     return -value if kind == "sglang" else value
 
 
+def upstream_clients(config: GatewayConfig) -> dict[str, UpstreamClient]:
+    """A client per backend of `config`, by name, with its timeouts."""
+    if config.upstream_timeout_s is not None:
+        log.warning(
+            "upstream_timeout_s is deprecated: it caps a whole call, so it cuts healthy long "
+            "streams; set upstream_first_byte_timeout_s and upstream_chunk_timeout_s instead "
+            "(honoured for now: calls are cut after %g s)",
+            config.upstream_timeout_s,
+        )
+    return {
+        b.name: UpstreamClient(
+            b,
+            config.connect_timeout_s,
+            config.upstream_first_byte_timeout_s,
+            config.upstream_chunk_timeout_s,
+            config.upstream_timeout_s,
+        )
+        for b in config.backends
+    }
+
+
 class UpstreamClient:
-    def __init__(self, backend: Backend, connect_timeout_s: float, total_timeout_s: float) -> None:
+    """`total_timeout_s`: the deprecated cap on a whole call (`upstream_timeout_s`), if set."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        connect_timeout_s: float,
+        first_byte_timeout_s: float = 600.0,
+        chunk_timeout_s: float = 60.0,
+        total_timeout_s: float | None = None,
+    ) -> None:
         self.backend = backend
         self.url = backend.url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.chunk_timeout_s = chunk_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=first_byte_timeout_s
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        self._session = self._new_session()
+
+    def _new_session(self) -> aiohttp.ClientSession:
         headers = {}
         if self.backend.api_key:
             headers["Authorization"] = f"Bearer {self.backend.api_key}"
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             timeout=self._timeout,
             headers=headers,
             # Below the 5 s after which uvicorn-based engines (vLLM, SGLang, llama.cpp's
@@ -65,10 +113,26 @@ class UpstreamClient:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
         )
 
+    async def reset(self) -> None:
+        """Close every connection to the upstream, in use or idle, and start afresh: the calls
+        in flight on it fail now (a stalled upstream would hold them to their timeouts)."""
+        if self._session is not None:
+            old, self._session = self._session, self._new_session()
+            await old.close()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def answer_began(self, resp: aiohttp.ClientResponse) -> None:
+        """The answer's first byte came: from now on the read timeout is the silence allowed
+        between two pieces of it. Restarted now, as it would be by the next read."""
+        conn = resp.connection
+        if conn is None or conn.protocol is None or resp.content.is_eof():
+            return  # read to its end already: no timer runs any more
+        conn.protocol.read_timeout = self.chunk_timeout_s
+        conn.protocol.start_timeout()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -87,11 +151,32 @@ class UpstreamClient:
             fields["priority"] = priority
         return with_fields(raw, body, fields)
 
-    async def healthy(self) -> bool:
+    async def healthy(self, timeout_s: float = 5.0) -> bool:
+        """Whether the upstream answers its health path within `timeout_s` (any status under
+        500: an engine without the path still answers 404)."""
         try:
             async with self.session.get(
-                self.url + self.backend.health_path, timeout=aiohttp.ClientTimeout(total=5)
+                self.url + self.backend.health_path, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
                 return resp.status < 500
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+def late(client: UpstreamClient, first: bool) -> UpstreamTimeoutError:
+    """The error for an upstream that sent no first byte in time (`first`), or fell silent
+    for too long mid-answer."""
+    name = client.backend.name
+    if client.total_timeout_s is not None:  # deprecated; it may be what cut the call
+        return UpstreamTimeoutError(
+            f"upstream {name!r} timed out (upstream_timeout_s {client.total_timeout_s:g} s, "
+            f"upstream_first_byte_timeout_s {client.first_byte_timeout_s:g} s, "
+            f"upstream_chunk_timeout_s {client.chunk_timeout_s:g} s)"
+        )
+    if first:
+        return UpstreamTimeoutError(
+            f"upstream {name!r} timed out: no first byte within {client.first_byte_timeout_s:g} s"
+        )
+    return UpstreamTimeoutError(
+        f"upstream {name!r} timed out: silent for {client.chunk_timeout_s:g} s mid-answer"
+    )
