@@ -76,3 +76,25 @@ def test_retention_keeps_agents_prefixes_through_their_tool_stages() -> None:
     assert ttl["prefix_cache"]["hit_rate"] > lru["prefix_cache"]["hit_rate"] + 0.1
     assert ttl["act"]["mean"] < lru["act"]["mean"]
     assert ttl["apps"]["completed"] == lru["apps"]["completed"] == 100
+
+
+def test_the_kv_experiment_reports_each_policy_and_checks_its_targets() -> None:
+    from hermes.experiments.hermes_paper import _kv_targets
+    from hermes.experiments.kv_retention import SETTINGS, run
+
+    row = run(SETTINGS["tight"], "lru")
+    assert {"act_mean", "act_p95", "hit_rate"} <= set(row)
+    assert row["act_mean"] > 0
+
+    def rows(lru: float, ttl: float, pd: float) -> dict[str, Any]:
+        return {k: {"act_mean": v} for k, v in (("lru", lru), ("ttl", ttl), ("pdgraph", pd))}
+
+    kv = {"by_setting": {"tight": rows(20.0, 16.0, 14.0), "roomy": rows(10.0, 10.0, 10.1)}}
+    met = {t["target"]: t["met"] for t in _kv_targets(kv)}
+    assert met == {
+        "pdgraph vs lru retention, mean ACT (tight)": True,  # -30 %
+        "pdgraph vs ttl retention, mean ACT (tight)": True,  # -12.5 %
+        "pdgraph vs lru retention, mean ACT (roomy)": True,  # +1 %, within 2 %
+        "pdgraph vs ttl retention, mean ACT (roomy)": True,
+    }
+    assert _kv_targets(None) == []

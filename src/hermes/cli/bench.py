@@ -82,7 +82,7 @@ def bench_hermes(
         str | None,
         typer.Option(
             help="Comma-separated experiments to run: load, deadlines, prewarm, ablation, "
-            "overhead, tools. [default: all]"
+            "overhead, tools, kv. [default: all]"
         ),
     ] = None,
 ) -> None:

@@ -29,6 +29,7 @@ from hermes.experiments.common import (
     template_workload,
     with_deadlines,
 )
+from hermes.experiments.kv_retention import kv_experiment
 from hermes.experiments.ranking_overhead import ranking_round_times
 from hermes.experiments.tool_queues import ToolQueueSettings, tools_experiment
 from hermes.sim.build import template_graphs
@@ -81,7 +82,15 @@ class PaperSettings:
     )
     overhead_apps: tuple[int, ...] = (1, 10, 100, 1000, 10_000)
     # Which experiments to run (names of EXPERIMENTS); all of them by default.
-    experiments: tuple[str, ...] = ("load", "deadlines", "prewarm", "ablation", "overhead", "tools")
+    experiments: tuple[str, ...] = (
+        "load",
+        "deadlines",
+        "prewarm",
+        "ablation",
+        "overhead",
+        "tools",
+        "kv",
+    )
     # tools: LLM replicas (enough that tool pools are the bottleneck), the load, and the
     # instance counts of the limited pools.
     tools_replicas: int = 4
@@ -295,6 +304,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "ablation": ablation_experiment,
     "overhead": overhead_experiment,
     "tools": tool_experiment,
+    "kv": lambda s, w, progress: kv_experiment(s.seed, progress),
 }
 
 
@@ -383,4 +393,22 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
             f"{at['instances']}, intensity {s.tools_intensity:g}, {at['replicas']} replicas)"
         )
         out.append(_target(name, tools["reduction"], "<=", -0.20))
+    out += _kv_targets(r.get("kv"))
+    return out
+
+
+def _kv_targets(kv: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """pdgraph retention against lru and ttl: faster where memory is tight, no slower where
+    it is not."""
+    if kv is None:
+        return []
+    out = []
+    for setting, rows in kv["by_setting"].items():
+        p = rows["pdgraph"]["act_mean"]
+        for other, bound in (("lru", -0.25), ("ttl", -0.10)):
+            d = reduction(p, rows[other]["act_mean"])
+            goal = bound if setting.startswith("tight") else 0.02
+            out.append(
+                _target(f"pdgraph vs {other} retention, mean ACT ({setting})", d, "<=", goal)
+            )
     return out
