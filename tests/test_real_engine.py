@@ -17,7 +17,6 @@ What the server does, as of llama-cpp-python 0.3.36:
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -167,13 +166,11 @@ def test_concurrent_requests_all_complete(client: openai.OpenAI) -> None:
                 finish = chunk.choices[0].finish_reason or finish
         return pieces, finish
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4) as pool:
         counts = list(pool.map(chat, range(4)))
         streams = list(pool.map(stream, range(4)))
     assert counts == [8, 8, 8, 8]
     assert streams == [(32, "length")] * 4
-    assert time.perf_counter() - start < 30
 
 
 def test_server_that_dies_reports_its_output(tmp_path: Path) -> None:
