@@ -31,14 +31,39 @@ class PolicyOptions(StrictModel):
     """Where the PDGraph policies (gittins, srjf-mean, lstf, and the on-queue and pdgraph
     prewarm policies) get their demand models, and how tool backends are prewarmed."""
 
-    pdgraphs: str | None = None  # a file from `hermes learn`; default: learn from templates
-    training_runs: int = Field(default=300, ge=1)  # per template application, when learning
-    refine: bool = True  # online refinement of demand estimates
-    samples: int = Field(default=1000, ge=1)
-    rank_interval_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+    pdgraphs: str | None = Field(
+        default=None,
+        description="a PDGraph file from `hermes learn`; default: learned from template runs",
+    )
+    training_runs: int = Field(
+        default=300, ge=1, description="runs per template application to learn from, when learning"
+    )
+    refine: bool = Field(
+        default=True,
+        description="online refinement: later stages' demand drawn from runs like this one so far",
+    )
+    samples: int = Field(
+        default=1000,
+        ge=1,
+        description="Monte Carlo samples of remaining demand per application state",
+    )
+    rank_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds between ranking rounds that re-rank waiting calls",
+    )
     # keepalive: each backend's fixed keepalive_s, nothing warmed ahead (hermes.policies.prewarm)
-    prewarm: PrewarmName = "keepalive"
-    prewarm_k: float = Field(default=0.5, gt=0, le=1)  # pdgraph's threshold on p_s · P(in time)
+    prewarm: PrewarmName = Field(
+        default="keepalive",
+        description="tool-backend prewarming: none, keepalive, on-queue or pdgraph",
+    )
+    prewarm_k: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="pdgraph prewarming's threshold on p(needed) x P(ready in time)",
+    )
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -8,183 +8,69 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from hermes.config_base import PolicyOptions, read_yaml, validated
 from hermes.config_base import StrictModel as _Strict
+from hermes.gateway.config_parts import (
+    DEFAULT_SLO_S,
+    Backend,
+    GpuGroup,
+    HealthCheck,
+    HttpHook,
+    PrewarmTarget,
+    ToolCapacity,
+)
 from hermes.gateway.tenants import ApiKey
 from hermes.policies.slo_class import SloClassOptions, class_of
 from hermes.types import SloClass
 
-BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
-
-
-class Backend(_Strict):
-    """One upstream engine replica."""
-
-    name: str = Field(min_length=1)
-    kind: BackendKind = "vllm"
-    url: str = Field(default="", description="base URL, e.g. http://10.0.0.5:8000")
-    models: list[str] = Field(min_length=1)
-    # Calls in flight on this replica at once; the rest wait in the gateway, in policy order.
-    concurrency: int = Field(default=16, ge=1)
-    health_path: str = "/health"
-    api_key: str | None = None  # sent upstream as a bearer token
-    # emulated only: the simulator's engine model in real time
-    emulate_model: str = "llama-2-7b"
-    emulate_gpu: str = "a100"
-    emulate_max_num_seqs: int = Field(default=256, ge=1)
-    time_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    router: Literal["least-outstanding", "session"] = Field(
-        default="least-outstanding",
-        description="least-outstanding: a call goes to the replica of its model with the most "
-        "free slots; session: an application's calls come back to this replica once it has "
-        "served one, unless it has more than session_max_excess calls in flight over the "
-        "least loaded (llama.cpp: each application also keeps its slot, with cache_prompt)",
-    )
-
-    @model_validator(mode="after")
-    def _url(self) -> Backend:
-        if self.kind != "emulated" and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        return self
-
-
-class HttpHook(_Strict):
-    """An HTTP call the gateway makes to a tool backend's manager. Its JSON body is `body`
-    plus `backend`, `hold_s` (keep the instance that long after it is ready, if unused),
-    `reason` ("prewarm" or "retain"), `app_id` and `app_type`."""
-
-    url: str
-    method: Literal["POST", "PUT"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _url(self) -> HttpHook:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        return self
-
-
-PrewarmAction = Literal["http", "vllm-wake-up", "vllm-load-lora"]
-
-
-class PrewarmTarget(_Strict):
-    """Something cold that the prewarm policy may warm ahead of need: a tool backend (its
-    manager called over HTTP), a vLLM replica put to sleep, or a LoRA adapter loaded at run
-    time. `name` is the backend name the applications' stages use (a tool stage's `backend`;
-    for an adapter, the model name calls ask for)."""
-
-    name: str = Field(min_length=1)
-    action: PrewarmAction
-    cold_start_s: float = Field(gt=0, allow_inf_nan=False)  # what the policy plans with
-    hook: HttpHook | None = None  # http: the warm-up call
-    upstream: str | None = None  # vllm-*: the backend (by name) to act on
-    lora_path: str | None = None  # vllm-load-lora: where the engine finds the adapter
-    # vllm-wake-up: put the replica to sleep (level 1) after this many idle seconds; None:
-    # the gateway never puts it to sleep, it only wakes it.
-    sleep_after_idle_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _fields(self) -> PrewarmTarget:
-        need = {
-            "http": ("hook",),
-            "vllm-wake-up": ("upstream",),
-            "vllm-load-lora": ("upstream", "lora_path"),
-        }[self.action]
-        for name in need:
-            if getattr(self, name) is None:
-                raise ValueError(f"action {self.action!r} needs {name!r}")
-        extra = {"hook", "upstream", "lora_path", "sleep_after_idle_s"} - set(need)
-        if self.action == "vllm-wake-up":
-            extra.discard("sleep_after_idle_s")
-        for name in sorted(extra):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name!r} has no meaning for action {self.action!r}")
-        return self
-
-
-class HealthCheck(_Strict):
-    """Active health checks: every `interval_s` the gateway probes each upstream (GET its
-    `health_path`, `timeout_s` to answer; any status under 500 is healthy). After `failures`
-    failed probes in a row the upstream is out of rotation, its connections closed (calls in
-    flight on it end now, and those that had no byte of answer yet go to another replica); one
-    good probe brings it back. A refused connection takes it out at once."""
-
-    interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
-    failures: int = Field(default=2, ge=1)
-
-
-class ToolCapacity(_Strict):
-    """A capacity-managed tool backend: at most `capacity` of its tool stages run at once.
-    A `stage_started` event for it waits until the policy grants a slot (or, with
-    `"wait": false`, answers 202 with a grant to poll); `stage_finished`, the application's
-    next stage or its end gives the slot back."""
-
-    name: str = Field(min_length=1, description="the backend name the tool stages give")
-    capacity: int = Field(ge=1, description="tool stages that may run on it at once")
-    order: Literal["fifo", "policy"] = Field(
-        default="policy",
-        description="waiting stages are granted by their applications' rank (policy, as LLM "
-        "calls are) or first come, first served (fifo)",
-    )
-    hold_timeout_s: float = Field(
-        default=600.0,
-        gt=0,
-        allow_inf_nan=False,
-        description="a grant held this long without stage_finished is revoked (its client "
-        "may be gone)",
-    )
-
-
-GpuGroupKind = Literal["vllm-sleep", "llamacpp-router"]
-DEFAULT_SLO_S: dict[SloClass, float] = {"rt": 20.0, "be": 3600.0}
-
-
-class GpuGroup(_Strict):
-    """Models that take turns on the same GPUs; the gateway swaps them as the QLM planner
-    orders (`hermes.gateway.model_swaps`).
-
-    - `vllm-sleep`: `backends` are two or more vLLM (or emulated) servers started with sleep
-      mode, one model each, all on the same GPUs; one is awake at a time. A swap puts the
-      awake one to sleep at `sleep_level` (1: its weights wait in CPU memory, a warm swap; 2:
-      they are discarded, a cold one) and wakes the next.
-    - `llamacpp-router`: `backends` is one llama.cpp server in router mode serving several
-      models; a swap unloads the loaded model and loads the next.
-
-    `swap_s` is what the planner expects a swap to take (default 1 s for sleep level 1, else
-    10 s); `throughput_tok_s` its decode throughput until it has measured one."""
-
-    name: str = Field(min_length=1)
-    kind: GpuGroupKind = "vllm-sleep"
-    backends: list[str] = Field(min_length=1)
-    sleep_level: Literal[1, 2] = 1
-    swap_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    throughput_tok_s: float = Field(default=2000.0, gt=0, allow_inf_nan=False)
-
-    @property
-    def swap_estimate_s(self) -> float:
-        if self.swap_s is not None:
-            return self.swap_s
-        return 1.0 if self.kind == "vllm-sleep" and self.sleep_level == 1 else 10.0
+# The parts are re-exported: `hermes.gateway.config` is where users import the config from.
+__all__ = [
+    "Backend",
+    "GatewayConfig",
+    "GpuGroup",
+    "HealthCheck",
+    "HttpHook",
+    "PrewarmTarget",
+    "ToolCapacity",
+    "emulated_default",
+    "gateway_config_from_dict",
+    "load_gateway_config",
+]
 
 
 class GatewayConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    policy: str = "gittins"
-    policy_options: PolicyOptions = PolicyOptions()
-    backends: list[Backend] = Field(min_length=1)
-    queue_limit: int = Field(default=10_000, ge=1)  # beyond it: 429 with Retry-After
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="port to listen on (0: any free port)"
+    )
+    policy: str = Field(
+        default="gittins",
+        description="the ranking policy (a registry name: gittins, vllm, lstf, ...)",
+    )
+    policy_options: PolicyOptions = Field(
+        default=PolicyOptions(), description="options of the ranking and prewarm policies"
+    )
+    backends: list[Backend] = Field(
+        min_length=1, description="the inference engines behind the gateway"
+    )
+    queue_limit: int = Field(
+        default=10_000, ge=1, description="calls that may wait; beyond it 429 with Retry-After"
+    )
     # Real-time calls (x-hermes-slo-class: rt) go first; best-effort ones still get at least
     # this share of the grants while both wait.
-    be_min_share: float = Field(default=0.1, ge=0, le=1)
-    max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
+    be_min_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="the least share of grants best-effort calls get while real-time calls wait",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="larger request bodies get 413"
+    )
     upstream_first_byte_timeout_s: float = Field(
         default=600.0,
         gt=0,
@@ -206,7 +92,12 @@ class GatewayConfig(_Strict):
         description="deprecated: a cap on the whole call, which cuts healthy long streams; "
         "use upstream_first_byte_timeout_s and upstream_chunk_timeout_s. Honoured when set",
     )
-    connect_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="connecting to an upstream gives up after this long",
+    )
     queue_timeout_s: float = Field(
         default=120.0,
         gt=0,
@@ -215,7 +106,9 @@ class GatewayConfig(_Strict):
         "upstream serves its model, else 429, both with Retry-After; a call for a model "
         "without a healthy upstream for this long already gets 503 at once",
     )
-    health_check: HealthCheck = HealthCheck()
+    health_check: HealthCheck = Field(
+        default=HealthCheck(), description="active health checks of upstreams"
+    )
     aging_max_wait_s: float | None = Field(
         default=30.0,
         gt=0,
@@ -237,9 +130,18 @@ class GatewayConfig(_Strict):
         allow_inf_nan=False,
         description="a request's body must arrive within this of its headers, else 408",
     )
-    app_idle_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
-    api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
-    admin_key: str | None = None  # for /v1/apps/* events and finish, if set
+    app_idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="an application with no call or event for this long is finished",
+    )
+    api_key: str | None = Field(
+        default=None, description="clients must send `Authorization: Bearer <api_key>` (one tenant)"
+    )
+    admin_key: str | None = Field(
+        default=None, description="for /v1/apps/* events and finishes, when set"
+    )
     api_keys: list[ApiKey] = Field(
         default_factory=list,
         description="tenants: each key's applications are its own (ids scoped by its name), "
@@ -248,7 +150,10 @@ class GatewayConfig(_Strict):
     metrics_public: bool = Field(
         default=False, description="serve /metrics without a key even when keys are configured"
     )
-    run_store: str | None = None  # SQLite file of finished application runs
+    run_store: str | None = Field(
+        default=None,
+        description="SQLite file of finished application runs (learned from at start-up)",
+    )
     run_store_pending_limit: int = Field(
         default=10_000,
         ge=1,
@@ -270,17 +175,28 @@ class GatewayConfig(_Strict):
         description="LLM calls and tool stages of one application; beyond it: 409",
     )
     # The engine profile that weighs tokens into seconds of service for the demand models.
-    demand_model: str = "llama-2-7b"
-    demand_gpu: str = "a100"
+    demand_model: str = Field(
+        default="llama-2-7b", description="the engine profile demand is costed on"
+    )
+    demand_gpu: str = Field(default="a100", description="its GPU")
     # Cold things the prewarm policy (policy_options.prewarm: pdgraph or on-queue) warms.
-    prewarm_targets: list[PrewarmTarget] = Field(default_factory=list)
+    prewarm_targets: list[PrewarmTarget] = Field(
+        default_factory=list, description="cold backends the prewarm policy may warm ahead of need"
+    )
     # Models that share GPUs, swapped in and out as the QLM planner orders.
-    gpu_groups: list[GpuGroup] = Field(default_factory=list)
+    gpu_groups: list[GpuGroup] = Field(
+        default_factory=list, description="models sharing GPUs, swapped by QLM's planner"
+    )
     # The SLO class of a call without x-hermes-slo-class, by model (else best-effort).
-    model_slo_class: dict[str, SloClass] = Field(default_factory=dict)
+    model_slo_class: dict[str, SloClass] = Field(
+        default_factory=dict, description="per model, the SLO class of calls that name none"
+    )
     # The completion time each class is planned for (model swaps): a call's deadline is its
     # arrival plus this, or its application's x-hermes-deadline-ms if that is earlier.
-    slo_s: dict[SloClass, float] = Field(default_factory=lambda: dict(DEFAULT_SLO_S))
+    slo_s: dict[SloClass, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SLO_S),
+        description="per SLO class, the completion SLO the model-swap planner plans for",
+    )
     tools: list[ToolCapacity] = Field(
         default_factory=list,
         description="tool backends whose stages run only when the policy grants them a slot",

@@ -208,7 +208,9 @@ class RequestWorkload(_Strict):
     model: str | None = Field(
         default=None, description="which instance group serves them; default the first"
     )
-    arrivals: Arrivals = Arrivals()
+    arrivals: Arrivals = Field(
+        default=Arrivals(), description="default: the trace's own timestamps"
+    )
 
 
 class AppWorkload(_Strict):
@@ -231,7 +233,10 @@ class AppWorkload(_Strict):
         description="give runs that record no shared prefix or history the ones `hermes learn` "
         "detects from the runs themselves (an upper bound on what they share)",
     )
-    arrivals: Arrivals = Arrivals(process="poisson", window_s=1800.0)
+    arrivals: Arrivals = Field(
+        default=Arrivals(process="poisson", window_s=1800.0),
+        description="default: Poisson, spread over 30 minutes",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> AppWorkload:
