@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import socket
 import socketserver
 import threading
@@ -31,6 +30,7 @@ from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.serve import running
 from hermes.gateway.server import Gateway
 from hermes.testing.asgi_thread import serving
+from hermes.testing.prometheus_text import metric_sum
 
 CHAT = "/v1/chat/completions"
 TOO_LONG = {"object": "error", "message": "the prompt is too long", "code": 400}
@@ -213,15 +213,7 @@ def body(stream: bool = False, tokens: int = 4) -> dict[str, Any]:
 
 def metric(gw: Gateway, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in gw.metrics.render().decode().splitlines():
-        m = re.fullmatch(r"([^{ ]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or line.startswith("#") or m[1] != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m[2] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m[3])
-    return total
+    return metric_sum(gw.metrics.render().decode(), name, **labels)
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> bool:

@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from hermes.testing.prometheus_text import metric_sum
 from test_gateway_faults import CHAT, outcome
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -141,15 +142,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.fullmatch(r"([^{ ]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or line.startswith("#") or m[1] != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m[2] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m[3])
-    return total
+    return metric_sum(text, name, **labels)
 
 
 class Load:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sqlite3
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from hermes.gateway.run_store import RunStore
 from hermes.gateway.server import Gateway
 from hermes.gateway.supervise import every
 from hermes.testing.asgi_thread import serving
+from hermes.testing.prometheus_text import metric_sum
 from test_gateway_server import FakeUpstream, fake, gateway_config  # noqa: F401
 
 CHAT = "/v1/chat/completions"
@@ -44,15 +44,7 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 def scrape(gw: Gateway, name: str, **labels: str) -> float:
     """The sum of the samples of metric `name` whose labels include `labels`."""
-    total = 0.0
-    for line in gw.metrics.render().decode().splitlines():
-        m = re.fullmatch(r"([^{ ]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or line.startswith("#") or m[1] != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m[2] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m[3])
-    return total
+    return metric_sum(gw.metrics.render().decode(), name, **labels)
 
 
 def run_app(base: str, app_id: str, headers: dict[str, str] | None = None) -> None:
