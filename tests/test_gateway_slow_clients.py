@@ -129,3 +129,30 @@ def test_a_body_that_trickles_in_gets_408() -> None:
         assert "did not arrive within 0.5 s" in error["message"]
         assert error["code"] == 408
         assert wait_for(lambda: metric(gw, "hermes:slow_clients_total", phase="body") == 1)
+
+
+def test_an_idle_kept_alive_connection_is_not_cut_off_by_the_header_timeout() -> None:
+    """Idle between requests is uvicorn's keep-alive timer's business: a client that sends
+    its next request (whole) after more than the header timeout is served, not raced by a
+    close (the fault suite once saw such a race as a broken answer under load)."""
+    with slow_gateway() as (_, _base, port):
+
+        async def main() -> list[bytes]:
+            payload = json.dumps(body()).encode()
+            whole = _HEAD + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            heads = []
+            try:
+                for _ in range(2):
+                    writer.write(whole)
+                    await writer.drain()
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                    heads.append(head.split(b"\r\n")[0])
+                    length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    await asyncio.sleep(3 * TIMEOUT_S)  # idle, past the header timeout
+            finally:
+                writer.close()
+            return heads
+
+        assert asyncio.run(main()) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]

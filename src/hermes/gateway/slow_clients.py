@@ -5,9 +5,10 @@ bound on a request that arrives slowly: a client that sends its headers a byte a
 sends nothing at all after connecting), or a body that trickles in, holds its connection, and
 a handler, for as long as it likes (slowloris). Two bounds close that:
 
-- headers: `with_header_timeout` wraps uvicorn's HTTP protocol: a connection whose next
-  request's headers are not all in within `client_header_timeout_s` (from the connection, or
-  from its last answer) is closed. Counted in `hermes:slow_clients{phase="headers"}`.
+- headers: `with_header_timeout` wraps uvicorn's HTTP protocol: a connection whose request
+  headers are not all in within `client_header_timeout_s` (from the connection, or from the
+  first byte of a kept-alive connection's next request) is closed. Counted in
+  `hermes:slow_clients{phase="headers"}`.
 - body: `BodyDeadline`, ASGI middleware on the routes that read one: a body not all in within
   `client_body_timeout_s` of its headers is answered 408 and the connection closed.
 """
@@ -60,9 +61,18 @@ def with_header_timeout(
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            # The next request on a kept-alive connection is timed from its first byte: an
+            # idle connection is uvicorn's to close (timeout_keep_alive), and closing it here
+            # could race a client that is just sending its next request.
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._header_timer is None:
+                self._arm()
+            super().data_received(data)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._arm()
+            self._disarm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
