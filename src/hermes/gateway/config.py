@@ -122,7 +122,7 @@ class GatewayConfig(_Strict):
         gt=0,
         allow_inf_nan=False,
         description="a client's request headers must arrive within this (from the connection, "
-        "or from its last answer on a kept-alive one), else the connection is closed",
+        "or from the first byte of a kept-alive one's next request), else it is closed",
     )
     client_body_timeout_s: float = Field(
         default=60.0,
