@@ -16,8 +16,8 @@ from hermes.engine.catalog import make_engine
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
+from hermes.engine.rt_pace import AdaptiveCap, BrosOptions, next_deadline
 from hermes.engine.scheduler import Engine
-from hermes.policies.bros import AdaptiveCap, BrosOptions, next_deadline
 from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 

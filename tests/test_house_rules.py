@@ -114,5 +114,5 @@ def test_no_docstring_points_outside_the_repository() -> None:
 def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
     """The checks above can fail: a planted bad import is found."""
     bad = tmp_path / "x.py"
-    bad.write_text("from hermes.policies.bros import next_deadline\nimport time\n")
-    assert {"hermes.policies.bros", "time"} <= _imports(bad)
+    bad.write_text("from hermes.policies.gittins import Gittins\nimport time\n")
+    assert {"hermes.policies.gittins", "time"} <= _imports(bad)

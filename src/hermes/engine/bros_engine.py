@@ -53,7 +53,6 @@ class BrosEngine(EngineBase):
         super().__init__(cost, config)
         cfg = self.config
         self.options = options or BrosOptions()
-        self.bidirectional = bidirectional
         bs = cfg.block_size
         gpu_blocks, cpu_blocks = kv_blocks(cost, cfg)
         self.block_size = bs

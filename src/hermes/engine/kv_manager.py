@@ -120,11 +120,6 @@ class PagedKV:
             r.blocks += need
         return {}
 
-    def add_blocks(self, r: EngineRequest, blocks: int) -> None:
-        """`blocks` more for `r` (a count the caller has checked against `gpu.free`)."""
-        self.gpu.allocate(blocks)
-        r.blocks += blocks
-
     def grow_all(self, requests: list[EngineRequest]) -> None:
         """Each of `requests` gets the blocks its computed tokens now need (a decode run's
         end: the run was planned so that they fit)."""
@@ -137,7 +132,7 @@ class PagedKV:
         self.gpu.allocate(total)
 
     def give_back(self, r: EngineRequest, blocks: int) -> None:
-        """Undo `add_blocks`: a chunk planned in this iteration was taken back."""
+        """Blocks handed to `r` for a chunk planned in this iteration go back: it was undone."""
         self.gpu.release(blocks)
         r.blocks -= blocks
 

@@ -27,6 +27,7 @@ from typing import Any
 from hermes.engine.catalog import make_engine
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
+from hermes.engine.rt_pace import BrosOptions
 from hermes.engine.scheduler import Engine
 from hermes.experiments.bros_sim import POLICIES, RunOutput, rt_capacity, simulate
 from hermes.experiments.bros_slos import (
@@ -45,7 +46,6 @@ from hermes.experiments.bros_workload import (
     rt_trace,
 )
 from hermes.experiments.common import reduction
-from hermes.policies.bros import BrosOptions
 from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 from hermes.sim.metrics import class_throughput, slo_class_figures
