@@ -1,0 +1,321 @@
+"""Admission: how many calls one upstream (an engine replica) may hold in its engine now.
+
+Calls beyond the limit wait outside the engine in the ranking policy's order, so the order
+decides who runs; inside the engine every running call shares each iteration (processor
+sharing), and no order helps. The smaller the limit, the more the order decides, but an engine
+running few sequences does less work per second: in decode an iteration over c sequences takes
+roughly t(c) = a + b*c (a: the weights read once per iteration, b: each sequence's KV reads and
+compute), so its token throughput X(c) = c / t(c) climbs toward 1/b and flattens past its knee.
+
+`AutoLimit` looks for the smallest limit that loses no throughput that matters:
+
+- it fits t(c) online from what it sees: every interval the time-weighted mean concurrency
+  while busy and the output tokens made give one point (c, c / X), and a forgetting least-squares
+  fit with a small ridge on b (no spread in c yet: t is taken as flat) follows drift;
+- it measures the demand as the output tokens served per second (smoothed): while the queue is
+  served this is what the applications ask for; when the limit binds the served rate meets the
+  capacity at the limit, and the rule below then raises the limit;
+- it sets the limit to the smallest c whose capacity covers the demand with headroom
+  (X(c) >= demand / target_utilization), at most the knee (the smallest c within `knee_eps` of
+  the capacity at `max_limit`), never below `min_limit`; it steps down gradually (a limit is not
+  cut below `down_factor` of itself per interval) and up at once, and doubles while the engine
+  was full all interval with calls waiting.
+
+Pure: no clock, no I/O. The shell passes its time (`now`) and what it observed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+AUTO = "auto"
+NONE_SPECS = ("none", "")
+
+
+@runtime_checkable
+class Admission(Protocol):
+    """How many calls one upstream may hold in its engine now."""
+
+    @property
+    def limit(self) -> int: ...
+
+    def observe(
+        self, now: float, *, in_engine: int, waiting: int, output_tokens: int, rt_in_engine: int = 0
+    ) -> int: ...
+
+    def record_call(
+        self,
+        now: float,
+        *,
+        ttft_s: float | None,
+        tpot_s: float | None,
+        prompt_tokens: int,
+        output_tokens: int,
+    ) -> None: ...
+
+    def describe(self) -> dict[str, float | int | str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionOptions:
+    """The adaptive controller's knobs.
+
+    interval_s: seconds between decisions (rates are taken over this window, time-weighted).
+    initial_limit: the limit before anything is measured (None: `max_limit`, vLLM's behaviour,
+        which does no harm while the controller learns).
+    min_limit: the floor (>= 1: a call never waits on an empty engine).
+    target_utilization: the demand over the capacity at the limit that the controller aims at;
+        lower keeps more headroom for bursts, higher admits fewer calls.
+    knee_eps: the knee is the smallest c with X(c) >= (1 - knee_eps) X(max_limit); the limit
+        never goes above it (more calls there buy under knee_eps of throughput).
+    down_factor: the most the limit falls in one interval (limit * down_factor).
+    forgetting: weight kept by past fit points per interval (1: never forget).
+    demand_smoothing: weight of the newest interval's served rate in the demand estimate.
+    ridge: how strongly b is pulled to 0 when the concurrency seen has little spread.
+    """
+
+    interval_s: float = 1.0
+    initial_limit: int | None = None
+    min_limit: int = 1
+    target_utilization: float = 0.75
+    knee_eps: float = 0.03
+    down_factor: float = 0.8
+    forgetting: float = 0.98
+    demand_smoothing: float = 0.3
+    ridge: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("interval_s", self.interval_s > 0 and math.isfinite(self.interval_s)),
+            ("min_limit", self.min_limit >= 1),
+            ("initial_limit", self.initial_limit is None or self.initial_limit >= 1),
+            ("target_utilization", 0 < self.target_utilization <= 1),
+            ("knee_eps", 0 < self.knee_eps < 1),
+            ("down_factor", 0 < self.down_factor <= 1),
+            ("forgetting", 0 < self.forgetting <= 1),
+            ("demand_smoothing", 0 < self.demand_smoothing <= 1),
+            ("ridge", self.ridge >= 0 and math.isfinite(self.ridge)),
+        )
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ValueError(f"admission options out of range: {', '.join(bad)} ({self!r})")
+
+
+class FixedLimit:
+    """`+n`: the limit is always n."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"admission: a fixed limit must be >= 1, got {n}")
+        self._n = n
+
+    @property
+    def limit(self) -> int:
+        return self._n
+
+    def observe(
+        self, now: float, *, in_engine: int, waiting: int, output_tokens: int, rt_in_engine: int = 0
+    ) -> int:
+        return self._n
+
+    def record_call(
+        self,
+        now: float,
+        *,
+        ttft_s: float | None,
+        tpot_s: float | None,
+        prompt_tokens: int,
+        output_tokens: int,
+    ) -> None:
+        return None
+
+    def describe(self) -> dict[str, float | int | str]:
+        return {"kind": "fixed", "limit": self._n}
+
+
+class Unlimited(FixedLimit):
+    """No admission: the limit is what the engine itself takes (`max_limit`)."""
+
+    def describe(self) -> dict[str, float | int | str]:
+        return {"kind": "none", "limit": self.limit}
+
+
+class _LineFit:
+    """Weighted least squares of y = a + b*x with exponential forgetting and a ridge on b
+    (sufficient statistics: O(1) per point)."""
+
+    __slots__ = ("s0", "sx", "sxx", "sxy", "sy")
+
+    def __init__(self) -> None:
+        self.s0 = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, x: float, y: float, keep: float) -> None:
+        self.s0 = self.s0 * keep + 1.0
+        self.sx = self.sx * keep + x
+        self.sy = self.sy * keep + y
+        self.sxx = self.sxx * keep + x * x
+        self.sxy = self.sxy * keep + x * y
+
+    def line(self, ridge: float) -> tuple[float, float] | None:
+        """(a, b) with a > 0 and b >= 0, or None before any point."""
+        if self.s0 <= 0:
+            return None
+        mx, my = self.sx / self.s0, self.sy / self.s0
+        var = self.sxx - self.s0 * mx * mx
+        cov = self.sxy - self.s0 * mx * my
+        b = max(0.0, cov / (var + ridge)) if var + ridge > 0 else 0.0
+        a = my - b * mx
+        if a <= 0:  # a line through the origin or below: keep a small positive intercept
+            a = max(my * 1e-3, 1e-9)
+            b = max(0.0, (my - a) / mx) if mx > 0 else 0.0
+        return a, b
+
+
+class AutoLimit:
+    """`+auto`: the smallest limit whose capacity covers the demand, at most the knee."""
+
+    def __init__(self, max_limit: int, options: AdmissionOptions | None = None) -> None:
+        if max_limit < 1:
+            raise ValueError(f"admission: max_limit must be >= 1, got {max_limit}")
+        self.options = o = options or AdmissionOptions()
+        self.max_limit = max_limit
+        self._limit = min(max_limit, max(o.min_limit, o.initial_limit or max_limit))
+        self._fit = _LineFit()
+        self._demand: float | None = None  # output tokens per second, smoothed
+        self._last_now: float | None = None
+        self._last_tokens = 0
+        self._in_engine = 0
+        self._waiting = 0
+        self._reset_window(None)
+        self.decisions = 0
+
+    def _reset_window(self, now: float | None) -> None:
+        self._win_start = now
+        self._win_tokens = 0
+        self._win_busy = 0.0  # seconds with a call in the engine
+        self._win_conc = 0.0  # integral of in_engine over time
+        self._win_full = 0.0  # seconds with the engine at the limit and calls waiting
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def observe(
+        self, now: float, *, in_engine: int, waiting: int, output_tokens: int, rt_in_engine: int = 0
+    ) -> int:
+        if self._last_now is None:
+            self._last_now, self._last_tokens = now, output_tokens
+            self._in_engine, self._waiting = in_engine, waiting
+            self._reset_window(now)
+            return self._limit
+        dt = now - self._last_now
+        if dt > 0:
+            # The state since the last observation is the one seen then (piecewise constant).
+            if self._in_engine > 0:
+                self._win_busy += dt
+                self._win_conc += self._in_engine * dt
+            if self._waiting > 0 and self._in_engine >= self._limit:
+                self._win_full += dt
+            self._last_now = now
+        self._win_tokens += max(0, output_tokens - self._last_tokens)
+        self._last_tokens = max(self._last_tokens, output_tokens)
+        self._in_engine, self._waiting = in_engine, waiting
+        assert self._win_start is not None
+        if now - self._win_start >= self.options.interval_s:
+            self._decide(now - self._win_start)
+            self._reset_window(now)
+        return self._limit
+
+    def record_call(
+        self,
+        now: float,
+        *,
+        ttft_s: float | None,
+        tpot_s: float | None,
+        prompt_tokens: int,
+        output_tokens: int,
+    ) -> None:
+        return None  # the throughput the shell reports carries what the controller uses
+
+    def _decide(self, span: float) -> None:
+        o = self.options
+        self.decisions += 1
+        served = self._win_tokens / span
+        a = o.demand_smoothing
+        self._demand = served if self._demand is None else a * served + (1 - a) * self._demand
+        if self._win_busy > 0.2 * span and self._win_tokens > 0:
+            c = self._win_conc / self._win_busy
+            x = self._win_tokens / self._win_busy
+            self._fit.add(c, c / x, o.forgetting)
+        line = self._fit.line(o.ridge)
+        if line is None:
+            return
+        knee = self._knee(*line)
+        target = self._needed(self._demand / o.target_utilization, *line)
+        if self._win_full >= 0.9 * span:  # full all interval with calls waiting: grow fast
+            target = max(target, 2 * self._limit)
+        floor = math.ceil(self._limit * o.down_factor - 1e-9)
+        new = max(target, min(self._limit, floor)) if target < self._limit else target
+        self._limit = max(o.min_limit, min(new, knee, self.max_limit))
+
+    def _needed(self, demand: float, a: float, b: float) -> int:
+        """The smallest c with c / (a + b c) >= demand."""
+        if demand <= 0:
+            return 1
+        if demand * b >= 1:
+            return self.max_limit
+        return max(1, math.ceil(demand * a / (1 - demand * b) - 1e-9))
+
+    def _knee(self, a: float, b: float) -> int:
+        """The smallest c with X(c) >= (1 - eps) X(max_limit)."""
+        eps, m = self.options.knee_eps, self.max_limit
+        return max(1, min(m, math.ceil((1 - eps) * m * a / (a + eps * m * b) - 1e-9)))
+
+    def describe(self) -> dict[str, float | int | str]:
+        line = self._fit.line(self.options.ridge)
+        out: dict[str, float | int | str] = {"kind": "auto", "limit": self._limit}
+        if line is not None:
+            out |= {"iteration_a_s": line[0], "iteration_b_s": line[1], "knee": self._knee(*line)}
+        if self._demand is not None:
+            out["demand_tokens_per_s"] = self._demand
+        return out
+
+
+def make_admission(
+    spec: str | int | None, max_limit: int, options: AdmissionOptions | None = None
+) -> Admission:
+    """`auto` -> AutoLimit; an int or its digits -> FixedLimit; None or `none` -> Unlimited."""
+    if max_limit < 1:
+        raise ValueError(f"admission: max_limit must be >= 1, got {max_limit}")
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in NONE_SPECS):
+        return Unlimited(max_limit)
+    if isinstance(spec, bool):
+        raise ValueError(f"admission: expected 'auto', 'none' or a positive integer, got {spec!r}")
+    if isinstance(spec, int):
+        n = spec
+    elif spec.strip().lower() == AUTO:
+        return AutoLimit(max_limit, options)
+    elif spec.strip().isdigit():
+        n = int(spec.strip())
+    else:
+        raise ValueError(f"admission: expected 'auto', 'none' or a positive integer, got {spec!r}")
+    if n < 1:
+        raise ValueError(f"admission: a fixed limit must be a positive integer, got {spec!r}")
+    return FixedLimit(n)
+
+
+def split_admission(policy_name: str) -> tuple[str, str | None]:
+    """`gittins+auto` -> (`gittins`, `auto`); `gittins+16` -> (`gittins`, `16`); `gittins` ->
+    (`gittins`, None). An empty or unknown suffix raises ValueError naming the name."""
+    base, plus, suffix = policy_name.partition("+")
+    if not plus:
+        return policy_name, None
+    s = suffix.strip().lower()
+    if not base or not (s == AUTO or (s.isdigit() and int(s) >= 1)):
+        raise ValueError(
+            f"policy {policy_name!r}: the admission suffix must be '+auto' or '+N' "
+            "(N a positive integer), after a policy name, e.g. 'gittins+auto' or 'gittins+16'"
+        )
+    return base, s if s == AUTO else str(int(s))
