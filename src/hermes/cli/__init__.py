@@ -8,6 +8,7 @@ from hermes.cli.apps import demo, generate, inspect, learn_cmd
 from hermes.cli.bench import bench_bros, bench_hermes, bench_qlm
 from hermes.cli.emulate import emulate
 from hermes.cli.replay import replay
+from hermes.cli.runs import runs_app
 from hermes.cli.serve import serve
 from hermes.cli.sim import sim
 
@@ -35,6 +36,7 @@ bench.command("hermes")(bench_hermes)
 bench.command("bros")(bench_bros)
 bench.command("qlm")(bench_qlm)
 app.add_typer(bench, name="bench")
+app.add_typer(runs_app, name="runs")
 
 
 def main() -> None:  # pragma: no cover - console entry point

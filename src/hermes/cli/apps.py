@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hermes.cli.common import fail, out, read_all
+from hermes.cli.common import fail, out
 from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import PDGraphFormatError, learn
 from hermes.core.pdgraph_summary import summarize
@@ -38,7 +38,12 @@ def generate(
 
 
 def learn_cmd(
-    run_files: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run files.")],
+    run_files: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUNS...", help="Run files, or gateway run stores (their finished runs)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="PDGraphs file (JSON).")] = Path(
         "pdgraphs.json"
     ),
@@ -52,8 +57,12 @@ def learn_cmd(
         ),
     ] = None,
 ) -> None:
-    """Learn one PDGraph per application type found in the run files."""
-    runs = read_all(run_files)
+    """Learn one PDGraph per application type found in the run files or run stores."""
+    from hermes.cli.runs import read_sources
+
+    if store is not None and any(_same_file(store, p) for p in run_files):
+        raise fail(f"--store: {store} is also an input; its runs are in it already")
+    runs = read_sources(run_files)
     if not runs:
         raise fail("the run files hold no runs")
     try:
@@ -67,6 +76,13 @@ def learn_cmd(
     out.print(f"learned {len(graphs)} PDGraphs to {output}: {counts}")
     if held is not None:
         out.print(f"added {len(runs)} runs to {store}, which now holds {held}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def _seed_store(path: Path, runs: list[AppRun]) -> int:

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hermes.core.pdgraph import PDGraph, learn
@@ -123,3 +124,68 @@ class RunStore:
     def graphs(self, window: int = 1000) -> dict[str, PDGraph]:
         """PDGraphs learned from the newest `window` finished runs of each application type."""
         return learn(self.runs(limit_per_app=window), window=window)
+
+
+# The reading side: a store opened read-only, for `hermes runs` and `hermes learn STORE`, so
+# that reading never creates, migrates or locks out the gateway's store.
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: str | Path) -> bool:
+    """Whether `path` is a file that starts as every SQLite database does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """One row of a store: the run, whether it finished, and when it was stored (Unix s)."""
+
+    seq: int
+    run: AppRun
+    finished: bool
+    stored_at: float
+
+
+def read_store(path: str | Path, finished: bool | None = True) -> list[StoredRun]:
+    """The runs of the store at `path` in the order stored: the finished ones, the unfinished
+    ones (`finished=False`) or all (`None`). Raises ValueError naming the path and what is wrong
+    (missing, not SQLite, no runs table, corrupt, a run unreadable)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such run store (not a file)")
+    if not is_sqlite_file(p):
+        raise ValueError(f"{p}: not a run store (not an SQLite database)")
+    try:
+        db = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as e:
+        raise ValueError(f"{p}: cannot open the run store: {e}") from None
+    try:
+        return _read_rows(db, p, finished)
+    except sqlite3.DatabaseError as e:  # corrupt pages, a locked or unreadable file
+        raise ValueError(f"{p}: not a readable run store: {e}") from None
+    finally:
+        db.close()
+
+
+def _read_rows(db: sqlite3.Connection, p: Path, finished: bool | None) -> list[StoredRun]:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if not {"seq", "body", "stored_at"} <= columns:
+        raise ValueError(f"{p}: not a run store (no `runs` table with runs in it)")
+    # Stores of the first release hold finished runs only, and have no `finished` column.
+    done = "finished" if "finished" in columns else "1"
+    sql = f"SELECT seq, body, {done}, stored_at FROM runs"
+    if finished is not None:
+        sql += f" WHERE {done} = {int(finished)}"
+    out = []
+    for seq, body, is_done, stored_at in db.execute(sql + " ORDER BY seq"):
+        try:
+            run = run_from_dict(json.loads(body))
+        except (ValueError, TypeError, RecursionError) as e:
+            raise ValueError(f"{p}: stored run #{seq} is unreadable: {e}") from None
+        out.append(StoredRun(int(seq), run, bool(is_done), float(stored_at)))
+    return out
