@@ -6,7 +6,7 @@ Template applications with tool stages (factool_code: docker; react_alfw: env) a
 real time through `hermes serve`'s emulated Llama-2-7B engine, with `docker` (2 s cold start)
 and `env` (1 s) configured as `http` prewarm targets whose hook is a stand-in tool manager that
 records each call. The PDGraphs come from template runs apart from the replayed ones. For each
-prewarm policy the gateway scores every tool stage as it starts (`hermes:prewarm_tool_starts`):
+prewarm policy the gateway scores every tool stage as it starts (`hermes_prewarm_tool_starts`):
 `warm` when an order fired at least one cold start before and its hold had not run out,
 `warming` when one fired too late to be ready, `cold` when none did. Reported per policy: those
 counts, the share of tool stages that found a warm instance, the hook calls per tool stage
@@ -93,13 +93,13 @@ def run_policy(
         with gateway_in_thread(cfg) as (_, base):
             summary = asyncio.run(replay(runs, ReplaySettings(base, rate, seed=seed)))
             text = httpx.get(base + "/metrics").text
-    starts = _counter(text, "hermes:prewarm_tool_starts_total")
+    starts = _counter(text, "hermes_prewarm_tool_starts_total")
     by_state = dict.fromkeys(("warm", "warming", "cold"), 0.0)
     for labels, v in starts.items():
         state = next(x for x in labels if x in by_state)
         by_state[state] += v
     total = sum(by_state.values())
-    orders = _counter(text, "hermes:prewarm_orders_total")
+    orders = _counter(text, "hermes_prewarm_orders_total")
     return {
         "tool_stages": int(total),
         "found": {k: int(v) for k, v in by_state.items()},

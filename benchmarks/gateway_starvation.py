@@ -12,7 +12,7 @@ which near saturation can take the whole run. Aging (`aging_max_wait_s`) bounds 
 
 Each setting runs on the same seeded arrivals; reported per setting: latency percentiles of
 tagged and untagged calls (send to last byte, wall seconds), the tagged applications'
-completion times, calls that failed, and `hermes:aged_calls`. Wall-clock figures: they vary
+completion times, calls that failed, and `hermes_aged_calls`. Wall-clock figures: they vary
 with the host's load; run it on an otherwise idle machine and compare settings side by side.
 """
 
@@ -123,7 +123,7 @@ def _summary(xs: list[float], failed: int) -> dict[str, Any]:
 
 def _aged(base: str) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
-    m = re.search(r"^hermes:aged_calls_total (\S+)$", text, re.M)
+    m = re.search(r"^hermes_aged_calls_total (\S+)$", text, re.M)
     return float(m[1]) if m else 0.0
 
 

@@ -59,7 +59,7 @@ def test_open_tool_stages_do_not_keep_applications_in_memory(
             r = httpx.post(base + f"/v1/apps/t{i}/events", json=ev, timeout=30)
             assert r.status_code == 200
         wait_until(lambda: not gw.tracker.apps)
-        assert scrape(gw, "hermes:num_apps_active") == 0
+        assert scrape(gw, "hermes_num_apps_active") == 0
 
 
 def test_applications_beyond_max_apps_are_refused_with_429(
@@ -129,12 +129,12 @@ def test_many_client_types_make_a_bounded_number_of_series_and_graphs(
     types = {
         line.split('app_type="')[1].split('"')[0]
         for line in scraped.splitlines()
-        if line.startswith("hermes:app_completion_time_seconds_count")
+        if line.startswith("hermes_app_completion_time_seconds_count")
     }
     assert types == {"t0", "t1", "t2", "t3", OTHER_TYPE}
     assert set(gw.graphs) == types
     assert gw.graphs[OTHER_TYPE].runs_seen == 296
-    assert scrape(gw, "hermes:app_types_folded_total") == 296
+    assert scrape(gw, "hermes_app_types_folded_total") == 296
 
 
 def test_a_graph_learns_a_bounded_number_of_stage_names(
@@ -155,4 +155,4 @@ def test_a_graph_learns_a_bounded_number_of_stage_names(
     gw.on_run(run(3, "a", "b", "c", "d"))
     assert gw.graphs["a"].runs_seen == 2
     assert set(gw.graphs["a"].nodes) == {"x", "y", "z"}
-    assert scrape(gw, "hermes:runs_not_learned_total", reason="too_many_stage_names") == 2
+    assert scrape(gw, "hermes_runs_not_learned_total", reason="too_many_stage_names") == 2

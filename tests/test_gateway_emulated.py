@@ -41,7 +41,7 @@ def test_emulated_gateway_serves_the_official_client() -> None:
             assert chunks[-1].usage is not None
             assert chunks[-1].usage.prompt_tokens == 100
         metrics = httpx.get(base + "/metrics").text
-        assert "hermes:generation_tokens_total 11.0" in metrics
+        assert "hermes_generation_tokens_total 11.0" in metrics
 
 
 def test_serve_needs_a_config_or_emulate(tmp_path: Path) -> None:
@@ -80,4 +80,4 @@ def test_the_client_helper_tags_stages_and_reports_tools() -> None:
             with pytest.raises(RuntimeError, match="refused the finish report \\(404\\)"):
                 app.finish()
         metrics = httpx.get(base + "/metrics").text
-        assert 'hermes:app_completion_time_seconds_count{app_type="helper_demo"} 1.0' in metrics
+        assert 'hermes_app_completion_time_seconds_count{app_type="helper_demo"} 1.0' in metrics

@@ -69,7 +69,7 @@ def test_a_method_a_route_does_not_take_is_a_405(guarded: tuple[Any, str]) -> No
     err = openai_error(r, 405, "invalid_request_error")
     assert "Method Not Allowed" in err["message"]
     assert r.headers["allow"] == "POST"
-    assert metric(gw, "hermes:request_rejections_total") == 0  # the router's, not a call's
+    assert metric(gw, "hermes_request_rejections_total") == 0  # the router's, not a call's
 
 
 def test_a_missing_or_wrong_token_is_a_401_counted_as_a_rejection(
@@ -83,7 +83,7 @@ def test_a_missing_or_wrong_token_is_a_401_counted_as_a_rejection(
     event = {"event": "stage_started", "stage": "s"}
     r = httpx.post(base + "/v1/apps/a/events", json=event, headers=AUTH)  # not the admin's
     openai_error(r, 401, "authentication_error")
-    assert metric(gw, "hermes:request_rejections_total", reason="401") == 2  # the two calls
+    assert metric(gw, "hermes_request_rejections_total", reason="401") == 2  # the two calls
     assert httpx.get(base + "/v1/models", headers=AUTH).status_code == 200
     assert httpx.get(base + "/healthz").status_code == 200  # no token needed
 
@@ -104,7 +104,7 @@ def test_a_body_over_the_limit_is_a_413_declared_or_streamed(guarded: tuple[Any,
         httpx.post(base + CHAT, content=chunks(), headers=AUTH), 413, "invalid_request_error"
     )
     assert err["message"] == "the body exceeds the limit of 4096 bytes"
-    assert metric(gw, "hermes:request_rejections_total", reason="413") == 2
+    assert metric(gw, "hermes_request_rejections_total", reason="413") == 2
     # The limit holds for events too, not for a finish (which has no body to read).
     event = b'{"event": "stage_started", "stage": "' + b"s" * 5000 + b'"}'
     admin = {"Authorization": "Bearer root"}
@@ -127,8 +127,8 @@ def test_the_gateways_own_errors_name_the_field(guarded: tuple[Any, str]) -> Non
     finished = {"event": "stage_finished", "stage": "s"}
     r = httpx.post(base + "/v1/apps/a/events", json=finished, headers=admin)
     openai_error(r, 409, "invalid_request_error")
-    assert metric(gw, "hermes:request_rejections_total", reason="400") == 2
-    assert metric(gw, "hermes:request_rejections_total", reason="404") == 1  # not the finish
+    assert metric(gw, "hermes_request_rejections_total", reason="400") == 2
+    assert metric(gw, "hermes_request_rejections_total", reason="404") == 1  # not the finish
 
 
 def test_an_exception_in_a_handler_is_an_openai_shaped_500(guarded: tuple[Any, str]) -> None:

@@ -324,22 +324,22 @@ def test_every_call_ends_in_an_answer_or_an_explicit_error_under_load_with_fault
             assert rejected == 12
             assert ok > n / 4  # the healthy replicas carried their share, retries included
             # Each fault was met, and answered by an explicit error.
-            assert metric(gw, "hermes:upstream_errors_total", upstream="refuse", kind="connect")
-            assert metric(gw, "hermes:upstream_errors_total", upstream="drop", kind="connect")
-            assert metric(gw, "hermes:upstream_errors_total", upstream="e500", kind="http_500")
-            assert metric(gw, "hermes:upstream_errors_total", upstream="slow", kind="timeout")
-            assert metric(gw, "hermes:upstream_errors_total", upstream="mid", kind="midstream")
+            assert metric(gw, "hermes_upstream_errors_total", upstream="refuse", kind="connect")
+            assert metric(gw, "hermes_upstream_errors_total", upstream="drop", kind="connect")
+            assert metric(gw, "hermes_upstream_errors_total", upstream="e500", kind="http_500")
+            assert metric(gw, "hermes_upstream_errors_total", upstream="slow", kind="timeout")
+            assert metric(gw, "hermes_upstream_errors_total", upstream="mid", kind="midstream")
             # The accounting is consistent: nothing left in the queue or in flight, and the
             # counters add up to what the clients saw.
             assert wait_for(lambda: settled(gw)), (gw.dispatcher.running, gw.dispatcher.queued)
-            assert metric(gw, "hermes:request_rejections_total") == rejected
-            assert metric(gw, "hermes:request_success_total", finished_reason="stop") == ok
-            assert metric(gw, "hermes:request_success_total", finished_reason="error") == (
+            assert metric(gw, "hermes_request_rejections_total") == rejected
+            assert metric(gw, "hermes_request_success_total", finished_reason="stop") == ok
+            assert metric(gw, "hermes_request_success_total", finished_reason="error") == (
                 errors - rejected
             )
-            assert metric(gw, "hermes:request_success_total") == n - rejected
-            assert metric(gw, "hermes:num_requests_running") == 0
-            assert metric(gw, "hermes:num_requests_waiting") == 0
+            assert metric(gw, "hermes_request_success_total") == n - rejected
+            assert metric(gw, "hermes_num_requests_running") == 0
+            assert metric(gw, "hermes_num_requests_waiting") == 0
             # The slow replica's calls were abandoned when they timed out, not left running.
             assert wait_for(lambda: slow.active == 0)
 
@@ -360,7 +360,7 @@ def test_a_client_that_hangs_up_mid_stream_cancels_the_upstream_call() -> None:
         assert wait_for(lambda: up.hung_up == 1)
         assert wait_for(lambda: settled(gw))
         assert up.active == 0
-        assert metric(gw, "hermes:request_success_total", finished_reason="abort") == 1
+        assert metric(gw, "hermes_request_success_total", finished_reason="abort") == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -381,7 +381,7 @@ def test_a_client_that_hangs_up_while_queued_never_reaches_upstream(stream: bool
         time.sleep(0.1)  # time enough for a call wrongly left in the queue to reach upstream
         assert settled(gw)
         assert up.requests == 1
-        assert metric(gw, "hermes:request_success_total", finished_reason="abort") == 1
+        assert metric(gw, "hermes_request_success_total", finished_reason="abort") == 1
 
 
 @pytest.mark.parametrize(
@@ -397,7 +397,7 @@ def test_a_client_that_hangs_up_before_its_first_byte_cancels_the_upstream_call(
             httpx.post(base + CHAT, json=body(stream, 100), timeout=httpx.Timeout(5.0, read=0.3))
         assert wait_for(lambda: up.hung_up == 1)
         assert wait_for(lambda: settled(gw))
-        assert metric(gw, "hermes:request_success_total", finished_reason="abort") == 1
+        assert metric(gw, "hermes_request_success_total", finished_reason="abort") == 1
 
 
 # 3. Queue bound -----------------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_a_full_queue_sheds_with_429_and_retry_after() -> None:
         assert all(r.headers["retry-after"] == "1" for r in shed)
         assert all("queue is full" in r.json()["error"]["message"] for r in shed)
         assert wait_for(lambda: settled(gw))
-        assert metric(gw, "hermes:request_rejections_total", reason="429") == 3
+        assert metric(gw, "hermes_request_rejections_total", reason="429") == 3
 
 
 # 4. Retries only before the first byte ----------------------------------------------------------
@@ -444,7 +444,7 @@ def test_a_replica_that_is_down_is_retried_once_elsewhere(fault: str, stream: bo
         assert r.status_code == 200
         assert outcome(200, r.content, stream) == "ok"
         assert up.requests == 1
-        assert metric(gw, "hermes:upstream_errors_total", upstream="down", kind="connect") == 1
+        assert metric(gw, "hermes_upstream_errors_total", upstream="down", kind="connect") == 1
         assert wait_for(lambda: settled(gw))
 
 
@@ -468,7 +468,7 @@ def test_a_retry_waits_for_a_busy_replica_rather_than_failing() -> None:
         )
         second.start()
         retried = {"upstream": "down", "kind": "connect"}
-        assert wait_for(lambda: metric(gw, "hermes:upstream_errors_total", **retried) == 1)
+        assert wait_for(lambda: metric(gw, "hermes_upstream_errors_total", **retried) == 1)
         assert wait_for(lambda: gw.dispatcher.queued == 1)  # first in line for "up"
         up.held = False
         first.join()
@@ -476,7 +476,7 @@ def test_a_retry_waits_for_a_busy_replica_rather_than_failing() -> None:
         (r,) = answers
         assert r.status_code == 200, r.text
         assert up.requests == 2
-        assert metric(gw, "hermes:upstream_errors_total", upstream="down", kind="connect") == 1
+        assert metric(gw, "hermes_upstream_errors_total", upstream="down", kind="connect") == 1
         assert wait_for(lambda: settled(gw))
 
 
@@ -589,7 +589,7 @@ def test_a_slow_upstream_times_out_with_504_or_an_sse_error() -> None:
         assert "silent for 0.5 s mid-answer" in err["message"]
         assert wait_for(lambda: up.hung_up == 2)  # the gateway hung up on both
         assert wait_for(lambda: settled(gw))
-        assert metric(gw, "hermes:request_success_total", finished_reason="error") == 2
+        assert metric(gw, "hermes_request_success_total", finished_reason="error") == 2
 
 
 @pytest.mark.parametrize(("mode", "stream"), [("stall", False), ("stall", True), ("prefill", True)])
@@ -612,7 +612,7 @@ def test_an_upstream_4xx_reaches_the_client_as_it_is(stream: bool) -> None:
         r = httpx.post(base + CHAT, json=body(stream), timeout=10)
         assert r.status_code == 400
         assert r.json() == TOO_LONG
-        assert metric(gw, "hermes:upstream_errors_total", kind="http_400") == 1
+        assert metric(gw, "hermes_upstream_errors_total", kind="http_400") == 1
         assert wait_for(lambda: settled(gw))
 
 

@@ -235,7 +235,7 @@ def test_upstreams_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
         async def faults(client: httpx.AsyncClient) -> None:
             async def up(name: str, value: float) -> bool:
                 text = (await client.get("/metrics")).text
-                return _metric(text, "hermes:upstream_up", upstream=name) == value
+                return _metric(text, "hermes_upstream_up", upstream=name) == value
 
             await asyncio.sleep(3)  # warm: both replicas serve
             memory.append(_rss_kib(gw.pid))
@@ -277,7 +277,7 @@ def test_upstreams_stopped_killed_and_restarted_under_load(tmp_path: Path) -> No
             time.sleep(0.2)
         assert apps() == 0
         text = httpx.get(base + "/metrics", timeout=10).text
-        assert _metric(text, "hermes:request_success_total") >= ok
+        assert _metric(text, "hermes_request_success_total") >= ok
         # Memory: what the gateway holds does not grow with the calls it served.
         assert memory[1] - memory[0] < 40_000, memory  # KiB
         assert gw.poll() is None, log.read_text()[-3000:]

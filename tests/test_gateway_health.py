@@ -125,9 +125,9 @@ def test_a_stalled_upstream_is_taken_out_within_seconds_and_probed_back_in() -> 
             upstream_first_byte_timeout_s=120,
         ) as (gw, base),
     ):
-        assert metric(gw, "hermes:upstream_up", upstream="a") == 1
+        assert metric(gw, "hermes_upstream_up", upstream="a") == 1
         a.stalled = True
-        assert wait_for(lambda: metric(gw, "hermes:upstream_up", upstream="a") == 0, 20)
+        assert wait_for(lambda: metric(gw, "hermes_upstream_up", upstream="a") == 0, 20)
         assert healthz(base)["upstreams"] == {"a": "down", "b": "up"}
         assert healthz(base)["status"] == "ok"  # b still serves model m
         before = a.requests
@@ -135,9 +135,9 @@ def test_a_stalled_upstream_is_taken_out_within_seconds_and_probed_back_in() -> 
         assert [r.status_code for r in answers] == [200] * 6
         assert a.requests == before  # no new call went to the stalled replica
         a.stalled = False
-        assert wait_for(lambda: metric(gw, "hermes:upstream_up", upstream="a") == 1, 20)
+        assert wait_for(lambda: metric(gw, "hermes_upstream_up", upstream="a") == 1, 20)
         assert healthz(base)["upstreams"] == {"a": "up", "b": "up"}
-        assert metric(gw, "hermes:upstream_health_checks_total", upstream="a", result="failed")
+        assert metric(gw, "hermes_upstream_health_checks_total", upstream="a", result="failed")
         assert wait_for(lambda: settled(gw))
 
 
@@ -161,7 +161,7 @@ def test_calls_in_flight_on_a_stalled_upstream_move_to_another_replica(stream: b
         assert r.status_code == 200, r.text
         assert outcome(200, r.content, stream) == "ok"
         assert (a.requests, b.requests) == (1, 1)
-        assert metric(gw, "hermes:upstream_up", upstream="a") == 0
+        assert metric(gw, "hermes_upstream_up", upstream="a") == 0
         a.stalled = a.stall_on_call = False
         assert wait_for(lambda: settled(gw))
 
@@ -207,13 +207,13 @@ def test_calls_for_a_model_without_a_healthy_upstream_get_503_after_the_queue_ti
         dead("refuse") as down,
         gateway({"down": down}, health_check=FAST_CHECKS, queue_timeout_s=2.0) as (gw, base),
     ):
-        assert wait_for(lambda: metric(gw, "hermes:upstream_up", upstream="down") == 0, 20)
+        assert wait_for(lambda: metric(gw, "hermes_upstream_up", upstream="down") == 0, 20)
         r = httpx.post(base + CHAT, json=body(), timeout=30)
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1"
         err = r.json()["error"]
         assert "no healthy upstream serves model 'm'" in err["message"]
-        assert metric(gw, "hermes:queue_timeouts_total", status="503") == 1
+        assert metric(gw, "hermes_queue_timeouts_total", status="503") == 1
         h = healthz(base)
         assert (h["status"], h["unavailable_models"]) == ("degraded", ["m"])
         assert "no healthy upstream serves model 'm'" in h["problems"]
@@ -223,7 +223,7 @@ def test_calls_for_a_model_without_a_healthy_upstream_get_503_after_the_queue_ti
         assert r.status_code == 503
         assert "none for" in r.json()["error"]["message"]
         assert wait_for(lambda: settled(gw))
-        assert metric(gw, "hermes:request_success_total") == 1  # the one that queued
+        assert metric(gw, "hermes_request_success_total") == 1  # the one that queued
 
 
 def test_a_call_that_waits_too_long_behind_others_gets_429_with_retry_after() -> None:
@@ -241,7 +241,7 @@ def test_a_call_that_waits_too_long_behind_others_gets_429_with_retry_after() ->
         assert r.status_code == 429
         assert r.headers["retry-after"] == "1"
         assert "queue_timeout_s" in r.json()["error"]["message"]
-        assert metric(gw, "hermes:queue_timeouts_total", status="429") == 1
+        assert metric(gw, "hermes_queue_timeouts_total", status="429") == 1
         assert wait_for(lambda: settled(gw))
 
 

@@ -299,18 +299,18 @@ def test_a_call_for_the_sleeping_model_swaps_it_in_and_the_other_to_sleep() -> N
         ea, eb = gw.clients["ea"].url, gw.clients["eb"].url
         # At start the first member is awake, the other asleep.
         assert (_sleeping(ea), _sleeping(eb)) == (False, True)
-        assert _metric(base, "hermes:gpu_group_active", group="gpu0", model="a") == 1
+        assert _metric(base, "hermes_gpu_group_active", group="gpu0", model="a") == 1
         r = _chat(base, "b")
         assert r.status_code == 200, r.text
         assert (_sleeping(ea), _sleeping(eb)) == (True, False)
-        assert _metric(base, "hermes:model_swaps_total", group="gpu0", to="b", result="ok") == 1
-        assert _metric(base, "hermes:gpu_group_active", group="gpu0", model="b") == 1
-        assert _metric(base, "hermes:gpu_group_active", group="gpu0", model="a") == 0
-        assert _metric(base, "hermes:model_swap_seconds_count") == 1
+        assert _metric(base, "hermes_model_swaps_total", group="gpu0", to="b", result="ok") == 1
+        assert _metric(base, "hermes_gpu_group_active", group="gpu0", model="b") == 1
+        assert _metric(base, "hermes_gpu_group_active", group="gpu0", model="a") == 0
+        assert _metric(base, "hermes_model_swap_seconds_count") == 1
         # The awake model keeps being served, with no more swaps.
         for _ in range(3):
             assert _chat(base, "b").status_code == 200
-        assert _metric(base, "hermes:model_swaps_total") == 1
+        assert _metric(base, "hermes_model_swaps_total") == 1
 
 
 def test_interleaved_bursts_are_all_answered_with_fewer_swaps_than_calls() -> None:
@@ -321,10 +321,10 @@ def test_interleaved_bursts_are_all_answered_with_fewer_swaps_than_calls() -> No
             for _ in range(3):
                 statuses += [r.status_code for r in pool.map(lambda m: _chat(base, m), models)]
         assert statuses == [200] * 48
-        assert _metric(base, "hermes:request_success_total", finished_reason="stop") == 48
-        swaps = _metric(base, "hermes:model_swaps_total", result="ok")
+        assert _metric(base, "hermes_request_success_total", finished_reason="stop") == 48
+        swaps = _metric(base, "hermes_model_swaps_total", result="ok")
         assert 1 <= swaps < 48 / 4  # each swap served a burst's calls of its model together
-        assert _metric(base, "hermes:model_swaps_total", result="error") == 0
+        assert _metric(base, "hermes_model_swaps_total", result="error") == 0
 
 
 class _NoWake:
@@ -374,12 +374,12 @@ def test_a_model_that_cannot_be_woken_fails_its_calls_with_503_in_bounded_time()
             assert "wake_up answered HTTP 500" in r.json()["error"]["message"]
             assert waited >= 1.0  # not before its bound; how long after, the host decides
             assert broken.wake_ups >= 1
-            assert _metric(base, "hermes:model_swaps_total", to="b", result="error") >= 1
-            assert _metric(base, "hermes:request_success_total", finished_reason="error") == 1
+            assert _metric(base, "hermes_model_swaps_total", to="b", result="error") >= 1
+            assert _metric(base, "hermes_request_success_total", finished_reason="error") == 1
             # The previous model was woken again, and is served.
             assert not _sleeping(gw.clients["ea"].url)
             assert _chat(base, "a").status_code == 200
-            assert _metric(base, "hermes:gpu_group_active", group="gpu0", model="a") == 1
+            assert _metric(base, "hermes_gpu_group_active", group="gpu0", model="a") == 1
 
 
 # llama.cpp's router mode ----------------------------------------------------------------------
@@ -471,8 +471,8 @@ def test_a_llamacpp_router_unloads_and_loads_models_in_turn(router: tuple[_Route
         assert _chat(base, "x").status_code == 200
         assert fake_router.log[2:] == [("unload", "y"), ("load", "x")]
         assert fake_router.wrong == []
-        assert _metric(base, "hermes:model_swaps_total", group="box", result="ok") == 2
-        assert _metric(base, "hermes:gpu_group_active", group="box", model="x") == 1
+        assert _metric(base, "hermes_model_swaps_total", group="box", result="ok") == 2
+        assert _metric(base, "hermes_gpu_group_active", group="box", model="x") == 1
 
 
 # The SLO class from the model ----------------------------------------------------------------

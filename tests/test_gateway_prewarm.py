@@ -136,13 +136,13 @@ def test_a_tool_hook_is_called_before_the_predicted_stage_and_retained_after(
             text = httpx.get(base + "/metrics").text
             # Ordered under a second ago, with a 20 s cold start: still warming.
             assert (
-                _metric(text, "hermes:prewarm_tool_starts_total", target="docker", state="warming")
+                _metric(text, "hermes_prewarm_tool_starts_total", target="docker", state="warming")
                 == 1
             )
             assert (
-                _metric(text, "hermes:prewarm_orders_total", target="docker", reason="prewarm") == 1
+                _metric(text, "hermes_prewarm_orders_total", target="docker", reason="prewarm") == 1
             )
-            assert _metric(text, "hermes:prewarm_actions_total", target="docker", result="ok") == 2
+            assert _metric(text, "hermes_prewarm_actions_total", target="docker", result="ok") == 2
 
 
 def test_warmth_is_scored_by_when_the_order_fired_and_how_long_it_holds() -> None:
@@ -190,8 +190,8 @@ def test_a_sleeping_replica_is_woken_on_demand_and_put_back_to_sleep_when_idle()
         assert r.status_code == 200, r.text
         assert httpx.get(engine + "/is_sleeping").json() == {"is_sleeping": False}
         text = httpx.get(base + "/metrics").text
-        assert _metric(text, "hermes:prewarm_on_demand_total", target=MODEL) == 1
-        assert _metric(text, "hermes:prewarm_sleeps_total", upstream="e", result="ok") >= 1
+        assert _metric(text, "hermes_prewarm_on_demand_total", target=MODEL) == 1
+        assert _metric(text, "hermes_prewarm_sleeps_total", upstream="e", result="ok") >= 1
 
 
 def test_a_lora_adapter_is_loaded_ahead_of_the_stage_that_uses_it(tmp_path: Path) -> None:
@@ -244,8 +244,8 @@ def test_a_lora_adapter_is_loaded_ahead_of_the_stage_that_uses_it(tmp_path: Path
         # An adapter no stage predicted is loaded when a call asks for it.
         assert _chat(base, {}, model="other-lora").status_code == 200
         text = httpx.get(base + "/metrics").text
-        assert _metric(text, "hermes:prewarm_on_demand_total", target="sql-lora") == 0
-        assert _metric(text, "hermes:prewarm_on_demand_total", target="other-lora") == 1
+        assert _metric(text, "hermes_prewarm_on_demand_total", target="sql-lora") == 0
+        assert _metric(text, "hermes_prewarm_on_demand_total", target="other-lora") == 1
         assert served() >= {"sql-lora", "other-lora"}
 
 

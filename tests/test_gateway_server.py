@@ -171,8 +171,8 @@ def test_chat_unary_and_streaming_through_the_official_client(
         resp = httpx.post(base + "/v1/apps/a1/finish")
         assert resp.status_code == 200
         metrics = httpx.get(base + "/metrics").text
-        assert 'hermes:app_completion_time_seconds_count{app_type="t"} 1.0' in metrics
-        assert "hermes:generation_tokens_total 10.0" in metrics
+        assert 'hermes_app_completion_time_seconds_count{app_type="t"} 1.0' in metrics
+        assert "hermes_generation_tokens_total 10.0" in metrics
     assert len(runs) == 1
     assert [len(s.calls) for s in runs[0].stages] == [3]
     assert sorted(c.completion_tokens for c in runs[0].stages[0].llm_calls()) == [2, 3, 5]

@@ -71,7 +71,7 @@ def test_slowloris_headers_are_cut_off_and_the_gateway_keeps_serving() -> None:
         closed = asyncio.run(main())
         assert all(c is not None for c in closed), closed  # before: held until _LIMIT_S
         assert asyncio.run(silent()) is not None
-        assert metric(gw, "hermes:slow_clients_total", phase="headers") >= n
+        assert metric(gw, "hermes_slow_clients_total", phase="headers") >= n
         r = httpx.post(base + CHAT, json=body(), timeout=10)
         assert r.status_code == 200
 
@@ -128,7 +128,7 @@ def test_a_body_that_trickles_in_gets_408() -> None:
         error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
         assert "did not arrive within 0.5 s" in error["message"]
         assert error["code"] == 408
-        assert wait_for(lambda: metric(gw, "hermes:slow_clients_total", phase="body") == 1)
+        assert wait_for(lambda: metric(gw, "hermes_slow_clients_total", phase="body") == 1)
 
 
 def test_an_idle_kept_alive_connection_is_not_cut_off_by_the_header_timeout() -> None:

@@ -109,7 +109,7 @@ def test_the_idle_app_reaper_outlives_a_failure_and_counts_it(
         wait_until(lambda: "first" in learned and not gw.tracker.apps)
         run_app(base, "second")  # reaped although the reaper failed before
         wait_until(lambda: "second" in learned and not gw.tracker.apps)
-        failures = scrape(gw, "hermes:background_task_failures_total", task="reap_idle_apps")
+        failures = scrape(gw, "hermes_background_task_failures_total", task="reap_idle_apps")
     assert failures == 1
     assert "database is locked" in caplog.text
     assert "Traceback" in caplog.text  # logged with its traceback
@@ -188,15 +188,15 @@ def test_a_finish_is_acknowledged_while_the_store_is_locked_and_written_once_it_
             assert "locked" in health["problems"][0]
             assert health["run_store_pending"] == 3
             scraped = httpx.get(base + "/metrics", timeout=30).text
-            assert "hermes:run_store_pending 3.0" in scraped
-            assert scrape(gw, "hermes:run_store_failures_total") >= 1
+            assert "hermes_run_store_pending 3.0" in scraped
+            assert scrape(gw, "hermes_run_store_failures_total") >= 1
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         wait_until(lambda: gw.outbox is not None and gw.outbox.pending == 0)
         assert httpx.get(base + "/healthz", timeout=30).json()["status"] == "ok"
         assert stored(path) == ["a0", "a1", "a2"]
-        assert scrape(gw, "hermes:run_store_written_total") == 3
+        assert scrape(gw, "hermes_run_store_written_total") == 3
 
 
 def test_the_event_loop_serves_while_a_store_write_is_stuck(

@@ -82,14 +82,14 @@ class CallLifecycle:
         self.stopping = False
         self._calls: dict[int, Call] = {}  # by id(Waiting)
         self.queue_timeouts = Counter(
-            "hermes:queue_timeouts",
+            "hermes_queue_timeouts",
             "Calls that waited queue_timeout_s in the queue, by the status they got (503: no "
             "healthy upstream for their model, 429: overloaded)",
             ["status"],
             registry=metrics.registry,
         )
         self.aged = Counter(
-            "hermes:aged_calls",
+            "hermes_aged_calls",
             "Calls that waited aging_max_wait_s and went ahead of every newer call",
             registry=metrics.registry,
         )

@@ -50,14 +50,14 @@ class UpstreamHealth:
         # Per model with no healthy upstream: since when.
         self._unavailable: dict[str, float] = {}
         self.up = Gauge(
-            "hermes:upstream_up",
+            "hermes_upstream_up",
             "1 while an upstream is in rotation, 0 while it is out (failed health checks or "
             "refused connections)",
             ["upstream"],
             registry=registry,
         )
         self.probes = Counter(
-            "hermes:upstream_health_checks",
+            "hermes_upstream_health_checks",
             "Health probes of the upstreams, by upstream and result (ok, failed)",
             ["upstream", "result"],
             registry=registry,

@@ -92,19 +92,19 @@ def _groups(config: GatewayConfig, clients: Mapping[str, UpstreamClient]) -> lis
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:
     return (
         Counter(
-            "hermes:model_swaps",
+            "hermes_model_swaps",
             "Model swaps on GPU groups, by group, model swapped in and result",
             ["group", "to", "result"],
             registry=registry,
         ),
         Histogram(
-            "hermes:model_swap_seconds",
+            "hermes_model_swap_seconds",
             "Time a successful model swap took, from the sleep or unload to the model ready",
             buckets=_SWAP_BUCKETS,
             registry=registry,
         ),
         Gauge(
-            "hermes:gpu_group_active",
+            "hermes_gpu_group_active",
             "1 for the model a GPU group has active, 0 for its others",
             ["group", "model"],
             registry=registry,

@@ -17,7 +17,7 @@ miss). Failures of an action are counted and logged; they never fail a call by t
 
 Each tool stage that starts on a target is scored: `warm` if an order fired at least one cold
 start earlier and its hold has not run out, `warming` if one fired too late to be ready,
-`cold` otherwise. `hermes:prewarm_tool_starts` counts them, the gateway's measure of how much
+`cold` otherwise. `hermes_prewarm_tool_starts` counts them, the gateway's measure of how much
 cold start its prewarming hides.
 """
 

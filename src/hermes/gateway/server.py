@@ -102,6 +102,8 @@ class Gateway:
             aging=Aging(config.aging_max_wait_s),
             router=router_for(config.backends, config.session_max_excess),
         )
+        d = self.dispatcher
+        self.metrics.count_in_flight(lambda: [(u.name, d.busy(u.name)) for u in d.upstreams])
         self.calls = CallLifecycle(
             self.dispatcher,
             self.clients,

@@ -8,7 +8,7 @@ a handler, for as long as it likes (slowloris). Two bounds close that:
 - headers: `with_header_timeout` wraps uvicorn's HTTP protocol: a connection whose request
   headers are not all in within `client_header_timeout_s` (from the connection, or from the
   first byte of a kept-alive connection's next request) is closed. Counted in
-  `hermes:slow_clients{phase="headers"}`.
+  `hermes_slow_clients{phase="headers"}`.
 - body: `BodyDeadline`, ASGI middleware on the routes that read one: a body not all in within
   `client_body_timeout_s` of its headers is answered 408 and the connection closed.
 """
@@ -28,7 +28,7 @@ from hermes.gateway.errors import error_body
 
 def slow_client_counter(registry: CollectorRegistry) -> Counter:
     return Counter(
-        "hermes:slow_clients",
+        "hermes_slow_clients",
         "Requests cut off because the client sent them too slowly, by phase (headers, body)",
         ["phase"],
         registry=registry,

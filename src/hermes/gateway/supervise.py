@@ -3,7 +3,7 @@
 A loop that lets one exception escape dies silently: asyncio keeps the exception in the task
 until someone awaits it, which is at shutdown. The idle-application reaper died so after one
 failed store write, and no application was finished by timeout again. Here a failure is logged
-with its traceback, counted in `hermes:background_task_failures_total{task}`, and the loop goes
+with its traceback, counted in `hermes_background_task_failures_total{task}`, and the loop goes
 on at its next period.
 """
 
