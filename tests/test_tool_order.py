@@ -54,6 +54,22 @@ def test_fifo_order_grants_the_first_to_queue() -> None:
     assert finish_times(AppFIFO(), "fifo") == {"z": 10.0, "y": 11.0, "x": 12.0}
 
 
+class _Flat(BasePolicy):
+    """Ranks every call alike, as Gittins ranks agents waiting in the same loop state."""
+
+    name = "flat"
+
+    def priority(self, call: CallInfo, app: AppView | None, now: float) -> float:
+        return 1.0
+
+
+def test_equal_ranks_go_to_the_earlier_application() -> None:
+    # y queued first, but x's application is older: with equal ranks x goes first (fails on
+    # the pool that broke ties by submission); a FIFO pool still takes y first.
+    assert finish_times(_Flat(), "policy") == {"z": 10.0, "x": 11.0, "y": 12.0}
+    assert finish_times(_Flat(), "fifo") == {"z": 10.0, "y": 11.0, "x": 12.0}
+
+
 class _Flipping(BasePolicy):
     """Ranks by arrival when a call is submitted; a ranking round reverses that."""
 

@@ -113,6 +113,24 @@ def test_max_instances_queues_by_priority_lower_first_and_fifo_among_equals() ->
     assert pool.queue_wait_s == pytest.approx(0.8 + 1.6 + 2.9 + 3.7)
 
 
+def test_the_tiebreak_orders_equal_priorities_and_only_those() -> None:
+    pool = ToolPool(ToolBackendSpec("env", max_instances=1))
+    pool.submit("a", 1.0, 0.0, priority=0.0)
+    pool.submit("b", 1.0, 0.1, priority=1.0, tiebreak=5.0)
+    pool.submit("c", 1.0, 0.2, priority=1.0, tiebreak=2.0)
+    pool.submit("d", 1.0, 0.3, priority=0.5, tiebreak=9.0)
+    pool.submit("e", 1.0, 0.4, priority=1.0, tiebreak=2.0)  # same tie-break: submission order
+    assert pool.queued_ids() == ["d", "c", "e", "b"]
+    pool.reprioritize({"d": 2.0})  # a ranking round keeps the tie-breaks
+    assert pool.queued_ids() == ["c", "e", "b", "d"]
+    fifo = ToolPool(ToolBackendSpec("env", max_instances=1, order="fifo"))
+    for name, tie in (("a", 0.0), ("b", 5.0), ("c", 2.0)):
+        fifo.submit(name, 1.0, 0.0, tiebreak=tie)
+    assert fifo.queued_ids() == ["b", "c"]
+    with pytest.raises(ValueError, match="must not be NaN"):
+        pool.submit("x", 1.0, 1.0, tiebreak=math.nan)
+
+
 def test_fifo_order_ignores_priorities() -> None:
     pool = ToolPool(ToolBackendSpec("env", max_instances=1, order="fifo"))
     assert pool.submit("a", 1.0, 0.0, priority=5.0) == [CallStarted("a", 0.0, 0.0, 0.0, 0)]
@@ -136,7 +154,7 @@ def test_reprioritize_reorders_the_waiting_calls_only() -> None:
     assert pool.queued_ids() == ["c", "b"]
     starts = [e.call_id for e in drain(pool) if isinstance(e, CallStarted)]
     assert starts == ["a", "c", "b"]
-    with pytest.raises(ValueError, match="priority must not be NaN"):
+    with pytest.raises(ValueError, match="priority and tiebreak must not be NaN"):
         pool.submit("x", 1.0, 100.0, priority=math.nan)
     pool.submit("y", 5.0, 100.0)
     pool.submit("z", 5.0, 100.0)

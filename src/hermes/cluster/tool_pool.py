@@ -119,8 +119,9 @@ class ToolPool:
         self._instances: dict[int, _Instance] = {}  # in id order, which breaks placement ties
         self._next_id = 0
         self._busy = 0  # ready instances running at least one call
-        # Waiting calls: a heap of (priority, submission number, call); FIFO: priority 0.
-        self._queue: list[tuple[float, int, _Call]] = []
+        # Waiting calls: a heap of (priority, tie-break, submission number, call); FIFO:
+        # priority and tie-break 0, so submission order decides.
+        self._queue: list[tuple[float, float, int, _Call]] = []
         self._submitted = 0
         self.queue_wait_s = 0.0  # summed over started calls: waiting for a slot, not warm-up
         self._live: set[Hashable] = set()  # ids of calls submitted and not finished
@@ -133,15 +134,23 @@ class ToolPool:
     # --- driving -----------------------------------------------------------------------------
 
     def submit(
-        self, call_id: Hashable, duration_s: float, now: float, priority: float = 0.0
+        self,
+        call_id: Hashable,
+        duration_s: float,
+        now: float,
+        priority: float = 0.0,
+        tiebreak: float = 0.0,
     ) -> list[Effect]:
         """Submit a call of ``duration_s`` warm seconds; if it must queue, it waits behind the
-        calls of lower ``priority`` (order "policy"). Returns the effects due up to ``now``,
-        ending with this call's ``CallStarted`` if it starts right away."""
+        calls of lower ``priority``, and among equal priorities behind those of lower
+        ``tiebreak`` (order "policy"). Returns the effects due up to ``now``, ending with this
+        call's ``CallStarted`` if it starts right away."""
         if not 0 <= duration_s < math.inf:
             raise ValueError(f"duration_s must be finite and >= 0, got {duration_s!r}")
-        if math.isnan(priority):
-            raise ValueError(f"priority must not be NaN, got {priority!r}")
+        if math.isnan(priority) or math.isnan(tiebreak):
+            raise ValueError(
+                f"priority and tiebreak must not be NaN, got {priority!r}, {tiebreak!r}"
+            )
         self._run_until(now)
         if call_id in self._live:
             raise ValueError(f"call {call_id!r} is already in the pool")
@@ -149,8 +158,9 @@ class ToolPool:
         call = _Call(call_id, duration_s, now)
         # A queue means no slot: every call needs the same one, so the head could not start.
         if self._queue or not self._place(call, now):
-            key = priority if self.spec.order == "policy" else 0.0
-            heapq.heappush(self._queue, (key, self._submitted, call))
+            ranked = self.spec.order == "policy"
+            key, tie = (priority, tiebreak) if ranked else (0.0, 0.0)
+            heapq.heappush(self._queue, (key, tie, self._submitted, call))
         self._submitted += 1
         return self._take()
 
@@ -160,11 +170,11 @@ class ToolPool:
         if self.spec.order != "policy" or not self._queue:
             return
         fresh = []
-        for key, seq, call in self._queue:
+        for key, tie, seq, call in self._queue:
             p = priorities.get(call.id, key)
             if math.isnan(p):
                 raise ValueError(f"priority of {call.id!r} must not be NaN")
-            fresh.append((p, seq, call))
+            fresh.append((p, tie, seq, call))
         heapq.heapify(fresh)
         self._queue = fresh
 
@@ -247,7 +257,7 @@ class ToolPool:
 
     def queued_ids(self) -> list[Hashable]:
         """The calls waiting for a slot, in the order they would be granted."""
-        return [call.id for _, _, call in sorted(self._queue, key=lambda e: e[:2])]
+        return [call.id for *_, call in sorted(self._queue, key=lambda e: e[:3])]
 
     def warm_instance_seconds(self, now: float) -> float:
         """Seconds summed over instances while they existed, warming or warm: the cost."""
@@ -308,7 +318,7 @@ class ToolPool:
         self._live.remove(call.id)
         self.calls_finished += 1
         self._outbox.append(CallFinished(call.id, t, inst.id))
-        while self._queue and self._place(self._queue[0][2], t):
+        while self._queue and self._place(self._queue[0][3], t):
             heapq.heappop(self._queue)
         if inst.running == 0:
             self._idle(inst, t)

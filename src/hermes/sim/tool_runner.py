@@ -35,12 +35,15 @@ class ToolRunner:
         self, call_id: Hashable, duration_s: float, now: float, app: AppView | None = None
     ) -> None:
         """A call of `app` (whose view the policy ranks, when the pool orders by it)."""
-        priority = 0.0
+        priority = tiebreak = 0.0
         if self._policy is not None:
             info = CallInfo(call_id, now, 0)
             priority = self._policy.priority(info, app, now)
             self._waiting[call_id] = (info, app)
-        self._handle(self.pool.submit(call_id, duration_s, now, priority))
+            # Equal ranks (e.g. every agent waiting in the same loop state) go to the earlier
+            # application: finishing applications one after another beats interleaving them.
+            tiebreak = now if app is None else app.arrival_s
+        self._handle(self.pool.submit(call_id, duration_s, now, priority, tiebreak))
 
     def rerank(self, now: float) -> None:
         """A ranking round: the waiting calls' applications ranked anew."""
