@@ -18,6 +18,7 @@ from hermes.cli.common import (
     read_all,
     write_json,
 )
+from hermes.cli.sweep_options import RayAddress, Workers, checked_ray_address
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -85,6 +86,8 @@ def bench_hermes(
             "overhead, tools, kv. [default: all]"
         ),
     ] = None,
+    workers: Workers = 1,
+    ray_address: RayAddress = None,
 ) -> None:
     """The Hermes paper's experiments: completion time by policy and load, deadlines,
     prewarming, ablations, ranking overhead, tool pools in policy order. With --runs: policies
@@ -95,8 +98,7 @@ def bench_hermes(
     loads = floats(intensity, "--intensity") if intensity is not None else None
     _check_profile(model, gpu)
     if runs:
-        if named is not None:
-            raise fail("--experiments applies to the paper's experiments, not to --runs")
+        _not_with_runs(named, workers, ray_address)
         _bench_recorded(
             runs, train_fraction, loads, chosen, seed, apps, weights, (model, gpu), limits, json_out
         )
@@ -111,7 +113,14 @@ def bench_hermes(
     if loads is not None:
         kwargs["intensities"] = loads
         kwargs["headline_intensity"] = max(loads)
-    _bench_paper(kwargs, out_dir)
+    _bench_paper(kwargs, out_dir, workers, checked_ray_address(ray_address))
+
+
+def _not_with_runs(named: tuple[str, ...] | None, workers: int, ray_address: str | None) -> None:
+    if named is not None:
+        raise fail("--experiments applies to the paper's experiments, not to --runs")
+    if workers != 1 or ray_address is not None:
+        raise fail("--workers and --ray-address apply to the paper's experiments, not to --runs")
 
 
 def _check_profile(model: str, gpu: str) -> None:
@@ -189,7 +198,9 @@ def _bench_recorded(
         write_json(json_out, result)
 
 
-def _bench_paper(kwargs: dict[str, Any], out_dir: Path) -> None:
+def _bench_paper(
+    kwargs: dict[str, Any], out_dir: Path, workers: int = 1, ray_address: str | None = None
+) -> None:
     """`bench hermes`: the paper's experiments with `kwargs` over the default settings."""
     from hermes.experiments import hermes_paper, report
 
@@ -197,7 +208,9 @@ def _bench_paper(kwargs: dict[str, Any], out_dir: Path) -> None:
     settings = hermes_paper.PaperSettings(**{**hermes_paper._settings_dict(base), **kwargs})
     try:
         with err.status("starting") as status:
-            results = hermes_paper.run_all(settings, lambda m: status.update(escape(m)))
+            results = hermes_paper.run_all(
+                settings, lambda m: status.update(escape(m)), workers, ray_address
+            )
     except ValueError as e:
         raise fail(str(e)) from None
     paths = report.write(results, out_dir)

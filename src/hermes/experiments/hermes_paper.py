@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from hermes.experiments.common import (
     with_deadlines,
 )
 from hermes.experiments.kv_retention import kv_experiment
+from hermes.experiments.parallel import Sweep
 from hermes.experiments.ranking_overhead import ranking_round_times
 from hermes.experiments.tool_queues import ToolQueueSettings, tools_experiment
 from hermes.sim.build import template_graphs
@@ -37,6 +39,8 @@ from hermes.sim.config import PolicyOptions, ToolBackend
 from hermes.types import ProgressLog
 from hermes.workloads.outcomes import Outcome, summary
 
+# What every simulation of a study shares: the PDGraphs (sent to each worker once).
+Graphs = Mapping[str, PDGraph]
 LOAD_POLICIES = ("vllm", "parrot", "vtc", "plas", "srjf-mean", "gittins", "oracle")
 PREWARM_POLICIES = ("none", "keepalive", "on-queue", "pdgraph")
 # Cold backends of the mix: code sandboxes start in seconds, ALFWorld environments in about
@@ -144,34 +148,48 @@ def _quiet(_: str) -> None:
     return None
 
 
-def load_experiment(
-    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
-) -> dict[str, Any]:
+def load_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dict[str, Any]:
     """ACT of every policy at every intensity, for each batch limit, over the pooled
     applications of every workload draw; the standalone ACT (the floor no order of service
     can beat), per-draw means, and the sorted ACTs at the headline intensity."""
-    out: dict[str, Any] = {}
+    jobs: list[tuple[str, Callable[[Graphs], Any]]] = []
     for seqs in s.batch_limits:
         spec = s.engine_spec(seqs)
-        alone = float(
-            np.mean([t for d in w.draws for t in standalone_times(d.runs, spec, w.graphs, s.seed)])
-        )
+        jobs += [
+            (
+                f"standalone: max_num_seqs {seqs}, draw {i}",
+                partial(standalone_times, d.runs, spec, seed=s.seed),
+            )
+            for i, d in enumerate(w.draws)
+        ]
+        for k in s.intensities:
+            for policy in s.policies:
+                cfg = config_for(policy, spec, s.seed)
+                jobs += [
+                    (
+                        f"load: max_num_seqs {seqs}, intensity {k}, {policy}, draw {i}",
+                        partial(simulate_apps, cfg, d.at(k)),
+                    )
+                    for i, d in enumerate(w.draws)
+                ]
+    done = iter(sweep.run(jobs))  # in the order of the loops above
+    out: dict[str, Any] = {}
+    for seqs in s.batch_limits:
+        alone = float(np.mean([t for _ in w.draws for t in next(done)]))
         by_intensity: dict[str, dict[str, Any]] = {}
         cdf: dict[str, list[float]] = {}
         per_draw: dict[str, list[float | None]] = {}
         for k in s.intensities:
             rows: dict[str, Any] = {}
             for policy in s.policies:
-                progress(f"load: max_num_seqs {seqs}, intensity {k}, {policy}")
                 pooled: list[Outcome] = []
                 means: list[float | None] = []
                 busy: list[float] = []
-                for d in w.draws:
-                    cfg = config_for(policy, spec, s.seed)
-                    outcomes, res = simulate_apps(cfg, d.at(k), w.graphs)
+                for _ in w.draws:
+                    outcomes, res = next(done)
                     pooled += outcomes
                     means.append(summary(outcomes)["act_mean"])
-                    busy.append(float(res["instances"][0]["utilisation"]))  # type: ignore[index]
+                    busy.append(float(res["instances"][0]["utilisation"]))
                 rows[policy] = summary(pooled)
                 rows[policy]["utilisation"] = float(np.mean(busy))
                 if k == s.headline_intensity:
@@ -194,70 +212,78 @@ def load_experiment(
     return out
 
 
-def deadline_experiment(
-    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
-) -> dict[str, Any]:
+def deadline_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dict[str, Any]:
     """Deadline satisfaction of edf and lstf with deadlines at multiples of each application's
     standalone completion time, at the headline intensity."""
-    out: dict[str, Any] = {}
-    for seqs in s.batch_limits:
+    policies = ("vllm", "edf", "lstf")
+    # Deadlines are multiples of the standalone times: those first, for every batch limit.
+    alones = sweep.run(
+        [
+            (
+                f"deadlines: standalone, max_num_seqs {seqs}",
+                partial(standalone_times, w.runs, s.engine_spec(seqs), seed=s.seed),
+            )
+            for seqs in s.batch_limits
+        ]
+    )
+    jobs: list[tuple[str, Callable[[Graphs], Any]]] = []
+    for seqs, alone in zip(s.batch_limits, alones, strict=True):
         spec = s.engine_spec(seqs)
-        alone = standalone_times(w.runs, spec, w.graphs, s.seed)
-        rows: dict[str, Any] = {}
         for factor in s.deadline_factors:
             runs = with_deadlines(w.runs, alone, factor)
             schedule = spread_over(runs, w.offsets, BASE_WINDOW_S / s.headline_intensity)
-            cell: dict[str, Any] = {}
-            for policy in ("vllm", "edf", "lstf"):
-                progress(f"deadlines: max_num_seqs {seqs}, {factor}x, {policy}")
-                outcomes, _ = simulate_apps(config_for(policy, spec, s.seed), schedule, w.graphs)
-                cell[policy] = summary(outcomes)
-            rows[str(factor)] = cell
-        out[str(seqs)] = rows
-    return out
+            jobs += [
+                (
+                    f"deadlines: max_num_seqs {seqs}, {factor}x, {policy}",
+                    partial(simulate_apps, config_for(policy, spec, s.seed), schedule),
+                )
+                for policy in policies
+            ]
+    done = iter(sweep.run(jobs))
+    return {
+        str(seqs): {
+            str(factor): {policy: summary(next(done)[0]) for policy in policies}
+            for factor in s.deadline_factors
+        }
+        for seqs in s.batch_limits
+    }
 
 
-def prewarm_experiment(
-    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
-) -> dict[str, Any]:
+def _prewarm_row(outcomes: list[Outcome], res: Mapping[str, Any]) -> dict[str, Any]:
+    total = res["tools_total"]
+    row = summary(outcomes)
+    row["cold_wait_s"] = float(sum(o.cold_wait_s for o in outcomes))
+    row["warm_instance_s"] = float(total["warm_instance_s"])
+    row["cold_starts"] = int(total["cold_starts"])
+    return row
+
+
+def prewarm_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dict[str, Any]:
     """Critical-path cold-start wait and warm backend-seconds of each prewarm policy, and of
     the keep-alive TTLs, under gittins at the headline intensity and the first batch limit."""
     spec = s.engine_spec(s.batch_limits[0])
     schedule = w.at(s.headline_intensity)
 
-    def one(prewarm: str, tools: Sequence[ToolBackend]) -> dict[str, Any]:
+    def job(label: str, prewarm: str, tools: Sequence[ToolBackend]) -> tuple[str, Any]:
         options = PolicyOptions(prewarm=prewarm, prewarm_k=s.prewarm_k)
         cfg = config_for("gittins", spec, s.seed, options=options, tools=tools)
-        outcomes, res = simulate_apps(cfg, schedule, w.graphs)
-        total = res["tools_total"]
-        assert isinstance(total, dict)
-        row = summary(outcomes)
-        row["cold_wait_s"] = float(sum(o.cold_wait_s for o in outcomes))
-        row["warm_instance_s"] = float(total["warm_instance_s"])
-        row["cold_starts"] = int(total["cold_starts"])
-        return row
+        return label, partial(simulate_apps, cfg, schedule)
 
-    policies: dict[str, Any] = {}
-    for name in s.prewarm_policies:
-        progress(f"prewarm: {name}")
-        policies[name] = one(name, PAPER_TOOLS)
-    ttls: dict[str, Any] = {}
+    jobs = [job(f"prewarm: {name}", name, PAPER_TOOLS) for name in s.prewarm_policies]
     for ttl in s.keepalive_ttls_s:
-        progress(f"prewarm: keepalive TTL {ttl} s")
         tools = [t.model_copy(update={"keepalive_s": ttl}) for t in PAPER_TOOLS]
-        ttls[str(ttl)] = one("keepalive", tools)
+        jobs.append(job(f"prewarm: keepalive TTL {ttl} s", "keepalive", tools))
+    rows = [_prewarm_row(*r) for r in sweep.run(jobs)]
+    n = len(s.prewarm_policies)
     return {
         "tools": [t.model_dump() for t in PAPER_TOOLS],
-        "policies": policies,
-        "keepalive_ttl": ttls,
+        "policies": dict(zip(s.prewarm_policies, rows[:n], strict=True)),
+        "keepalive_ttl": {str(t): r for t, r in zip(s.keepalive_ttls_s, rows[n:], strict=True)},
     }
 
 
-def ablation_experiment(
-    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
-) -> dict[str, Any]:
+def ablation_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dict[str, Any]:
     """gittins and srjf-mean with and without online refinement, against oracle."""
-    out: dict[str, Any] = {}
     schedule = w.at(s.headline_intensity)
     variants = [
         ("gittins", True),
@@ -266,37 +292,38 @@ def ablation_experiment(
         ("srjf-mean", False),
         ("oracle", True),
     ]
+    names = [
+        p if p == "oracle" else f"{p}{'' if refine else ' (no refine)'}" for p, refine in variants
+    ]
+    jobs: list[tuple[str, Callable[[Graphs], Any]]] = []
     for seqs in s.batch_limits:
         spec = s.engine_spec(seqs)
-        rows: dict[str, Any] = {}
-        for policy, refine in variants:
-            name = policy if policy == "oracle" else f"{policy}{'' if refine else ' (no refine)'}"
-            progress(f"ablation: max_num_seqs {seqs}, {name}")
+        for name, (policy, refine) in zip(names, variants, strict=True):
             cfg = config_for(policy, spec, s.seed, options=PolicyOptions(refine=refine))
-            outcomes, _ = simulate_apps(cfg, schedule, w.graphs)
-            rows[name] = summary(outcomes)
-        out[str(seqs)] = rows
-    return out
+            jobs.append(
+                (f"ablation: max_num_seqs {seqs}, {name}", partial(simulate_apps, cfg, schedule))
+            )
+    done = iter(sweep.run(jobs))
+    return {str(seqs): {name: summary(next(done)[0]) for name in names} for seqs in s.batch_limits}
 
 
-def overhead_experiment(s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet) -> Any:
-    progress("ranking-round overhead")
+def overhead_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> Any:
+    # Timed here, between sweeps, with the workers idle: a round's wall time is the figure.
+    sweep.progress("ranking-round overhead")
     return ranking_round_times(w.graphs, s.overhead_apps, s.seed)
 
 
-def tool_experiment(
-    s: PaperSettings, w: _Workload, progress: ProgressLog = _quiet
-) -> dict[str, Any]:
+def tool_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dict[str, Any]:
     """FIFO against policy-ordered tool pools under gittins (`experiments.tool_queues`)."""
     spec = replace(s.engine_spec(s.batch_limits[0]), replicas=s.tools_replicas)
     settings = ToolQueueSettings(
         spec, BASE_WINDOW_S / s.tools_intensity, PAPER_TOOLS, s.tools_instances, seed=s.seed
     )
     draws = [(d.runs, d.offsets) for d in w.draws]
-    return tools_experiment(settings, draws, w.graphs, progress)
+    return tools_experiment(settings, draws, sweep)
 
 
-Experiment = Callable[[PaperSettings, _Workload, ProgressLog], Any]
+Experiment = Callable[[PaperSettings, _Workload, Sweep[Graphs]], Any]
 EXPERIMENTS: dict[str, Experiment] = {
     "load": load_experiment,
     "deadlines": deadline_experiment,
@@ -304,18 +331,26 @@ EXPERIMENTS: dict[str, Experiment] = {
     "ablation": ablation_experiment,
     "overhead": overhead_experiment,
     "tools": tool_experiment,
-    "kv": lambda s, w, progress: kv_experiment(s.seed, progress),
+    "kv": lambda s, w, sweep: kv_experiment(s.seed, sweep.progress, sweep),
 }
 
 
-def run_all(s: PaperSettings, progress: ProgressLog = _quiet) -> dict[str, Any]:
-    """The experiments `s.experiments` names, in the order of EXPERIMENTS."""
+def run_all(
+    s: PaperSettings,
+    progress: ProgressLog = _quiet,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """The experiments `s.experiments` names, in the order of EXPERIMENTS, their simulations
+    on `workers` processes (`experiments.parallel`; the results do not depend on how many)."""
     start = time.perf_counter()
     w = _workload(s)
     results: dict[str, Any] = {"settings": _settings_dict(s)}
-    for name, experiment in EXPERIMENTS.items():
-        if name in s.experiments:
-            results[name] = experiment(s, w, progress)
+    graphs: Graphs = w.graphs
+    with Sweep(workers, ray_address, graphs, progress) as sweep:
+        for name, experiment in EXPERIMENTS.items():
+            if name in s.experiments:
+                results[name] = experiment(s, w, sweep)
     results["targets"] = check_targets(s, results)
     results["wall_s"] = time.perf_counter() - start
     return results

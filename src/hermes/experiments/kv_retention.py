@@ -5,9 +5,12 @@ under retention lru (vLLM), ttl (Continuum) and pdgraph (Hermes)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 from hermes.experiments.common import PAPER_MIX
+from hermes.experiments.parallel import Sweep
 from hermes.sim.build import simulate
 from hermes.sim.config import config_from_dict
 from hermes.types import ProgressLog
@@ -47,12 +50,21 @@ def run(setting: dict[str, Any], retention: str, seed: int = 0) -> dict[str, Any
     }
 
 
-def kv_experiment(seed: int = 0, progress: ProgressLog = lambda m: None) -> dict[str, Any]:
-    """Every setting by retention; `policies` is the tight setting's (the issue's headline)."""
-    by_setting: dict[str, dict[str, Any]] = {}
-    for name, setting in SETTINGS.items():
-        by_setting[name] = {}
-        for retention in RETENTIONS:
-            progress(f"kv: {name}, {retention}")
-            by_setting[name][retention] = run(setting, retention, seed)
+def _job(setting: dict[str, Any], retention: str, seed: int, _shared: object) -> dict[str, Any]:
+    return run(setting, retention, seed)
+
+
+def kv_experiment(
+    seed: int = 0, progress: ProgressLog = lambda m: None, sweep: Sweep[Any] | None = None
+) -> dict[str, Any]:
+    """Every setting by retention; `policies` is the tight setting's (the issue's headline).
+    The runs on `sweep` (in this process without one); `progress` hears each as it ends."""
+    jobs = [
+        (f"kv: {name}, {retention}", partial(_job, setting, retention, seed))
+        for name, setting in SETTINGS.items()
+        for retention in RETENTIONS
+    ]
+    with Sweep(progress=progress) if sweep is None else nullcontext(sweep) as runner:
+        done = iter(runner.run(jobs))
+    by_setting = {name: {r: next(done) for r in RETENTIONS} for name in SETTINGS}
     return {"policies": by_setting["tight"], "by_setting": by_setting}

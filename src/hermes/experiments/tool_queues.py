@@ -12,8 +12,9 @@ instances, where the order has the most to decide.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,9 @@ from hermes.cluster.tool_pool import ToolOrder
 from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
 from hermes.experiments.common import EngineSpec, config_for, reduction, spread_over
+from hermes.experiments.parallel import Sweep
 from hermes.sim.build import build
 from hermes.sim.config import ToolBackend
-from hermes.types import ProgressLog
 from hermes.workloads.outcomes import Outcome, summary
 
 ORDERS: tuple[ToolOrder, ...] = ("fifo", "policy")
@@ -123,33 +124,45 @@ def _row(outcomes: list[Outcome], waits: list[dict[str, float]]) -> dict[str, An
 def tools_experiment(
     s: ToolQueueSettings,
     draws: Sequence[tuple[Sequence[AppRun], np.ndarray]],
-    graphs: Mapping[str, PDGraph],
-    progress: ProgressLog,
+    sweep: Sweep[Mapping[str, PDGraph]],
 ) -> dict[str, Any]:
     """ACT with FIFO and policy-ordered tool pools, per layout and instance count, over the
-    pooled applications of every workload draw ((runs, unit arrival offsets) pairs)."""
-    sweep: dict[str, dict[str, Any]] = {}
+    pooled applications of every workload draw ((runs, unit arrival offsets) pairs); the
+    simulations on `sweep`, whose shared data are the PDGraphs."""
+    jobs: list[tuple[str, Callable[[Mapping[str, PDGraph]], Any]]] = []
     for layout in LAYOUTS:
         schedules = [
             spread_over(runs if layout == "separate" else shared_runs(runs), offsets, s.window_s)
             for runs, offsets in draws
         ]
+        for n in s.instances:
+            for order in ORDERS:
+                pools = _pools(s, layout, n, order)
+                jobs += [
+                    (
+                        f"tools: {layout} pools of {n}, {order} order, draw {i}",
+                        partial(_run, s, schedule, tools=pools),
+                    )
+                    for i, schedule in enumerate(schedules)
+                ]
+    done = iter(sweep.run(jobs))  # in the order of the loops above
+    sweep_rows: dict[str, dict[str, Any]] = {}
+    for layout in LAYOUTS:
         cells: dict[str, Any] = {}
         for n in s.instances:
             cell: dict[str, Any] = {}
             for order in ORDERS:
-                progress(f"tools: {layout} pools of {n}, {order} order")
                 pooled: list[Outcome] = []
                 waits: list[dict[str, float]] = []
-                for schedule in schedules:
-                    outcomes, wait = _run(s, schedule, graphs, _pools(s, layout, n, order))
+                for _ in draws:
+                    outcomes, wait = next(done)
                     pooled += outcomes
                     waits.append(wait)
                 cell[order] = _row(pooled, waits)
             cell["reduction"] = reduction(cell["policy"]["act_mean"], cell["fifo"]["act_mean"])
             cells[str(n)] = cell
-        sweep[layout] = cells
-    head = sweep["shared"][str(min(s.instances))]
+        sweep_rows[layout] = cells
+    head = sweep_rows["shared"][str(min(s.instances))]
     return {
         "setting": {
             "layout": "shared",
@@ -163,5 +176,5 @@ def tools_experiment(
         "fifo": head["fifo"],
         "policy": head["policy"],
         "reduction": head["reduction"],
-        "sweep": sweep,
+        "sweep": sweep_rows,
     }

@@ -1,0 +1,115 @@
+"""Sweeps of independent simulations in parallel (`experiments.parallel`): results in job order
+whatever the number of workers, shared data sent once, failures raised, progress from the
+parent; the Hermes bench gives the same results on one worker, two, and a local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from hermes.cli import app
+from hermes.experiments import hermes_paper as hp
+from hermes.experiments.parallel import Sweep, pmap
+
+runner = CliRunner()
+
+
+def _spin(job: int, shared: int | None) -> tuple[int, int | None, int]:
+    """Early jobs take longest (so workers finish them out of order)."""
+    total = 0
+    for i in range((8 - job) * 20_000):
+        total += i % 7
+    return job * job, shared, os.getpid()
+
+
+def _fail_on_three(job: int, _: object) -> int:
+    if job == 3:
+        raise ValueError("job 3 fails")
+    return job
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_come_in_job_order_with_the_shared_data(workers: int) -> None:
+    finished: list[int] = []
+    out = pmap(_spin, range(8), workers, shared=41, on_done=lambda i, _: finished.append(i))
+    assert [square for square, _, _ in out] == [j * j for j in range(8)]
+    assert {shared for _, shared, _ in out} == {41}
+    assert sorted(finished) == list(range(8))  # each job reported once, in the parent
+    pids = {pid for _, _, pid in out}
+    assert (pids == {os.getpid()}) == (workers == 1)
+
+
+def test_a_failing_job_fails_the_sweep() -> None:
+    with pytest.raises(ValueError, match="job 3 fails"):
+        pmap(_fail_on_three, list(range(6)), 2)
+
+
+def test_bad_pool_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="workers: expected 0"):
+        Sweep(-1)
+    with pytest.raises(ValueError, match="ray_address"):
+        Sweep(2, " ")
+
+
+def _small() -> hp.PaperSettings:
+    return hp.PaperSettings(
+        apps=8,
+        intensities=(3.0,),
+        workloads=2,
+        policies=("vllm", "gittins"),
+        batch_limits=(8,),
+        deadline_factors=(1.5,),
+        prewarm_policies=("none", "pdgraph"),
+        keepalive_ttls_s=(1.0,),
+        tools_instances=(1,),
+        experiments=("load", "deadlines", "prewarm", "ablation", "tools"),
+    )
+
+
+def _without_wall_times(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in results.items() if k != "wall_s"}
+
+
+def test_the_hermes_bench_gives_the_same_results_on_one_worker_and_two() -> None:
+    heard: list[str] = []
+    one = hp.run_all(_small(), heard.append)
+    two = hp.run_all(_small(), workers=2)
+    assert _without_wall_times(one) == _without_wall_times(two)
+    # Every simulation reported once: load (2 standalone, 4), deadlines (1 standalone, 3),
+    # prewarm 3, ablation 5, tools 8.
+    assert len(heard) == 2 + 4 + 1 + 3 + 3 + 5 + 8
+    assert any(m.startswith("load: max_num_seqs 8, intensity 3.0, gittins") for m in heard)
+
+
+def test_the_cli_takes_workers_and_checks_them(tmp_path: Path) -> None:
+    args = ["bench", "hermes", "--apps", "6", "--intensity", "3", "--workloads", "1"]
+    args += ["--policies", "vllm,gittins", "--max-num-seqs", "8", "--experiments", "ablation"]
+    outs = []
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        result = runner.invoke(app, [*args, "--workers", workers, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads((out / "results.json").read_text()))
+    assert _without_wall_times(outs[0]) == _without_wall_times(outs[1])
+    bad = runner.invoke(app, [*args, "--workers", "-1", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0
+    assert "--workers" in bad.output
+
+
+def test_the_hermes_bench_on_a_local_ray_gives_the_same_results() -> None:
+    ray = pytest.importorskip("ray")
+    settings = hp.PaperSettings(**{**hp._settings_dict(_small()), "experiments": ("ablation",)})
+    alone = hp.run_all(settings)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        on_ray = hp.run_all(settings, workers=2, ray_address="local")
+        pids = {pid for _, _, pid in pmap(_spin, range(4), 2, "local")}
+    finally:
+        ray.shutdown()
+    assert _without_wall_times(alone) == _without_wall_times(on_ray)
+    assert os.getpid() not in pids  # the jobs ran in Ray's workers
