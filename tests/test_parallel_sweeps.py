@@ -113,3 +113,37 @@ def test_the_hermes_bench_on_a_local_ray_gives_the_same_results() -> None:
         ray.shutdown()
     assert _without_wall_times(alone) == _without_wall_times(on_ray)
     assert os.getpid() not in pids  # the jobs ran in Ray's workers
+
+
+def _without_timings(value: Any) -> Any:
+    """`value` without what a clock measured (wall times, the planner's decide times)."""
+    if isinstance(value, dict):
+        return {
+            k: _without_timings(v)
+            for k, v in value.items()
+            if k != "wall_s" and not k.startswith("decide_ms")
+        }
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_the_qlm_bench_gives_the_same_results_on_one_worker_and_two() -> None:
+    from hermes.experiments import qlm_paper
+
+    s = qlm_paper.quick_settings(
+        workloads=("WA", "WB"),
+        policies=("vllm", "qlm"),
+        rates=(("WA", (20.0,)), ("WB", (20.0,))),
+        duration_s=20.0,
+    )
+    heard: list[str] = []
+    one = qlm_paper.run_all(s, heard.append)
+    two = qlm_paper.run_all(s, workers=2)
+    assert _without_timings(one) == _without_timings(two)
+    assert sorted(heard) == [
+        "WA: 20 req/s, qlm",
+        "WA: 20 req/s, vllm",
+        "WB: 20 req/s, qlm",
+        "WB: 20 req/s, vllm",
+    ]

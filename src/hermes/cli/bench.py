@@ -299,6 +299,8 @@ def bench_qlm(
         str | None, typer.Option(help="Comma-separated workloads. [default: WA,WB,WC]")
     ] = None,
     instances: Annotated[int, typer.Option(min=1, max=64, help="Instances (A100).")] = 4,
+    workers: Workers = 1,
+    ray_address: RayAddress = None,
 ) -> None:
     """The QLM paper's workloads (WA: interactive and batch on one model; WB: three models,
     batch; WC: with mega-prompts) under vllm, edf, qlm-noplan and qlm, over bursty load."""
@@ -320,7 +322,9 @@ def bench_qlm(
         qlm_paper.quick_settings(**overrides) if quick else qlm_paper.QlmSettings(**overrides)
     )
     with err.status("starting") as status:
-        results = qlm_paper.run_all(settings, lambda m: status.update(escape(m)))
+        results = qlm_paper.run_all(
+            settings, lambda m: status.update(escape(m)), workers, checked_ray_address(ray_address)
+        )
     paths = qlm_report.write(results, out_dir)
     print_targets(results, "workload", "QLM")
     out.print("wrote " + ", ".join(str(p) for p in paths))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hermes.cluster.multi_model import ModelInstance, MultiModelConfig
+from hermes.experiments.parallel import Sweep
 from hermes.experiments.qlm_sim import QlmRun, simulate, summary
 from hermes.policies.registry import make_queue_policy
 from hermes.profiles import load_profile
@@ -154,9 +155,29 @@ def _targets(results: dict[str, Any], s: QlmSettings) -> list[dict[str, Any]]:
     return out
 
 
-def run_all(s: QlmSettings, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def _job(job: tuple[str, float, str, QlmSettings], _shared: object) -> dict[str, Any]:
+    return run_one(*job)
+
+
+def run_all(
+    s: QlmSettings,
+    progress: Callable[[str], None] = lambda m: None,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Every workload at every rate under every policy: independent runs, on `workers`
+    processes (`experiments.parallel`; the results do not depend on how many)."""
     start = time.perf_counter()
     rates = dict(s.rates)
+    jobs = [(name, rate, p, s) for name in s.workloads for rate in rates[name] for p in s.policies]
+    with Sweep[None](workers, ray_address) as sweep:
+        done = iter(
+            sweep.map(
+                _job,
+                jobs,
+                lambda i, _: progress(f"{jobs[i][0]}: {jobs[i][1]:g} req/s, {jobs[i][2]}"),
+            )
+        )
     results: dict[str, Any] = {
         "settings": dataclasses.asdict(s),
         "workloads": {},
@@ -166,8 +187,7 @@ def run_all(s: QlmSettings, progress: Callable[[str], None] = lambda m: None) ->
         for rate in rates[name]:
             row: dict[str, Any] = {"rate": rate, "policies": {}}
             for p in s.policies:
-                progress(f"{name}: {rate:g} req/s, {p}")
-                row["policies"][p] = run_one(name, rate, p, s)
+                row["policies"][p] = next(done)
             rows.append(row)
         results["workloads"][name] = {"rates": rows}
     results["targets"] = _targets(results, s)
