@@ -47,6 +47,15 @@ class EngineBase:
         self.running: list[EngineRequest] = []  # KV on the GPU, in admission order
         self._seq = 0
         self._in_flight: Step | None = None
+        # An admission limit set from outside (a shell's admission controller): it stops new
+        # admissions while this many run, and never preempts. None: max_num_seqs alone.
+        self.admit_limit: int | None = None
+
+    @property
+    def seq_limit(self) -> int:
+        """How many sequences may run: max_num_seqs, or the admission limit if lower."""
+        cap = self.config.max_num_seqs
+        return cap if self.admit_limit is None else max(1, min(cap, self.admit_limit))
 
     # Inputs ---------------------------------------------------------------------------------
 

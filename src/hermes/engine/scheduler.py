@@ -10,8 +10,9 @@ Batch selection per iteration, as vLLM V1 does it:
    the KV pool cannot hold a request's new tokens, the victim policy picks a running request
    to preempt (by recompute, or by swap to CPU memory) until it fits;
 2. if nothing was preempted: swapped-out requests come back first, then waiting requests in
-   priority order (lower first, ties by arrival), while the token budget, `max_num_seqs` and
-   the pool allow; the first that does not fit stops admission.
+   priority order (lower first, ties by arrival), while the token budget, `max_num_seqs` (or
+   a lower `admit_limit` a shell sets) and the pool allow; the first that does not fit stops
+   admission.
 
 Speed: when every running request is decoding and nothing could be admitted, consecutive
 iterations differ only by one more KV token per sequence, so `plan` returns one `Step` of
@@ -179,7 +180,7 @@ class Engine(EngineBase):
 
     def _admissible(self, free: int, budget: int) -> bool:
         """Would the admission phase take a swapped or waiting request with `free` blocks?"""
-        if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+        if budget <= 0 or len(self.running) >= self.seq_limit:
             return False
         gpu = self.kv.gpu
         if self.swapped:
@@ -336,12 +337,12 @@ class Engine(EngineBase):
         copied back from the CPU tier for their cache hits."""
         if self.swapped:
             return 0
-        cfg, gpu, running = self.config, self.kv.gpu, self.running
+        gpu, running, seqs = self.kv.gpu, self.running, self.seq_limit
         bs = gpu.block_size
         waiting = self.queue.ordered()
         admitted = loaded = 0
         while admitted < len(waiting):
-            if budget <= 0 or len(running) >= cfg.max_num_seqs:
+            if budget <= 0 or len(running) >= seqs:
                 break
             r = waiting[admitted]
             hits, free_hits = self._hits(r) if r.content is not None else (0, 0)

@@ -2,26 +2,35 @@
 
 Calls beyond the limit wait outside the engine in the ranking policy's order, so the order
 decides who runs; inside the engine every running call shares each iteration (processor
-sharing), and no order helps. The smaller the limit, the more the order decides, but an engine
-running few sequences does less work per second: in decode an iteration over c sequences takes
-roughly t(c) = a + b*c (a: the weights read once per iteration, b: each sequence's KV reads and
-compute), so its token throughput X(c) = c / t(c) climbs toward 1/b and flattens past its knee.
+sharing), and no order helps. In decode an iteration over c sequences takes about
+t(c) = a + b*c (a: the weights read once per iteration, b: each sequence's KV reads and
+compute), so the engine's token throughput X(c) = c / t(c) climbs toward 1/b, and each running
+call makes one token per t(c).
 
-`AutoLimit` looks for the smallest limit that loses no throughput that matters:
+Which limit is best? Take N calls present, of L tokens each, served c at a time in policy
+order: the groups finish every L t(c), so the mean completion time is about
+L (a + b c) (N / c + 1) / 2, smallest at c* = sqrt(N a / b). Where the fixed cost dominates
+(a / b large: short contexts, a big model's weights) running everything at once is best:
+c* >= N, and nothing waits. Where each sequence's own cost dominates (long contexts, many
+sequences) running them all slows every one of them, and a few at a time in the policy's
+order finish most calls much sooner with little throughput lost. `AutoLimit` applies that rule
+to what it measures:
 
-- it fits t(c) online from what it sees: every interval the time-weighted mean concurrency
-  while busy and the output tokens made give one point (c, c / X), and a forgetting least-squares
-  fit with a small ridge on b (no spread in c yet: t is taken as flat) follows drift;
-- it measures the demand as the output tokens served per second (smoothed): while the queue is
-  served this is what the applications ask for; when the limit binds the served rate meets the
-  capacity at the limit, and the rule below then raises the limit;
-- it sets the limit to the smallest c whose capacity covers the demand with headroom
-  (X(c) >= demand / target_utilization), at most the knee (the smallest c within `knee_eps` of
-  the capacity at `max_limit`), never below `min_limit`; it steps down gradually (a limit is not
-  cut below `down_factor` of itself per interval) and up at once, and doubles while the engine
-  was full all interval with calls waiting.
+- the line t(c): every interval, the time-weighted mean concurrency while busy and the output
+  tokens made give one point (c, c / X); a least-squares fit with exponential forgetting (it
+  follows an engine or a workload that changes) and a small ridge on b (with no spread in c
+  yet, t is taken as flat: b = 0, and nothing is held back);
+- N: the calls present now (in the engine and waiting), read at every observation, so a burst
+  opens the limit at once;
+- a floor for throughput: the output tokens served per second (smoothed) is the demand while
+  the queue keeps up; the limit never falls below the smallest c whose capacity covers it at
+  `target_utilization`, so a queue that grows keeps raising the limit;
+- a ceiling: the knee, the smallest c within `knee_eps` of the throughput at `max_limit`.
 
-Pure: no clock, no I/O. The shell passes its time (`now`) and what it observed.
+The limit is max(1, min(knee, max(ceil(sqrt(N a / b)), the floor))); before the first fit
+it is `initial_limit` (default `max_limit`: what the engine itself would take). A lower limit
+never preempts (the shells only stop new admissions), and a call never waits on an empty engine
+(the limit is at least 1). Pure: no clock, no I/O; the shell passes its time and what it saw.
 """
 
 from __future__ import annotations
@@ -62,26 +71,24 @@ class Admission(Protocol):
 class AdmissionOptions:
     """The adaptive controller's knobs.
 
-    interval_s: seconds between decisions (rates are taken over this window, time-weighted).
-    initial_limit: the limit before anything is measured (None: `max_limit`, vLLM's behaviour,
-        which does no harm while the controller learns).
+    interval_s: seconds between fits (rates are taken over this window, time-weighted).
+    initial_limit: the limit before anything is measured (None: `max_limit`, what the engine
+        itself takes, which does no harm while the controller learns).
     min_limit: the floor (>= 1: a call never waits on an empty engine).
-    target_utilization: the demand over the capacity at the limit that the controller aims at;
-        lower keeps more headroom for bursts, higher admits fewer calls.
-    knee_eps: the knee is the smallest c with X(c) >= (1 - knee_eps) X(max_limit); the limit
-        never goes above it (more calls there buy under knee_eps of throughput).
-    down_factor: the most the limit falls in one interval (limit * down_factor).
+    target_utilization: the throughput floor keeps the demand at most this share of the
+        capacity at the limit (lower: more headroom for bursts).
+    knee_eps: the ceiling is the smallest c with X(c) >= (1 - knee_eps) X(max_limit).
     forgetting: weight kept by past fit points per interval (1: never forget).
     demand_smoothing: weight of the newest interval's served rate in the demand estimate.
-    ridge: how strongly b is pulled to 0 when the concurrency seen has little spread.
+    ridge: how strongly b is pulled to 0 while the concurrency seen has little spread
+        (in squared sequences).
     """
 
     interval_s: float = 1.0
     initial_limit: int | None = None
     min_limit: int = 1
-    target_utilization: float = 0.75
+    target_utilization: float = 0.8
     knee_eps: float = 0.03
-    down_factor: float = 0.8
     forgetting: float = 0.98
     demand_smoothing: float = 0.3
     ridge: float = 1.0
@@ -93,7 +100,6 @@ class AdmissionOptions:
             ("initial_limit", self.initial_limit is None or self.initial_limit >= 1),
             ("target_utilization", 0 < self.target_utilization <= 1),
             ("knee_eps", 0 < self.knee_eps < 1),
-            ("down_factor", 0 < self.down_factor <= 1),
             ("forgetting", 0 < self.forgetting <= 1),
             ("demand_smoothing", 0 < self.demand_smoothing <= 1),
             ("ridge", self.ridge >= 0 and math.isfinite(self.ridge)),
@@ -174,7 +180,8 @@ class _LineFit:
 
 
 class AutoLimit:
-    """`+auto`: the smallest limit whose capacity covers the demand, at most the knee."""
+    """`+auto`: about sqrt(N a / b) calls in the engine, within a throughput floor and the
+    knee (see the module's description)."""
 
     def __init__(self, max_limit: int, options: AdmissionOptions | None = None) -> None:
         if max_limit < 1:
@@ -183,20 +190,24 @@ class AutoLimit:
         self.max_limit = max_limit
         self._limit = min(max_limit, max(o.min_limit, o.initial_limit or max_limit))
         self._fit = _LineFit()
+        self._line: tuple[float, float] | None = None  # (a, b) of the latest fit
+        self._ratio = math.inf  # a / b
+        self._floor = o.min_limit  # the throughput floor
+        self._knee = max_limit
         self._demand: float | None = None  # output tokens per second, smoothed
         self._last_now: float | None = None
         self._last_tokens = 0
         self._in_engine = 0
-        self._waiting = 0
-        self._reset_window(None)
+        self._present = 0
+        self._win_start = 0.0
+        self._reset_window(0.0)
         self.decisions = 0
 
-    def _reset_window(self, now: float | None) -> None:
+    def _reset_window(self, now: float) -> None:
         self._win_start = now
         self._win_tokens = 0
         self._win_busy = 0.0  # seconds with a call in the engine
-        self._win_conc = 0.0  # integral of in_engine over time
-        self._win_full = 0.0  # seconds with the engine at the limit and calls waiting
+        self._win_conc = 0.0  # integral of in_engine over those seconds
 
     @property
     def limit(self) -> int:
@@ -207,25 +218,23 @@ class AutoLimit:
     ) -> int:
         if self._last_now is None:
             self._last_now, self._last_tokens = now, output_tokens
-            self._in_engine, self._waiting = in_engine, waiting
             self._reset_window(now)
-            return self._limit
         dt = now - self._last_now
         if dt > 0:
             # The state since the last observation is the one seen then (piecewise constant).
             if self._in_engine > 0:
                 self._win_busy += dt
                 self._win_conc += self._in_engine * dt
-            if self._waiting > 0 and self._in_engine >= self._limit:
-                self._win_full += dt
             self._last_now = now
         self._win_tokens += max(0, output_tokens - self._last_tokens)
         self._last_tokens = max(self._last_tokens, output_tokens)
-        self._in_engine, self._waiting = in_engine, waiting
-        assert self._win_start is not None
+        self._in_engine = max(0, in_engine)
+        self._present = self._in_engine + max(0, waiting)
         if now - self._win_start >= self.options.interval_s:
-            self._decide(now - self._win_start)
+            self._fit_interval(now - self._win_start)
             self._reset_window(now)
+        if self._line is not None:
+            self._limit = self._choose(self._present)
         return self._limit
 
     def record_call(
@@ -239,26 +248,29 @@ class AutoLimit:
     ) -> None:
         return None  # the throughput the shell reports carries what the controller uses
 
-    def _decide(self, span: float) -> None:
+    def _choose(self, present: int) -> int:
+        """The limit for `present` calls: sqrt(N a / b) within the floor and the knee."""
+        ratio = self._ratio
+        best = self.max_limit if ratio == math.inf else math.ceil(math.sqrt(present * ratio))
+        best = max(best, self._floor)
+        return max(self.options.min_limit, min(best, self._knee, self.max_limit))
+
+    def _fit_interval(self, span: float) -> None:
         o = self.options
         self.decisions += 1
         served = self._win_tokens / span
-        a = o.demand_smoothing
-        self._demand = served if self._demand is None else a * served + (1 - a) * self._demand
+        w = o.demand_smoothing
+        self._demand = served if self._demand is None else w * served + (1 - w) * self._demand
         if self._win_busy > 0.2 * span and self._win_tokens > 0:
             c = self._win_conc / self._win_busy
-            x = self._win_tokens / self._win_busy
-            self._fit.add(c, c / x, o.forgetting)
+            self._fit.add(c, c * self._win_busy / self._win_tokens, o.forgetting)
         line = self._fit.line(o.ridge)
         if line is None:
             return
-        knee = self._knee(*line)
-        target = self._needed(self._demand / o.target_utilization, *line)
-        if self._win_full >= 0.9 * span:  # full all interval with calls waiting: grow fast
-            target = max(target, 2 * self._limit)
-        floor = math.ceil(self._limit * o.down_factor - 1e-9)
-        new = max(target, min(self._limit, floor)) if target < self._limit else target
-        self._limit = max(o.min_limit, min(new, knee, self.max_limit))
+        self._line = a, b = line
+        self._ratio = a / b if b > 0 else math.inf
+        self._knee = self._knee_of(a, b)
+        self._floor = self._needed(self._demand / o.target_utilization, a, b)
 
     def _needed(self, demand: float, a: float, b: float) -> int:
         """The smallest c with c / (a + b c) >= demand."""
@@ -268,16 +280,17 @@ class AutoLimit:
             return self.max_limit
         return max(1, math.ceil(demand * a / (1 - demand * b) - 1e-9))
 
-    def _knee(self, a: float, b: float) -> int:
+    def _knee_of(self, a: float, b: float) -> int:
         """The smallest c with X(c) >= (1 - eps) X(max_limit)."""
         eps, m = self.options.knee_eps, self.max_limit
         return max(1, min(m, math.ceil((1 - eps) * m * a / (a + eps * m * b) - 1e-9)))
 
     def describe(self) -> dict[str, float | int | str]:
-        line = self._fit.line(self.options.ridge)
         out: dict[str, float | int | str] = {"kind": "auto", "limit": self._limit}
-        if line is not None:
-            out |= {"iteration_a_s": line[0], "iteration_b_s": line[1], "knee": self._knee(*line)}
+        if self._line is not None:
+            a, b = self._line
+            out |= {"iteration_a_s": a, "iteration_b_s": b, "knee": self._knee}
+            out["throughput_floor"] = self._floor
         if self._demand is not None:
             out["demand_tokens_per_s"] = self._demand
         return out

@@ -21,6 +21,7 @@ from hermes.core.pdgraph import PDGraph, learn
 from hermes.core.runs import AppRun
 from hermes.engine.cost_model import StepCostModel
 from hermes.engine.demand_cost_adapter import EngineDemandCost
+from hermes.policies.admission import split_admission
 from hermes.policies.base import PolicyContext
 from hermes.policies.kv_retention import make_retention
 from hermes.policies.prewarm import make_prewarm
@@ -197,20 +198,22 @@ def build(
     if config.apps is not None and config.apps.learned_prefixes:
         runs = with_learned_prefixes(runs, graphs)
     opts = config.policy_options
+    policy, admission = split_admission(config.policy)
     ctx = (
         policy_context(config, cost, runs, graphs)
-        if config.policy in PDGRAPH_POLICIES
+        if policy in PDGRAPH_POLICIES
         or opts.prewarm in PDGRAPH_PREWARMS
         or config.kv_retention != "lru"
         else PolicyContext(cost=cost, seed=config.seed)
     )
     cold_starts = {tool.name: tool.cold_start_s for tool in config.tools}
     sim = Simulation(
-        make_policy(config.policy, ctx),
+        make_policy(policy, ctx),
         slo,
         cost=cost,
         rank_interval_s=opts.rank_interval_s,
         prewarm=make_prewarm(opts.prewarm, ctx, k=opts.prewarm_k, cold_starts=cold_starts),
+        admission=admission,
     )
     if config.kv_retention != "lru":
         sim.kv_retention = KvRetention(sim.loop, make_retention(config.kv_retention, ctx))

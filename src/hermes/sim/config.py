@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hermes.config_base import ConfigError as ConfigError
 from hermes.config_base import PolicyOptions as PolicyOptions
@@ -19,6 +19,7 @@ from hermes.config_base import StrictModel as _Strict
 from hermes.config_base import read_yaml, validated
 from hermes.config_base import validation_messages as validation_messages
 from hermes.engine.engine_config import DEFAULT_SWAP_BYTES_PER_S, EngineConfig
+from hermes.policies.admission import split_admission
 from hermes.types import SloClass
 
 EngineKind = Literal["vllm", "vllm-priority", "bros", "bros-nobidir"]
@@ -351,7 +352,9 @@ class SimConfig(_Strict):
         default="vllm",
         description=(
             "the ranking policy of applications and requests: vllm, parrot, vtc, plas, "
-            "oracle, srjf-mean, gittins, edf, lstf"
+            "oracle, srjf-mean, gittins, edf, lstf; with an admission suffix, '+auto' (the "
+            "adaptive limit) or '+N' (N calls per engine at most), the rest waiting in the "
+            "policy's order: gittins+auto"
         ),
     )
     policy_options: PolicyOptions = Field(
@@ -400,6 +403,12 @@ class SimConfig(_Strict):
         gt=0,
         description="stop the simulation at this time; default when everything is done",
     )
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        split_admission(value)  # a bad admission suffix says what it expected
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:

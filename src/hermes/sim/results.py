@@ -29,6 +29,7 @@ def simulation_results(sim: Simulation) -> dict[str, object]:
         {
             **engine_figures(r.name, r.engine, len(r.requests), span),
             "prefix_cache": prefix_cache_figures([r]),
+            **({"admission": sim.admissions[r.name].figures()} if r.name in sim.admissions else {}),
         }
         for r in runners
     ]

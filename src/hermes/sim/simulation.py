@@ -31,11 +31,14 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.rt_pace import BrosOptions
+from hermes.engine.scheduler import Engine
+from hermes.policies.admission import AdmissionOptions, make_admission
 from hermes.policies.base import AppView, CallInfo, Policy
 from hermes.policies.prewarm import PrewarmPolicy
 from hermes.policies.qlm.policy import QueuePolicy
 from hermes.policies.registry import make_named_engine
 from hermes.policies.slo_class import SloClassOptions, engine_rank
+from hermes.sim.admission_shell import EngineAdmission
 from hermes.sim.app_state import AppState, ToolCallId
 from hermes.sim.engine_runner import EngineRunner, ReplicaLoads
 from hermes.sim.kernel import EventLoop
@@ -77,6 +80,11 @@ class Simulation:
     prewarm: PrewarmPolicy | None = None  # None: fixed keep-alive TTLs, no orders
     slo_classes: SloClassOptions = field(default_factory=SloClassOptions)
     kv_retention: KvRetention | None = None  # None: what vLLM does (LRU)
+    # Admission per engine replica (`policies.admission`): 'auto', a fixed limit, or None
+    # (the engine takes what max_num_seqs allows).
+    admission: str | None = None
+    admission_options: AdmissionOptions | None = None
+    admissions: dict[str, EngineAdmission] = field(default_factory=dict)
     loop: EventLoop = field(default_factory=EventLoop)
     groups: dict[str, _ModelGroup] = field(default_factory=dict)
     shared: dict[str, SharedModels] = field(default_factory=dict)  # model -> its shared GPUs
@@ -133,17 +141,27 @@ class Simulation:
     ) -> None:
         """`replicas` engines of `engine` kind (a registry name) serving model `name`."""
         self._claim(name)
-        runners = [
-            EngineRunner(
-                self.loop,
-                # A BROS engine orders waiting BE calls by the ranking policy, as others do.
-                make_named_engine(engine, cost, config, _RANKED_BE, decode_runs),
-                f"{name}/{i}",
-                self._llm_done,
-            )
-            for i in range(replicas)
-        ]
+        runners = []
+        for i in range(replicas):
+            # A BROS engine orders waiting BE calls by the ranking policy, as others do.
+            llm = make_named_engine(engine, cost, config, _RANKED_BE, decode_runs)
+            hooks = self._admission_hooks(f"{name}/{i}", llm, config.max_num_seqs)
+            runners.append(EngineRunner(self.loop, llm, f"{name}/{i}", self._llm_done, **hooks))
         self.groups[name] = _ModelGroup(runners, make_router(router))
+
+    def _admission_hooks(self, name: str, llm: LLMEngine, max_seqs: int) -> dict[str, Any]:
+        """The runner hooks of `name`'s admission controller (none without admission)."""
+        if self.admission is None:
+            return {}
+        if not isinstance(llm, Engine):
+            raise ValueError(
+                f"{name}: an admission limit needs a vllm engine, not {type(llm).__name__}"
+            )
+        shell = EngineAdmission(
+            llm, make_admission(self.admission, max_seqs, self.admission_options)
+        )
+        self.admissions[name] = shell
+        return {"before_plan": shell.before_plan, "on_step": shell.on_step}
 
     def add_shared_gpus(
         self,
