@@ -349,7 +349,7 @@ def test_malformed_requests_get_400_naming_the_problem() -> None:
         ({"model": "m", "messages": hi, "max_tokens": True}, "`max_tokens` must be an integer"),
         ({"model": "m", "messages": hi, "priority": 1.5}, "`priority` must be an integer"),
         ({"model": "m", "messages": hi, "stream": "yes"}, "`stream` must be a boolean"),
-        ({"model": "m", "messages": hi, "n": 2}, "`n` must be 1"),
+        ({"model": "m", "messages": hi, "n": 0}, "`n` must be between 1 and 128"),
         (
             {"model": "m", "messages": hi, "stream_options": {"include_usage": True}},
             "only be defined when `stream=True`",

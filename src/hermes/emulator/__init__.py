@@ -5,7 +5,12 @@ and what it makes up: docs/gateway.md, "The emulator".
 - `engine`: `EmulatedEngine`, one pure engine on the wall clock;
 - `app`: `emulator_app`, the HTTP endpoints (generation, models, health), with `controls`
   (sleep, wake-up, LoRA adapters), `parsing`, `responses` and `errors` behind it;
+- `options`, `tool_fields`: the request's fields beyond the prompt, honoured or refused;
+- `output`: what the model writes (text, stop strings, JSON, tool calls), pure, with
+  `synthetic_json` (a value for a JSON schema) and `logprobs`;
 - `tokens`: the made-up tokenizer and output text.
+
+What each field does: docs/emulator.md.
 """
 
 from hermes.emulator.app import emulator_app

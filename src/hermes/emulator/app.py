@@ -14,7 +14,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from hermes.emulator.controls import Controls
@@ -25,6 +25,8 @@ from hermes.emulator.engine import (
     RequestRejectedError,
 )
 from hermes.emulator.errors import ApiError, bad, error_response
+from hermes.emulator.metrics import metrics_text
+from hermes.emulator.output import plan_output
 from hermes.emulator.parsing import (
     Call,
     chat_prompt_tokens,
@@ -33,6 +35,8 @@ from hermes.emulator.parsing import (
     json_object,
 )
 from hermes.emulator.responses import EventStream, Shape, cancel_on_disconnect
+
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 class _Generation:
@@ -46,7 +50,21 @@ class _Generation:
     async def health(self, request: Request) -> Response:
         return Response(status_code=200)
 
+    async def metrics(self, request: Request) -> Response:
+        return PlainTextResponse(metrics_text(self.engines), media_type=_PROMETHEUS_TEXT)
+
+    async def model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}`: one model, or a 404 in OpenAI's shape."""
+        name = request.path_params["model"]
+        for card in self._cards():
+            if card["id"] == name:
+                return JSONResponse(card)
+        raise ApiError(404, f"The model `{name}` does not exist.", "model")
+
     async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": self._cards()})
+
+    def _cards(self) -> list[dict[str, Any]]:
         data = [
             {
                 "id": name,
@@ -71,14 +89,14 @@ class _Generation:
             }
             for name, path in self.controls.adapters.items()
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return data
 
     async def chat(self, request: Request) -> Response:
-        call = self._call(await json_object(request), chat_prompt_tokens)
+        call = self._call(await json_object(request), chat_prompt_tokens, chat=True)
         return await self._serve(request, call, chat=True)
 
     async def completions(self, request: Request) -> Response:
-        call = self._call(await json_object(request), completion_prompt_tokens)
+        call = self._call(await json_object(request), completion_prompt_tokens, chat=False)
         return await self._serve(request, call, chat=False)
 
     def _engine(self, model: str) -> EmulatedEngine | None:
@@ -87,7 +105,9 @@ class _Generation:
             engine = next(iter(self.engines.values()))
         return engine
 
-    def _call(self, body: dict[str, Any], prompt_tokens: Callable[[dict[str, Any]], int]) -> Call:
+    def _call(
+        self, body: dict[str, Any], prompt_tokens: Callable[[dict[str, Any]], int], chat: bool
+    ) -> Call:
         model = body.get("model")
         if not isinstance(model, str):
             raise bad("`model` must be a string", "model")
@@ -96,42 +116,52 @@ class _Generation:
             raise ApiError(404, f"The model `{model}` does not exist.", "model")
         if self.controls.sleep_level:
             raise ApiError(503, "The engine is sleeping; POST /wake_up first.")
-        return generation_call(body, model, engine, prompt_tokens(body))
+        return generation_call(body, model, engine, prompt_tokens(body), chat)
 
-    def _submit(self, call: Call, input_: str) -> EmulatedRequest:
+    def _submit(self, call: Call, input_: str, output_tokens: int) -> list[EmulatedRequest]:
+        """One engine request per choice, each generating `output_tokens`."""
+        engine, p, o = call.engine, call.prompt_tokens, call.max_tokens
+        if p + o > engine.max_model_len:  # as vLLM checks it: on max_tokens, not on the answer
+            raise bad(
+                f"This model's maximum context length is {engine.max_model_len} tokens. "
+                f"However, you requested {p + o} tokens ({p} in the {input_}, {o} in the "
+                f"completion). Please reduce the length of the {input_} or completion.",
+                input_,
+            )
+        handles: list[EmulatedRequest] = []
         try:
-            return call.engine.submit(call.prompt_tokens, call.max_tokens, call.priority)
+            for _ in range(call.n):
+                handles.append(engine.submit(p, output_tokens, call.priority))
         except RequestRejectedError as exc:
-            p, o, limit = exc.prompt_tokens, exc.max_tokens, exc.max_model_len
-            if p + o > limit:
-                message = (
-                    f"This model's maximum context length is {limit} tokens. However, you "
-                    f"requested {p + o} tokens ({p} in the {input_}, {o} in the completion). "
-                    f"Please reduce the length of the {input_} or completion."
-                )
-            else:
-                message = f"The request cannot be served: {exc.reason}"
-            raise bad(message, input_) from None
+            self._cancel(handles)
+            raise bad(f"The request cannot be served: {exc.reason}", input_) from None
         except EmulatorError as exc:
+            self._cancel(handles)
             raise ApiError(500, str(exc)) from None
+        return handles
+
+    @staticmethod
+    def _cancel(handles: list[EmulatedRequest]) -> None:
+        for handle in handles:
+            handle.engine.cancel(handle)
 
     async def _serve(self, request: Request, call: Call, chat: bool) -> Response:
-        handle = self._submit(call, "messages" if chat else "prompt")
-        shape = Shape(call, chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
+        plan = plan_output(call.options.spec(call.max_tokens))
+        handles = self._submit(call, "messages" if chat else "prompt", len(plan.pieces))
+        prefix = "chatcmpl" if chat else "cmpl"
+        shape = Shape(call, chat, f"{prefix}-{uuid.uuid4().hex}", [plan] * call.n)
         if call.stream:
-            return EventStream(handle, shape.events(handle))
-        watcher = asyncio.create_task(cancel_on_disconnect(request.receive, handle))
+            return EventStream(handles, shape.events(handles))
+        watcher = asyncio.create_task(cancel_on_disconnect(request.receive, handles))
         try:
-            tokens = [index async for index in handle]
+            records = [await handle.result() for handle in handles]
         except EmulatorError as exc:
             return error_response(500, str(exc))
         finally:
             watcher.cancel()
-            handle.engine.cancel(handle)
+            self._cancel(handles)
             await asyncio.gather(watcher, return_exceptions=True)
-        record = handle.record
-        assert record is not None
-        return JSONResponse(shape.whole(tokens, record))
+        return JSONResponse(shape.whole(records))
 
 
 def emulator_app(
@@ -172,7 +202,9 @@ def emulator_app(
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", api.model, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
+            Route("/metrics", api.metrics, methods=["GET"]),
             Route("/sleep", controls.sleep, methods=["POST"]),
             Route("/wake_up", controls.wake_up, methods=["POST"]),
             Route("/is_sleeping", controls.is_sleeping, methods=["GET"]),

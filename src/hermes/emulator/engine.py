@@ -183,6 +183,7 @@ class EmulatedEngine:
         self._ids = count()
         self._closed = False
         self._error: BaseException | None = None
+        self.generated_tokens = 0  # handed to requests since the start (vLLM's counter)
 
     # Queries -------------------------------------------------------------------------------
 
@@ -298,6 +299,7 @@ class EmulatedEngine:
                 for r, generated in before:
                     handle = live.get(r)
                     if handle is not None:  # None: aborted while the step was in flight
+                        self.generated_tokens += r.generated - generated
                         for index in range(generated, r.generated):
                             handle._queue.put_nowait(index)
                 for r in result.finished:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from hermes.emulator.engine import EmulatedEngine
 from hermes.emulator.errors import bad
+from hermes.emulator.options import Options, chat_options, check_fields, completion_options
 from hermes.emulator.tokens import DEFAULT_MAX_TOKENS, prompt_tokens_for_text
 
 
@@ -48,6 +49,11 @@ class Call:
     priority: int
     stream: bool
     include_usage: bool
+    options: Options
+
+    @property
+    def n(self) -> int:
+        return self.options.n
 
 
 def _content_text(content: object, where: str) -> str:
@@ -77,6 +83,13 @@ def chat_prompt_tokens(body: Mapping[str, Any]) -> int:
         if not isinstance(message.get("role"), str):
             raise bad(f"`messages[{k}].role` must be a string", "messages")
         text.append(_content_text(message.get("content"), f"messages[{k}].content"))
+        calls = message.get("tool_calls")
+        if calls is not None:  # an assistant's earlier tool calls are prompt too
+            if not isinstance(calls, list):
+                raise bad(f"`messages[{k}].tool_calls` must be a list", "messages")
+            text.append(json.dumps(calls))
+    if isinstance(body.get("tools"), list):  # as a chat template writes the tools in
+        text.append(json.dumps(body["tools"]))
     return prompt_tokens_for_text("".join(text))
 
 
@@ -102,33 +115,36 @@ def completion_prompt_tokens(body: Mapping[str, Any]) -> int:
 
 
 def generation_call(
-    body: Mapping[str, Any], model: str, engine: EmulatedEngine, prompt_tokens: int
+    body: Mapping[str, Any], model: str, engine: EmulatedEngine, prompt_tokens: int, chat: bool
 ) -> Call:
-    """The generation `body` asks `engine` for; a 400 naming the field when it is malformed."""
-    max_tokens = opt_int(body, "max_completion_tokens", 1)
+    """The generation `body` asks `engine` for; a 400 naming the field when it is malformed
+    or asks for what the emulator cannot do."""
+    check_fields(body, chat)
+    max_tokens = opt_int(body, "max_completion_tokens", 1) if chat else None
     if max_tokens is None:
         max_tokens = opt_int(body, "max_tokens", 1)
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
     priority = opt_int(body, "priority") or 0
-    n = opt_int(body, "n", 1)
-    if n is not None and n != 1:
-        raise bad(f"`n` must be 1 (the emulator returns one choice), got {n}", "n")
+    options = (chat_options if chat else completion_options)(body, max_tokens)
     stream = opt_bool(body, "stream")
-    options = body.get("stream_options")
+    stream_options = body.get("stream_options")
     include_usage = False
-    if options is not None:
+    if stream_options is not None:
         if not stream:
             raise bad("Stream options can only be defined when `stream=True`.", "stream")
-        if not isinstance(options, dict):
+        if not isinstance(stream_options, dict):
             raise bad("`stream_options` must be an object", "stream_options")
-        include_usage = opt_bool(options, "include_usage")
+        include_usage = opt_bool(stream_options, "include_usage")
     return Call(
         model=model,
         engine=engine,
         prompt_tokens=prompt_tokens,
-        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        max_tokens=max_tokens,
         priority=priority,
         stream=stream,
         include_usage=include_usage,
+        options=options,
     )
 
 
