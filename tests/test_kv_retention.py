@@ -12,7 +12,13 @@ from hermes.core.llm_return import llm_return_samples
 from hermes.engine.demand_cost_adapter import EngineDemandCost
 from hermes.experiments.common import PAPER_MIX
 from hermes.policies.base import AppView, PolicyContext
-from hermes.policies.kv_retention import LET_GO, PDGraphRetention, Retention, make_retention
+from hermes.policies.kv_retention import (
+    FORGET,
+    LET_GO,
+    PDGraphRetention,
+    Retention,
+    make_retention,
+)
 from hermes.profiles import load_profile
 from hermes.sim.build import simulate, template_graphs
 from hermes.sim.config import config_from_dict
@@ -46,7 +52,7 @@ def test_the_policies_decide_as_their_rules_say() -> None:
     assert far == Retention(offload=True, prefetch_in_s=far.prefetch_in_s)
     assert far.prefetch_in_s is not None
     never = PDGraphRetention(ctx, k=1.0).on_llm_stage_done(view, "act", 0.0)
-    assert never in (LET_GO, Retention(pin_s=never.pin_s))
+    assert never in (FORGET, Retention(pin_s=never.pin_s))  # unlikely back: its blocks go
     assert make_retention("pdgraph", ctx).on_llm_stage_done(view, None, 0.0) == LET_GO
     with pytest.raises(ValueError, match="unknown KV retention 'mru'"):
         make_retention("mru", ctx)
@@ -98,3 +104,9 @@ def test_the_kv_experiment_reports_each_policy_and_checks_its_targets() -> None:
         "pdgraph vs ttl retention, mean ACT (roomy)": True,
     }
     assert _kv_targets(None) == []
+
+
+def test_pdgraph_drops_a_finished_applications_own_blocks_and_lru_keeps_them() -> None:
+    pd, lru = _run("pdgraph"), _run("lru")
+    assert pd["kv_retention"]["forgets"] > 0
+    assert pd["apps"]["completed"] == lru["apps"]["completed"] == 100

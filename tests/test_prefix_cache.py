@@ -263,3 +263,45 @@ def test_offload_and_prefetch_move_cached_blocks_through_the_cpu_tier() -> None:
     run(e, now)
     assert again.cached_tokens == 160
     assert cache.reloaded == 10  # the prefetch copied them; the hit found them on the GPU
+
+
+def test_forget_drops_free_cached_blocks_on_both_tiers_and_never_held_ones() -> None:
+    cfg = EngineConfig(num_gpu_blocks=40, cpu_kv_cache_bytes=100 * BS * MODEL.kv_bytes_per_token)
+    e = Engine(MODEL, cfg)
+    content = (("agent", 160),)
+    e.add(request("a", content, 161, output=1), 0.0)
+    now = run(e)
+    cache = kv(e)
+    hashes = block_hashes(content, BS, 161)
+    assert cache.offload(hashes[:4]) == 4  # four on the CPU tier, six free on the GPU
+    cache.pin("app", hashes[8:])  # two held
+    free_before = e.gpu.free
+    assert cache.forget(hashes) == 8
+    assert cache.forgotten == 8
+    assert set(cache.refs) == set(hashes[8:])  # the held ones stay
+    assert not cache.cpu_lru and not cache.lru
+    assert e.gpu.free == free_before  # dropping content frees no block: they were free
+    e.check_invariants()
+    again = request("b", content, 161, output=1)
+    e.add(again, now)
+    run(e, now)
+    assert again.cached_tokens == 0  # the chain breaks at the first block dropped
+
+
+def test_under_pressure_the_pin_marked_to_give_way_first_goes_first() -> None:
+    e = engine(blocks=30)
+    cache = kv(e)
+    now = 0.0
+    contents = {name: ((name, 96),) for name in ("early", "late", "mid")}
+    for name, content in contents.items():
+        e.add(request(name, content, 97, output=1), now)
+        now = run(e, now)
+    for name, way in (("early", 5.0), ("late", 50.0), ("mid", 20.0)):
+        assert cache.pin(name, block_hashes(contents[name], BS, 97), give_way=way) == 6
+    assert cache.unpin_oldest()
+    assert list(cache.pins) == ["early", "mid"]  # the one expected back latest went
+    assert cache.unpin_oldest()
+    assert list(cache.pins) == ["early"]
+    e.check_invariants()
+    assert cache.pin("none", [12345]) == 0  # nothing cached to hold: no pin
+    assert list(cache.pins) == ["early"]

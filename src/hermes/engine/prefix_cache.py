@@ -43,11 +43,13 @@ class PrefixCachedKV(PagedKV):
     """
 
     __slots__ = (
+        "_give_way",
         "_hashes",
         "_held",
         "cpu_lru",
         "cpu_tier_blocks",
         "evictions",
+        "forgotten",
         "lru",
         "pins",
         "pins_broken",
@@ -70,8 +72,10 @@ class PrefixCachedKV(PagedKV):
         self._hashes: dict[int, list[int]] = {}  # id(request) -> its content's block hashes
         self._held: dict[int, list[int]] = {}  # id(request) -> cached blocks it holds, in order
         self.evictions = 0
+        self.forgotten = 0  # blocks dropped by `forget`
         self.reloaded = 0  # blocks copied back from the CPU tier
         self.pins: dict[Hashable, list[int]] = {}  # owner -> cached blocks it keeps held
+        self._give_way: dict[Hashable, float] = {}  # owner -> its pin's order of giving way
         self.pins_broken = 0  # pins let go early because memory ran short
 
     def _trim(self) -> None:
@@ -189,11 +193,13 @@ class PrefixCachedKV(PagedKV):
 
     # Retention: what a scheduler that knows an application will come back may do ----------
 
-    def pin(self, owner: Hashable, hashes: list[int]) -> int:
+    def pin(self, owner: Hashable, hashes: list[int], give_way: float = 0.0) -> int:
         """Hold the cached blocks among `hashes` for `owner` (no eviction until `unpin`); the
-        blocks pinned."""
+        blocks pinned. When memory runs short, pins of higher `give_way` go first (e.g. the
+        time the owner is expected back), the oldest first among equals."""
         refs, lru = self.refs, self.lru
         held = self.pins.setdefault(owner, [])
+        self._give_way[owner] = max(give_way, self._give_way.get(owner, give_way))
         for h in hashes:
             n = refs.get(h)
             if n is None:
@@ -203,9 +209,12 @@ class PrefixCachedKV(PagedKV):
                 self.gpu.allocate(1)
             refs[h] = n + 1
             held.append(h)
+        if not held:  # nothing cached to hold
+            del self.pins[owner], self._give_way[owner]
         return len(held)
 
     def unpin(self, owner: Hashable) -> None:
+        self._give_way.pop(owner, None)
         held = self.pins.pop(owner, None)
         if not held:
             return
@@ -219,10 +228,12 @@ class PrefixCachedKV(PagedKV):
         self.gpu.release(freed)
 
     def unpin_oldest(self) -> bool:
-        """Memory is short: the oldest pin gives way (False when there is none)."""
+        """Memory is short: a pin gives way, the one of highest `give_way`, the oldest among
+        equals (False when there is none)."""
         if not self.pins:
             return False
-        self.unpin(next(iter(self.pins)))
+        way = self._give_way
+        self.unpin(max(self.pins, key=lambda o: way.get(o, 0.0)))
         self.pins_broken += 1
         return True
 
@@ -252,6 +263,26 @@ class PrefixCachedKV(PagedKV):
         self.reloaded += copied
         self._trim()
         return copied
+
+    def forget(self, hashes: list[int]) -> int:
+        """Drop the free cached blocks among `hashes` (GPU and CPU tier) now: content that no
+        request will read again goes before content that may, and keeps out of the CPU tier;
+        the blocks dropped. Blocks that someone holds stay."""
+        refs, lru, cpu = self.refs, self.lru, self.cpu_lru
+        dropped = 0
+        for h in hashes:
+            n = refs.get(h)
+            if n:
+                continue  # held
+            gone = h in cpu
+            if gone:
+                del cpu[h]
+            if n == 0:
+                del lru[h], refs[h]
+                gone = True
+            dropped += gone
+        self.forgotten += dropped
+        return dropped
 
     def check(self, running: list[EngineRequest]) -> None:
         gpu = self.gpu

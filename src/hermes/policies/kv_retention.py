@@ -7,7 +7,9 @@ tool stage. Pure: the shell asks at the end of each LLM stage and carries the an
 - `pdgraph` (Hermes): walk the application's PDGraph from the tool stage it enters to its next
   LLM stage. If it comes back with probability below `k`, let go; if it comes back soon
   enough (a high quantile within `max_pin_s`), keep the blocks on the GPU that long; if
-  later, move them to CPU memory now and load them back shortly before it is expected.
+  later, move them to CPU memory now and load them back shortly before it is expected. An
+  application that is done, or unlikely to come back, has its own blocks (not the prefix its
+  type shares) dropped at once, so that they go before blocks someone will read again.
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ class Retention:
     pin_s: float = 0.0
     offload: bool = False
     prefetch_in_s: float | None = None
+    forget: bool = False  # drop the application's own cached blocks now
+    # When memory runs short, pins of applications expected back later give way first;
+    # None: in the order pinned.
+    back_in_s: float | None = None
 
 
 LET_GO = Retention()
+FORGET = Retention(forget=True)
 
 
 class RetentionPolicy(Protocol):
     name: str
+    forgets_finished: bool  # drop a finished application's own blocks at once
 
     def on_llm_stage_done(self, app: AppView, next_stage: str | None, now: float) -> Retention:
         """`app` finished an LLM stage and runs `next_stage` next (None: it is done)."""
@@ -49,6 +57,7 @@ class RetentionPolicy(Protocol):
 
 class LruRetention:
     name = "lru"
+    forgets_finished = False
 
     def on_llm_stage_done(self, app: AppView, next_stage: str | None, now: float) -> Retention:
         return LET_GO
@@ -87,6 +96,7 @@ class _Learned:
 
 class TtlRetention(_Learned):
     name = "ttl"
+    forgets_finished = False
 
     def _decide(self, app_type: str, next_stage: str) -> Retention:
         model = self.ctx.models.get(app_type)
@@ -102,6 +112,7 @@ class TtlRetention(_Learned):
 
 class PDGraphRetention(_Learned):
     name = "pdgraph"
+    forgets_finished = True
 
     def __init__(self, ctx: PolicyContext, k: float = 0.5, max_pin_s: float = 30.0) -> None:
         super().__init__(ctx)
@@ -113,13 +124,15 @@ class PDGraphRetention(_Learned):
     def _decide(self, app_type: str, next_stage: str) -> Retention:
         t = self._samples(app_type, next_stage)
         back = t[np.isfinite(t)]
-        if t.size == 0 or back.size / t.size < self.k:
+        if t.size == 0:
             return LET_GO
+        if back.size / t.size < self.k:
+            return FORGET
         hold = float(np.percentile(back, QUANTILE, method="inverted_cdf"))
         if hold <= 0:
             return LET_GO  # an LLM stage follows at once
         if hold <= self.max_pin_s:
-            return Retention(pin_s=hold)
+            return Retention(pin_s=hold, back_in_s=float(np.median(back)))
         soon = float(np.percentile(back, 100 - QUANTILE, method="inverted_cdf"))
         return Retention(offload=True, prefetch_in_s=soon)
 

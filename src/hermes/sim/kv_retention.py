@@ -31,6 +31,7 @@ class KvRetention:
     pins: int = 0
     offloads: int = 0
     prefetches: int = 0
+    forgets: int = 0
 
     def call_done(self, app_id: int, req: EngineRequest, engine: Any) -> None:
         """An application's LLM call finished on `engine`."""
@@ -46,7 +47,10 @@ class KvRetention:
         epoch = state.epoch
         for req, kv in state.calls:
             hashes = block_hashes(req.content, kv.block_size, req.prompt_tokens + req.generated)
-            if decision.pin_s > 0 and kv.pin(app_id, hashes):
+            if decision.forget:
+                self.forgets += kv.forget(_own(req, hashes, kv.block_size)) > 0
+            way = 0.0 if decision.back_in_s is None else now + decision.back_in_s
+            if decision.pin_s > 0 and kv.pin(app_id, hashes, way):
                 self.pins += 1
                 state.pinned.append(kv)
             if decision.offload:
@@ -69,7 +73,12 @@ class KvRetention:
 
     def app_done(self, app_id: int) -> None:
         self.llm_stage_starts(app_id)
-        self.apps.pop(app_id, None)
+        state = self.apps.pop(app_id, None)
+        if state is None or not self.policy.forgets_finished:
+            return
+        for req, kv in state.calls:  # the last LLM stage's calls: nobody reads their tail again
+            hashes = block_hashes(req.content, kv.block_size, req.prompt_tokens + req.generated)
+            self.forgets += kv.forget(_own(req, hashes, kv.block_size)) > 0
 
     def _expire(self, app_id: int, epoch: int) -> None:
         state = self.apps.get(app_id)
@@ -91,4 +100,15 @@ class KvRetention:
             "pins": self.pins,
             "offloads": self.offloads,
             "prefetches": self.prefetches,
+            "forgets": self.forgets,
         }
+
+
+def _own(req: EngineRequest, hashes: list[int], block_size: int) -> list[int]:
+    """The blocks among `hashes` past the prefix that every run of the type shares
+    (`workloads.call_content` names that stream ("prefix", ...)): the application's own."""
+    content = req.content or ()
+    shared = 0
+    if content and isinstance(content[0][0], tuple) and content[0][0][:1] == ("prefix",):
+        shared = content[0][1]
+    return hashes[shared // block_size :]
