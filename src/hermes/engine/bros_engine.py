@@ -27,7 +27,7 @@ from hermes.engine.engine_config import EngineConfig
 from hermes.engine.kv_manager import BidirKV, CpuSlots, KVManager, PagedKV
 from hermes.engine.request import EngineRequest, RequestState
 from hermes.engine.request_queue import ClassQueue, PriorityQueue, remove_request
-from hermes.engine.rt_pace import AdaptiveCap, BrosOptions, next_deadline
+from hermes.engine.rt_pace import AdaptiveCap, AdaptiveMargin, BrosOptions, next_deadline
 from hermes.engine.step import Step, StepResult, sample_token
 
 
@@ -62,6 +62,7 @@ class BrosEngine(EngineBase):
         self.cpu = CpuSlots(cpu_blocks * bs)
         self._copy_s_per_slot = cost.kv_bytes_per_token / cost.tp / cfg.swap_bytes_per_s
         self.cap = AdaptiveCap(self.options)
+        self.margin = AdaptiveMargin(self.options, cost.step_time_s(1, 1, 1, 0.0, 1))
         self.queue = ClassQueue(be_by_priority=self.options.be_order == "priority")
         self.suspended: list[EngineRequest] = []  # BE, KV (partly) resident or on CPU
         self._aborted: set[int] = set()
@@ -273,7 +274,7 @@ class BrosEngine(EngineBase):
     # Planning -------------------------------------------------------------------------------
 
     def slack(self, r: EngineRequest, now: float) -> float:
-        return next_deadline(r, self.options.slo_margin) - now
+        return next_deadline(r, self.margin.value) - now
 
     def _plan(self, now: float) -> Step:
         it = Iteration(self, now)
@@ -300,11 +301,15 @@ class BrosEngine(EngineBase):
         first_tokens: list[EngineRequest] = []
         tokens = 0
         missed = False
+        be_tokens = all_tokens = 0
         chunks = step.chunks
         if self._aborted:
             chunks = [ch for ch in chunks if id(ch[0]) not in self._aborted]
             self._aborted.clear()
         for r, n, _ in chunks:
+            all_tokens += n
+            if r.slo_class == "be":
+                be_tokens += n
             if n == 1 and r.num_computed > 0:
                 stats.decode_tokens += 1
             else:
@@ -321,6 +326,7 @@ class BrosEngine(EngineBase):
             tokens += 1
         if any(r.slo_class == "rt" for r, _, _ in chunks) or missed:
             self.cap.observe(missed)
+        self.margin.observe(be_tokens, all_tokens, self._tpot_ref)
         self._finish(finished, end)
         stats.peak_blocks = max(stats.peak_blocks, self.kv.used_blocks)
         return StepResult(finished, first_tokens, tokens)

@@ -71,8 +71,15 @@ class Iteration:
     def run(self) -> None:
         # A first token is what a user waits for: RT prefills never wait for BE work. Only
         # running decodes may wait: one recomputed after preemption is a prefill again.
+        # A prompt part-way through its prefill stays in the first phase, chunked to the room
+        # left: run after BE work it would take the whole token budget and stretch the
+        # iteration past the deadlines of every RT decode in it.
         def relaxes(r: EngineRequest) -> bool:
-            return self.slack[id(r)] > self.horizon and r.state is RequestState.RUNNING
+            return (
+                self.slack[id(r)] > self.horizon
+                and r.state is RequestState.RUNNING
+                and r.num_computed + 1 >= r.num_tokens
+            )
 
         urgent = [r for r in self.rts if not relaxes(r)]
         relaxed = [r for r in self.rts if relaxes(r)]

@@ -20,8 +20,9 @@ Nothing here writes files.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from hermes.engine.catalog import make_engine
@@ -46,6 +47,7 @@ from hermes.experiments.bros_workload import (
     rt_trace,
 )
 from hermes.experiments.common import reduction
+from hermes.experiments.parallel import Sweep
 from hermes.policies.slo_class import class_priority
 from hermes.profiles import load_profile
 from hermes.sim.metrics import class_throughput, slo_class_figures
@@ -122,8 +124,9 @@ class BrosSettings:
     tpot_ceiling_s: float = DEFAULT_TPOT_CEILING_S
     vllm_miss_attainment: float = 0.9
     # BROS aims each RT token this fraction of its SLO early (`BrosOptions.slo_margin`): the
-    # lever between RT latency (higher) and BE throughput (lower).
-    slo_margin: float = BrosOptions().slo_margin
+    # lever between RT latency (higher) and BE throughput (lower). None: BROS adapts it
+    # online to BE's share of the engine (`rt_pace.AdaptiveMargin`); a number fixes it.
+    slo_margin: float | None = BrosOptions().slo_margin
     # RT capacity is measured over this span of a saturated run; the 70B engine, with room
     # for 256 long requests, needs minutes to leave its start-up transient.
     capacity_window_s: tuple[float, float] = (300.0, 1200.0)
@@ -187,14 +190,19 @@ def _row(
     return row
 
 
-def run_deployment(
-    s: BrosSettings,
-    d: Deployment,
-    pool: LengthPool,
-    policies: Sequence[str],
-    progress: Progress = _quiet,
-) -> dict[str, Any]:
-    """Every policy at every load on one deployment, with the SLOs and the load range."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every run on one deployment shares: its cost model, the trace's lengths clipped to
+    the engine's context, the SLOs, and the BE backlog."""
+
+    deployment: Deployment
+    cost: StepCostModel
+    clipped: LengthPool
+    slos: Slos
+    backlog: int
+
+
+def _plan(s: BrosSettings, d: Deployment, pool: LengthPool) -> _Plan:
     cfg = s.engine
     cost = d.cost()
     clipped = pool.clipped(cfg.max_model_len)
@@ -208,72 +216,134 @@ def run_deployment(
         s.ttft_ceiling_s,
         s.tpot_ceiling_s,
     )
-    w = s.window
-    progress(f"{d.key}: RT capacity")
-    capacity = rt_capacity(cost, cfg, clipped, s.seed, Window(*s.capacity_window_s, 0.0))
     backlog = s.be_backlog if s.be_backlog is not None else default_be_backlog(cfg)
-    rates = [f * capacity * d.instances for f in s.load_fractions]
-    split_be: RunOutput | None = None
-    if "split" in policies:
-        progress(f"{d.key}: split, BE instance")
-        split_be = simulate(Engine(cost, cfg), None, BeStream(s.seed), w, be_backlog=backlog)
-    by_load: list[dict[str, Any]] = []
-    for f, rate in zip(s.load_fractions, rates, strict=True):
-        rows: dict[str, Any] = {}
-        for policy in policies:
-            progress(f"{d.key}: RT load {f:g} × capacity ({rate:.2f} req/s), {policy}")
-            start = time.perf_counter()
-            if policy == "split":
-                trace = rt_trace(clipped, rate, w.end_s, s.seed)
-                run = simulate(
-                    Engine(cost, cfg),
-                    trace,
-                    None,
-                    w,
-                    ttft_slo_s=slos.ttft_s,
-                    tpot_slo_s=slos.tpot_s,
+    return _Plan(d, cost, clipped, slos, backlog)
+
+
+def _capacity(s: BrosSettings, p: _Plan, _shared: object) -> float:
+    return rt_capacity(p.cost, s.engine, p.clipped, s.seed, Window(*s.capacity_window_s, 0.0))
+
+
+def _split_be(s: BrosSettings, p: _Plan, _shared: object) -> RunOutput:
+    """`split`'s BE instance: the vLLM-style engine with only the BE backlog."""
+    engine = Engine(p.cost, s.engine)
+    return simulate(engine, None, BeStream(s.seed), s.window, be_backlog=p.backlog)
+
+
+def _policy_run(
+    s: BrosSettings, p: _Plan, policy: str, rate: float, _shared: object
+) -> tuple[RunOutput, float]:
+    """One policy at the deployment's RT rate `rate`: one co-served instance (its share of
+    the rate), or `split`'s RT instance (all of it); the run and its wall seconds."""
+    cfg, w, slos = s.engine, s.window, p.slos
+    start = time.perf_counter()
+    if policy == "split":
+        trace = rt_trace(p.clipped, rate, w.end_s, s.seed)
+        run = simulate(
+            Engine(p.cost, cfg), trace, None, w, ttft_slo_s=slos.ttft_s, tpot_slo_s=slos.tpot_s
+        )
+        return run, time.perf_counter() - start
+    run = simulate(
+        make_engine(policy, p.cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
+        rt_trace(p.clipped, rate / p.deployment.instances, w.end_s, s.seed),
+        BeStream(s.seed),
+        w,
+        ttft_slo_s=slos.ttft_s,
+        tpot_slo_s=slos.tpot_s,
+        rt_priority=class_priority(policy, "rt"),
+        be_priority=class_priority(policy, "be"),
+        be_backlog=p.backlog,
+    )
+    return run, time.perf_counter() - start
+
+
+def run_deployments(
+    s: BrosSettings, pool: LengthPool, sweep: Sweep[None]
+) -> dict[str, dict[str, Any]]:
+    """Every policy at every load on each deployment, with the SLOs and the load range: the
+    RT capacities (and split's BE runs) first, then every policy run, all on `sweep`."""
+    plans = [_plan(s, d, pool) for d in s.deployments]
+    split = "split" in s.policies
+    first: list[tuple[str, Callable[[None], Any]]] = []
+    for p in plans:
+        first.append((f"{p.deployment.key}: RT capacity", partial(_capacity, s, p)))
+        if split:
+            first.append((f"{p.deployment.key}: split, BE instance", partial(_split_be, s, p)))
+    done = iter(sweep.run(first))
+    capacities, split_be = {}, {}
+    for p in plans:
+        capacities[p.deployment.key] = next(done)
+        split_be[p.deployment.key] = next(done) if split else None
+    jobs: list[tuple[str, Callable[[None], Any]]] = []
+    for p in plans:
+        d = p.deployment
+        for f in s.load_fractions:
+            rate = f * capacities[d.key] * d.instances
+            jobs += [
+                (
+                    f"{d.key}: RT load {f:g} × capacity ({rate:.2f} req/s), {policy}",
+                    partial(_policy_run, s, p, policy, rate),
                 )
-                wall = time.perf_counter() - start
-                rows[policy] = _row(run, slos, w, instances=1, be_run=split_be, wall_s=wall)
-                continue
-            run = simulate(
-                make_engine(policy, cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
-                rt_trace(clipped, rate / d.instances, w.end_s, s.seed),
-                BeStream(s.seed),
-                w,
-                ttft_slo_s=slos.ttft_s,
-                tpot_slo_s=slos.tpot_s,
-                rt_priority=class_priority(policy, "rt"),
-                be_priority=class_priority(policy, "be"),
-                be_backlog=backlog,
-            )
-            wall = time.perf_counter() - start
-            rows[policy] = _row(run, slos, w, instances=d.instances, wall_s=wall)
+                for policy in s.policies
+            ]
+    runs = iter(sweep.run(jobs))
+    return {
+        p.deployment.key: _deployment_result(
+            s, p, capacities[p.deployment.key], split_be[p.deployment.key], runs
+        )
+        for p in plans
+    }
+
+
+def _deployment_result(
+    s: BrosSettings,
+    p: _Plan,
+    capacity: float,
+    split_be: RunOutput | None,
+    runs: Iterator[tuple[RunOutput, float]],
+) -> dict[str, Any]:
+    """One deployment's figures from its runs (taken from `runs` in load, then policy order)."""
+    d, w = p.deployment, s.window
+    by_load: list[dict[str, Any]] = []
+    for f in s.load_fractions:
+        rows: dict[str, Any] = {}
+        for policy in s.policies:
+            run, wall = next(runs)
+            if policy == "split":
+                rows[policy] = _row(run, p.slos, w, instances=1, be_run=split_be, wall_s=wall)
+            else:
+                rows[policy] = _row(run, p.slos, w, instances=d.instances, wall_s=wall)
+        rate = f * capacity * d.instances
         by_load.append({"fraction": f, "rt_rate_per_s": rate, "policies": rows})
     return {
         "title": d.title,
-        "profile": cost.name,
+        "profile": p.cost.name,
         "model": d.model,
         "gpu": d.gpu,
         "tp": d.tp,
         "instances": d.instances,
         "gpus": d.gpus,
-        "slos": asdict(slos),
+        "slos": asdict(p.slos),
         "rt_capacity_per_instance": capacity,
         "rt_capacity": capacity * d.instances,
-        "be_backlog": backlog,
+        "be_backlog": p.backlog,
         "by_load": by_load,
     }
 
 
-def run_all(s: BrosSettings, progress: Progress = _quiet) -> dict[str, Any]:
+def run_all(
+    s: BrosSettings,
+    progress: Progress = _quiet,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """The BROS experiment, its runs on `workers` processes (`experiments.parallel`; the
+    results do not depend on how many, apart from wall times)."""
     start = time.perf_counter()
-    policies = list(s.policies)
     pool = conversation_lengths()
     results: dict[str, Any] = {"settings": settings_dict(s)}
-    results["deployments"] = {
-        d.key: run_deployment(s, d, pool, policies, progress) for d in s.deployments
-    }
+    with Sweep[None](workers, ray_address, progress=progress) as sweep:
+        results["deployments"] = run_deployments(s, pool, sweep)
     results["targets"] = check_targets(s, results)
     results["wall_s"] = time.perf_counter() - start
     return results

@@ -31,6 +31,12 @@ def _share(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
+def _margin(m: float | None) -> str:
+    if m is None:
+        return "early by a margin adapted online to BE's share of the engine"
+    return f"{m:g} of its SLO early"
+
+
 def _policies(dep: Mapping[str, Any]) -> list[str]:
     return list(dep["by_load"][0]["policies"]) if dep["by_load"] else []
 
@@ -91,7 +97,7 @@ def markdown(r: Mapping[str, Any]) -> str:
         "the whole deployment. `split`: one instance serves only RT at the full rate, the "
         "other only BE. `vllm`: FCFS over both classes; `vllm-priority`: RT before BE "
         f"(static priority). RT load in multiples of the deployment's RT capacity. BROS aims "
-        f"each RT token {s['slo_margin']:g} of its SLO early (`--slo-margin`). Seed "
+        f"each RT token {_margin(s['slo_margin'])} (`--slo-margin`). Seed "
         f"{s['seed']}; {r['wall_s']:.0f} s of wall time.",
         "",
     ]
