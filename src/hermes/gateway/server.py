@@ -31,6 +31,7 @@ from hermes.gateway.apps import AppLimits, AppTracker, CallTicket, GatewayApp
 from hermes.gateway.calls import Call, CallLifecycle
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.context import CallContext, event_context, parse_context
+from hermes.gateway.dashboard import dashboard_routes
 from hermes.gateway.dispatch import Dispatcher, Upstream, Waiting
 from hermes.gateway.errors import (
     ApiError,
@@ -57,6 +58,7 @@ from hermes.gateway.request_bodies import (
 )
 from hermes.gateway.run_store import RunStore
 from hermes.gateway.slow_clients import BodyDeadline, slow_client_counter
+from hermes.gateway.state_api import StateApi
 from hermes.gateway.supervise import every
 from hermes.gateway.tenants import Keyring, caller_of
 from hermes.gateway.tool_admission import ToolAdmission
@@ -146,6 +148,7 @@ class Gateway:
         self.outbox: RunOutbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        self.state_api = StateApi(self)  # /v1/hermes/state, which /dashboard draws
         self.app = self._routes()
 
     def use_store(self, store: RunStore) -> None:
@@ -169,6 +172,9 @@ class Gateway:
                 Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
                 Route("/v1/models", self.models, methods=["GET"], middleware=[api]),
                 Route("/healthz", self.healthz, methods=["GET"]),
+                *dashboard_routes(
+                    self.state_api.handle, Middleware(BearerAuth, keys=keys, route="admin")
+                ),
                 Route(
                     "/metrics",
                     self.prometheus,

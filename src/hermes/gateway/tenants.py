@@ -102,7 +102,7 @@ class Tenant:
 
 
 ANYONE = Tenant(None)
-Route = Literal["calls", "apps", "metrics"]
+Route = Literal["calls", "apps", "metrics", "admin"]
 
 
 class Keyring:
@@ -112,7 +112,10 @@ class Keyring:
       neither is configured;
     - apps (/v1/apps/*): a tenant's key (scoped to its applications), the `admin_key`, or the
       legacy `api_key` when there is no admin key; open when none is configured;
-    - metrics: any configured key, unless `metrics_public` (or no key is configured).
+    - metrics: any configured key, unless `metrics_public` (or no key is configured);
+    - admin (/v1/hermes/state: every tenant's applications): the `admin_key`, or the legacy
+      `api_key` when there is no admin key; open when no key is configured; closed to all
+      when only tenants' keys are (a tenant must not see another's applications).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Keyring:
             "calls": (tenants + legacy) or None,
             "apps": (tenants + (admin or legacy)) or None,
             "metrics": None if metrics_public else (tenants + legacy + admin) or None,
+            "admin": (admin or legacy) or (None if not tenants else []),
         }
 
     def caller(self, route: Route, authorization: str | None) -> Tenant | None:
