@@ -147,3 +147,22 @@ def test_the_qlm_bench_gives_the_same_results_on_one_worker_and_two() -> None:
         "WB: 20 req/s, qlm",
         "WB: 20 req/s, vllm",
     ]
+
+
+def test_the_bros_bench_gives_the_same_results_on_one_worker_and_two() -> None:
+    from hermes.experiments import bros_paper as bp
+
+    s = bp.quick_settings(
+        policies=("vllm", "split", "bros"),
+        deployments=bp.DEPLOYMENTS[:1],
+        load_fractions=(0.3,),
+        duration_s=30.0,
+        warmup_s=5.0,
+        drain_s=30.0,
+    )
+    heard: list[str] = []
+    one = bp.run_all(s, heard.append)
+    two = bp.run_all(s, workers=2)
+    assert _without_timings(one) == _without_timings(two)
+    # The capacity and split's BE instance, then one run per policy.
+    assert len(heard) == 2 + 3
