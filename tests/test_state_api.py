@@ -119,7 +119,7 @@ def test_the_queue_is_listed_in_rank_order_and_cut_to_top() -> None:
 
 def test_recent_histograms_forget_what_is_older_than_the_window() -> None:
     h = Histogram("x_seconds", "x", buckets=(1.0, 10.0), registry=CollectorRegistry())
-    recent = RecentHistogram(h, window_s=10.0)
+    recent = RecentHistogram(h, started_s=0.0, window_s=10.0)
     h.observe(0.5)
     assert recent.view(0.0)["counts"] == [1, 0, 0]
     recent.view(5.0)

@@ -56,6 +56,7 @@ class RecentHistogram:
     now, less those of the newest snapshot at least `window_s` old (or of the start)."""
 
     source: Histogram
+    started_s: float  # when the histogram was empty
     window_s: float = WINDOW_S
     period_s: float = 1.0  # at most one snapshot per period
     _snaps: deque[tuple[float, list[float]]] = field(default_factory=deque)
@@ -76,7 +77,7 @@ class RecentHistogram:
         bounds, cum = self._cumulative()
         snaps = self._snaps
         if not snaps:
-            snaps.append((now, [0.0] * len(cum)))  # the start: nothing counted before it
+            snaps.append((self.started_s, [0.0] * len(cum)))  # nothing counted before it
         if now - snaps[-1][0] >= self.period_s:
             snaps.append((now, cum))
         # Keep one snapshot at least `window_s` old (the base), and those after it.
@@ -236,8 +237,9 @@ class StateApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         m = gateway.metrics
-        self.ttft = RecentHistogram(m.ttft)
-        self.act = RecentHistogram(m.act)
+        started = gateway.clock()
+        self.ttft = RecentHistogram(m.ttft, started)
+        self.act = RecentHistogram(m.act, started)
         self.demand = RemainingDemand(lambda: gateway.graphs, gateway.tracker.cost)
 
     async def handle(self, request: Request) -> Response:

@@ -130,7 +130,7 @@ function layout(graph) {
     (nodes || []).forEach((node, i) => pos.set(node.name, { x: 20 + l * 160, y: 30 + i * 56, l }));
   });
   const rows = Math.max(...byLayer.map((n) => (n ? n.length : 0)));
-  return { pos, width: 40 + (last + 2) * 160, height: 50 + rows * 56 };
+  return { pos, width: 40 + (last + 2) * 160, height: 40 + rows * 56 };
 }
 
 const BOX_W = 124;
@@ -158,10 +158,16 @@ function drawGraph(graph, active, index) {
     let d;
     let lx;
     let ly;
-    if (b.l > a.l) {
+    if (b.l === a.l + 1) {
       const [x1, y1, x2, y2] = [a.x + BOX_W, a.y + BOX_H / 2, b.x, b.y + BOX_H / 2];
       d = `M ${x1} ${y1} L ${x2} ${y2}`;
       [lx, ly] = [(x1 + x2) / 2, (y1 + y2) / 2 - 3];
+    } else if (b.l > a.l) {  // over layers: around the bottom of the boxes between
+      const [x1, y1, x2, y2] = [a.x + BOX_W / 2, a.y + BOX_H, b.x + BOX_W / 2, b.y + BOX_H];
+      const cy = Math.max(y1, y2) + 34;
+      const cx = (x1 + x2) / 2;
+      d = `M ${x1} ${y1} Q ${cx} ${cy} ${x2} ${y2}`;
+      [lx, ly] = [(x1 + 2 * cx + x2) / 4, (y1 + 2 * cy + y2) / 4 + 11];
     } else {  // a loop back (or to itself): around the top of the boxes
       const [x1, y1, x2, y2] = [a.x + BOX_W / 2, a.y, b.x + BOX_W / 2, b.y];
       const cy = Math.min(y1, y2) - 26;
@@ -211,7 +217,8 @@ function drawGraphs(graphs, apps) {
 function drawHistogram(title, h) {
   const box = el("div", null, "hist");
   box.append(el("h3", `${title}: ${h.total} in the last ${fmt(h.span_s, 0)} s`));
-  const W = 36;
+  box.append(el("div", "bars by upper bound, s", "hint"));
+  const W = 42;
   const H = 110;
   const n = h.counts.length;
   const s = svg("svg", { width: 30 + n * W, height: H + 40 });
@@ -224,7 +231,7 @@ function drawHistogram(title, h) {
     s.append(bar);
     if (c) s.append(svg("text", { x: x + (W - 6) / 2, y: 8 + H - bh, "text-anchor": "middle" }, c));
     s.append(svg("text", { x: x + (W - 6) / 2, y: H + 26, "text-anchor": "middle" },
-      `≤${h.upper_bounds[i]}`));
+      String(h.upper_bounds[i])));
   });
   s.append(svg("line", { x1: 16, y1: H + 10, x2: 24 + n * W, y2: H + 10, class: "axis" }));
   box.append(s);
@@ -238,7 +245,7 @@ function draw(state) {
   drawGraphs(state.graphs, state.apps.apps);
   const hist = document.getElementById("histograms");
   hist.replaceChildren(
-    drawHistogram("Time to first token, s", state.histograms.ttft_s),
+    drawHistogram("Time to first token (streamed calls), s", state.histograms.ttft_s),
     drawHistogram("Application completion time, s", state.histograms.act_s),
   );
 }
