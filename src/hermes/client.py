@@ -1,4 +1,5 @@
-"""Tagging an application's calls for the Hermes gateway, on the official `openai` client.
+"""Tagging an application's calls for the Hermes gateway: on the official `openai` client, or
+on any client that sends extra headers per call (LangChain, LiteLLM: `HermesApp.headers`).
 
     import openai
     from hermes.client import HermesApp
@@ -15,16 +16,27 @@ Each `llm(...)` and `tool(...)` opens the application's next stage and sends its
 consecutive stages of one name (an agent thinking twice) stay apart: call `llm` once per stage
 and issue a fan-out's calls on the client it returns.
 
+One `HermesApp` per application run, not per client: the client is shared, each run gets its
+own id. For a framework that builds its own client, `app.headers("plan")` opens the next stage
+and returns its headers, to pass per call (LangChain: `llm.invoke(msgs, extra_headers=...)`;
+LiteLLM: `completion(..., extra_headers=...)`); give `HermesApp(None, ..., base_url=...,
+api_key=...)` the gateway's address instead of a client. Examples: `examples/clients/`.
+
 `tag(client, app_id, ...)` alone is the one-line form: it returns a copy of the client whose
-calls carry the headers. Works with `openai.AsyncOpenAI` too for `tag` and `llm`; the tool and
-finish reports are plain synchronous HTTP posts.
+calls carry the headers. Works with `openai.AsyncOpenAI` too for `tag` and `llm`, with `atool`
+and `afinish` for the reports. The reports use only the standard library (no dependency beyond
+the client you already use).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeVar
 
 from hermes.types import SloClass
@@ -70,17 +82,27 @@ def tag(client: C, app_id: str, **context: Any) -> C:
 
 
 class HermesApp:
-    """One application run: its LLM stages through the gateway, its tool stages reported."""
+    """One application run: its LLM stages through the gateway, its tool stages reported.
+
+    `client` is an `openai.OpenAI` (or `AsyncOpenAI`) pointed at the gateway; without one, give
+    the gateway's `base_url` (with or without `/v1`) and `api_key`, and tag calls with
+    `headers`.
+    """
 
     def __init__(
         self,
-        client: _Client,
+        client: _Client | None,
         app_type: str,
         app_id: str | None = None,
         deadline_ms: float | None = None,
         slo_class: SloClass | None = None,
         admin_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
+        if client is None and base_url is None:
+            raise ValueError("HermesApp: give an openai client or the gateway's base_url")
         self.client = client
         self.app_type = app_type
         self.app_id = app_id or f"{app_type}-{uuid.uuid4().hex[:12]}"
@@ -90,29 +112,57 @@ class HermesApp:
             self._context["deadline_ms"] = deadline_ms
         if slo_class is not None:
             self._context["slo_class"] = slo_class
-        self._admin_key = admin_key
+        key = api_key if api_key is not None else (client.api_key if client else None)
+        self._key = admin_key or key
         self._stages = 0  # stages opened so far: the next one's index
-        self._root = str(client.base_url).rstrip("/").removesuffix("/v1")
+        url = str(base_url if base_url is not None else client.base_url)  # type: ignore[union-attr]
+        self._root = url.rstrip("/").removesuffix("/v1")
+        self.finished = False
+
+    def headers(self, stage: str) -> dict[str, str]:
+        """Open the next stage, LLM stage `stage`, and return the headers of its calls (send
+        them with each of the stage's calls, e.g. as `extra_headers`)."""
+        index = self._next_stage()
+        return app_headers(self.app_id, stage=stage, stage_index=index, **self._context)
 
     def llm(self, stage: str) -> Any:
         """The client for the calls of the next stage, `stage` (issue them in parallel on it
         for a fan-out)."""
-        index = self._next_stage()
-        return tag(self.client, self.app_id, stage=stage, stage_index=index, **self._context)
+        if self.client is None:
+            raise ValueError("HermesApp.llm needs an openai client; use headers(stage) instead")
+        return self.client.with_options(default_headers=self.headers(stage))
 
     @contextmanager
     def tool(self, stage: str, backend: str | None = None) -> Iterator[None]:
         """Report the next stage, tool stage `stage`, to the gateway for as long as the block
         runs."""
-        event = {"stage": stage, "stage_index": self._next_stage()}
-        # The context too: the gateway may first see the application here.
-        started = {**event, **self._context, "backend": backend or stage}
+        event = self._tool_event(stage)
         # A capacity-managed tool backend answers when the policy grants the stage a slot.
-        self._post("events", {**started, "event": "stage_started"}, read_timeout_s=None)
+        self._post("events", self._started(event, backend), read_timeout_s=None)
         try:
             yield
         finally:
             self._post("events", {**event, "event": "stage_finished"})
+
+    @asynccontextmanager
+    async def atool(self, stage: str, backend: str | None = None) -> AsyncIterator[None]:
+        """`tool` for asyncio code: the reports run in a thread, not on the event loop."""
+        event = self._tool_event(stage)
+        await asyncio.to_thread(
+            self._post, "events", self._started(event, backend), read_timeout_s=None
+        )
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self._post, "events", {**event, "event": "stage_finished"})
+
+    def _tool_event(self, stage: str) -> dict[str, Any]:
+        return {"stage": stage, "stage_index": self._next_stage()}
+
+    def _started(self, event: dict[str, Any], backend: str | None) -> dict[str, Any]:
+        # The context too: the gateway may first see the application here.
+        stage = event["stage"]
+        return {**event, **self._context, "backend": backend or stage, "event": "stage_started"}
 
     def _next_stage(self) -> int:
         self._stages += 1
@@ -121,18 +171,36 @@ class HermesApp:
     def finish(self) -> None:
         """The application is done: the gateway records its run and learns from it."""
         self._post("finish", {})
+        self.finished = True
+
+    async def afinish(self) -> None:
+        """`finish` for asyncio code."""
+        await asyncio.to_thread(self.finish)
+
+    def __enter__(self) -> HermesApp:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        # A run that raised is not reported finished: the caller may still retry or finish
+        # it; otherwise the gateway's idle timeout ends it.
+        if kind is None and not self.finished:
+            self.finish()
 
     def _post(self, what: str, body: dict[str, Any], read_timeout_s: float | None = 10.0) -> None:
-        import httpx  # the openai client's own HTTP library
-
-        key = self._admin_key or self.client.api_key
-        r = httpx.post(
-            f"{self._root}/v1/apps/{self.app_id}/{what}",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(10.0, read=read_timeout_s),
+        url = f"{self._root}/v1/apps/{self.app_id}/{what}"
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {self._key}"} if self._key else {}),
+            method="POST",
         )
-        if r.status_code >= 400:
-            raise RuntimeError(
-                f"gateway refused the {what} report ({r.status_code}): {r.text[:200]}"
-            )
+        try:
+            with urllib.request.urlopen(request, timeout=read_timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace")[:200]
+            raise RuntimeError(f"gateway refused the {what} report ({e.code}): {text}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise RuntimeError(f"gateway at {self._root} unreachable ({what}): {reason}") from None
