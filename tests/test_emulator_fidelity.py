@@ -42,6 +42,7 @@ class Team(BaseModel):
     motto: str | None
 
 
+WEATHER_TOOL_SCHEMA = Weather.model_json_schema()
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -234,6 +235,14 @@ def test_response_format_gives_valid_json(client: Any) -> None:
         model="fast", messages=HI, response_format={"type": "json_object"}, max_tokens=2
     )
     assert cut.choices[0].finish_reason == "length"  # a JSON cut short is not passed off as whole
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER_TOOL_SCHEMA}}
+    chunks = list(
+        client.chat.completions.create(
+            model="fast", messages=HI, response_format=fmt, max_tokens=100, stream=True
+        )
+    )
+    Weather.model_validate_json(stream_text(chunks))
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 # n, logprobs, models, echo -----------------------------------------------------------------------

@@ -13,11 +13,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from typer.testing import CliRunner
 
+from hermes.cli import app
 from hermes.gateway.config import Backend, GatewayConfig
 from hermes.gateway.run_store import StoredRun, read_store
 from hermes.testing.gateway_thread import gateway_in_thread
+from hermes.workloads.pdgraph_files import load_pdgraphs
 
+runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "clients"
 
 
@@ -66,6 +70,13 @@ def test_the_openai_sdk_agent_finishes_one_run_per_question(
         answer = row.run.stages[2].calls[0]
         assert answer.completion_tokens == 32  # type: ignore[union-attr]
     assert capsys.readouterr().out.count("run ") == 3
+    # The store in the open: exported as a runs file and learned, the agent's graph is there.
+    runs_file, graphs = store.parent / "runs.jsonl", store.parent / "g.json"
+    assert runner.invoke(app, ["runs", "export", str(store), "-o", str(runs_file)]).exit_code == 0
+    assert runner.invoke(app, ["learn", str(runs_file), "-o", str(graphs)]).exit_code == 0
+    graph = load_pdgraphs(graphs)["openai_agent"]
+    assert graph.runs_seen == 3
+    assert {"think", "search", "answer"} <= set(graph.nodes)
 
 
 def test_the_langchain_map_reduce_finishes_one_run_per_document(store: Path) -> None:
