@@ -57,8 +57,7 @@ def export(
         str | None, typer.Option("--app", metavar="TYPE", help="Only runs of this type.")
     ] = None,
 ) -> None:
-    """Write the store's finished runs as a runs file that `hermes learn`, `hermes bench
-    hermes --runs` and the simulator read."""
+    """Write the store's finished runs as a runs file (format v1), as `hermes learn` reads."""
     rows = load_store(store, finished=not unfinished)
     runs = [r.run for r in rows if app is None or r.run.app == app]
     if output.exists() and is_sqlite_file(output):
