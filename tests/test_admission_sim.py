@@ -86,3 +86,47 @@ def test_admission_needs_a_vllm_engine() -> None:
     }
     with pytest.raises(ValueError, match="needs a vllm engine"):
         build(config_from_dict(data, "sim.yaml"))
+
+
+def test_recorded_bench_reports_throughput_and_the_targets() -> None:
+    from hermes.experiments.recorded_runs import RecordedSettings, recorded_bench
+    from hermes.workloads.templates import generate_runs
+
+    runs = generate_runs("factool_kbqa", 20, seed=3) + generate_runs("factool_code", 20, seed=4)
+    policies = ("vllm", "gittins+8", "gittins+auto")
+    for intensity, count in ((40.0, 3), (1.0, 1)):
+        s = RecordedSettings(apps=16, policies=policies, intensity=intensity)
+        out = recorded_bench(runs, s)
+        for row in out["policies"].values():
+            assert row["failed"] == 0
+            assert row["makespan_s"] > 0
+            assert row["output_tokens_per_s"] > 0
+        targets = out["targets"]
+        assert len(targets) == count
+        assert all(t["target"].startswith("gittins+auto vs vllm") for t in targets)
+        assert all(isinstance(t["met"], bool) for t in targets)
+
+
+def test_the_admission_experiment_sweeps_fixed_limits() -> None:
+    from hermes.experiments.hermes_paper import PaperSettings, run_all
+
+    s = PaperSettings(
+        apps=8,
+        intensities=(4.0,),
+        headline_intensity=4.0,
+        workloads=1,
+        training_runs=30,
+        experiments=("admission",),
+        admission_limits=(2, 4),
+    )
+    r = run_all(s)
+    rows = r["admission"]["by_intensity"]["4.0"]
+    assert set(rows) == {"vllm", "gittins", "gittins+2", "gittins+4", "gittins+auto", "_best_fixed"}
+    assert rows["gittins+2"]["mean_limit"] == pytest.approx(2.0)
+    assert rows["gittins"]["mean_limit"] is None
+    best = rows["_best_fixed"]
+    assert best["act_mean"] == min(
+        rows[p]["act_mean"] for p in ("gittins", "gittins+2", "gittins+4")
+    )
+    [t] = [t for t in r["targets"] if "best fixed limit" in t["target"]]
+    assert t["measured"] == pytest.approx(rows["gittins+auto"]["act_mean"] / best["act_mean"] - 1)

@@ -95,6 +95,10 @@ def test_recorded_run_settings_are_checked(tmp_path: Path) -> None:
         RecordedSettings(train_fraction=1.0)
     with pytest.raises(ValueError, match="unknown policy 'fifo'"):
         RecordedSettings(policies=("fifo",))
+    with pytest.raises(ValueError, match="--policies: policy 'gittins\\+x': the admission suffix"):
+        RecordedSettings(policies=("gittins+x",))
+    with pytest.raises(ValueError, match="unknown policy 'fifo'"):
+        RecordedSettings(policies=("fifo+auto",))
     runs = generate_runs("factool_math", 4, seed=0)
     with pytest.raises(ValueError, match="no runs to replay for application 'x'"):
         recorded_bench(runs, RecordedSettings(weights={"x": 1.0}))
@@ -110,7 +114,10 @@ def test_cli_bench_with_recorded_runs(tmp_path: Path) -> None:
     data: dict[str, Any] = json.loads(out.read_text())
     assert set(data["policies"]) == {"vllm", "gittins"}
     keys = {"apps", "act_mean", "act_p50", "act_p95", "act_p99", "dsr", "failed"}
+    keys |= {"makespan_s", "output_tokens_per_s"}
     assert set(data["policies"]["gittins"]) == keys
+    assert data["policies"]["gittins"]["makespan_s"] > 0
+    assert data["policies"]["gittins"]["output_tokens_per_s"] > 0
     assert data["config"]["seed"] == 1
     assert data["config"]["intensity"] == 40.0
 
@@ -119,6 +126,7 @@ def test_cli_bench_with_recorded_runs(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--policies", "vllm,nope"], "unknown policy 'nope'"),
+        (["--policies", "vllm,gittins+"], "the admission suffix must be '+auto' or '+N'"),
         (["--intensity", "1,x"], "--intensity: expected comma-separated numbers"),
         (["--intensity", "0"], "--intensity: expected positive numbers"),
         (["--weights", "a=1"], "--weights applies to --runs only"),

@@ -35,6 +35,13 @@ def _weights(text: str) -> dict[str, float]:
     return out
 
 
+POLICIES_HELP = (
+    "Comma-separated policies; a suffix '+auto' or '+N' puts an admission limit in front of "
+    "the engine, the rest queued by rank (gittins+auto). [default: the nine of the load "
+    "sweep; with --runs: vllm,gittins,gittins+auto,oracle]"
+)
+
+
 def bench_hermes(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
@@ -55,9 +62,7 @@ def bench_hermes(
     ] = None,
     policies: Annotated[
         str | None,
-        typer.Option(
-            help="Comma-separated policies. [default: all seven; with --runs: vllm,gittins,oracle]"
-        ),
+        typer.Option(help=POLICIES_HELP),
     ] = None,
     apps: Annotated[int, typer.Option(min=1, help="Applications per experiment.")] = 200,
     weights: Annotated[
@@ -83,7 +88,7 @@ def bench_hermes(
         str | None,
         typer.Option(
             help="Comma-separated experiments to run: load, deadlines, prewarm, ablation, "
-            "overhead, tools, kv. [default: all]"
+            "overhead, tools, kv, admission. [default: all]"
         ),
     ] = None,
     workers: Workers = 1,
@@ -147,14 +152,16 @@ def _experiments(text: str | None) -> tuple[str, ...] | None:
 
 def _ranking_policies(policies: str | None) -> tuple[str, ...] | None:
     """The comma-separated policies named, each checked; None when not given."""
-    from hermes.policies.registry import policy_names
+    from hermes.policies.registry import check_ranking
 
     chosen = (
         None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip())
     )
     for p in chosen or ():
-        if p not in policy_names():
-            raise fail(f"--policies: unknown policy {p!r}; known: {', '.join(policy_names())}")
+        try:
+            check_ranking(p)
+        except ValueError as e:
+            raise fail(f"--policies: {e}") from None
     return chosen
 
 
@@ -183,7 +190,7 @@ def _bench_recorded(
         settings = RecordedSettings(
             train_fraction=train_fraction,
             intensity=loads[0] if loads else 3.0,
-            policies=chosen or ("vllm", "gittins", "oracle"),
+            policies=chosen or ("vllm", "gittins", "gittins+auto", "oracle"),
             seed=seed,
             apps=apps,
             weights=_weights(weights) if weights else None,

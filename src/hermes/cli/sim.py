@@ -91,7 +91,7 @@ def sim(
     (19,366 requests) on two Llama-2-7B A100 engines with vLLM-style FCFS."""
     from rich.progress import Progress
 
-    from hermes.policies.registry import make_policy
+    from hermes.policies.registry import check_ranking
     from hermes.sim.build import simulate
     from hermes.workloads.request_traces import TraceFormatError
 
@@ -111,7 +111,7 @@ def sim(
         config, {k: v for k, v in given.items() if v is not None}, trace, limit, repeat
     )
     try:
-        make_policy(cfg.policy)
+        check_ranking(cfg.policy)
         if err.is_terminal:
             with Progress(console=err, transient=True) as bar:
                 task = bar.add_task("simulating", total=1.0)

@@ -18,6 +18,13 @@ import numpy as np
 
 from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
+from hermes.experiments.admission_sweep import (
+    VLLM_DEFAULT_SEQS,
+    admission_experiment,
+    admission_targets,
+    sweep_targets,
+    throughput_figures,
+)
 from hermes.experiments.common import (
     BASE_WINDOW_S,
     PAPER_MIX,
@@ -41,7 +48,18 @@ from hermes.workloads.outcomes import Outcome, summary
 
 # What every simulation of a study shares: the PDGraphs (sent to each worker once).
 Graphs = Mapping[str, PDGraph]
-LOAD_POLICIES = ("vllm", "parrot", "vtc", "plas", "srjf-mean", "gittins", "oracle")
+# `+auto`: the admission controller in front of the engine (issue 15), the rest queued by rank.
+LOAD_POLICIES = (
+    "vllm",
+    "parrot",
+    "vtc",
+    "plas",
+    "srjf-mean",
+    "gittins",
+    "gittins+auto",
+    "lstf+auto",
+    "oracle",
+)
 PREWARM_POLICIES = ("none", "keepalive", "on-queue", "pdgraph")
 # Cold backends of the mix: code sandboxes start in seconds, ALFWorld environments in about
 # one; web search is a hosted API and always warm.
@@ -94,12 +112,15 @@ class PaperSettings:
         "overhead",
         "tools",
         "kv",
+        "admission",
     )
     # tools: LLM replicas (enough that tool pools are the bottleneck), the load, and the
     # instance counts of the limited pools.
     tools_replicas: int = 4
     tools_intensity: float = 30.0
     tools_instances: tuple[int, ...] = (1, 2, 4)
+    # admission: the fixed limits swept beside gittins+auto at vLLM's defaults.
+    admission_limits: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -184,13 +205,14 @@ def load_experiment(s: PaperSettings, w: _Workload, sweep: Sweep[Graphs]) -> dic
             for policy in s.policies:
                 pooled: list[Outcome] = []
                 means: list[float | None] = []
-                busy: list[float] = []
+                ress: list[dict[str, Any]] = []
                 for _ in w.draws:
                     outcomes, res = next(done)
                     pooled += outcomes
                     means.append(summary(outcomes)["act_mean"])
-                    busy.append(float(res["instances"][0]["utilisation"]))
-                rows[policy] = summary(pooled)
+                    ress.append(res)
+                rows[policy] = summary(pooled) | throughput_figures(ress)
+                busy = [float(res["instances"][0]["utilisation"]) for res in ress]
                 rows[policy]["utilisation"] = float(np.mean(busy))
                 if k == s.headline_intensity:
                     acts = [round(o.act_s, 3) for o in pooled if o.act_s is not None]
@@ -332,6 +354,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "overhead": overhead_experiment,
     "tools": tool_experiment,
     "kv": lambda s, w, sweep: kv_experiment(s.seed, sweep.progress, sweep),
+    "admission": admission_experiment,
 }
 
 
@@ -429,6 +452,12 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
         )
         out.append(_target(name, tools["reduction"], "<=", -0.20))
     out += _kv_targets(r.get("kv"))
+    load = r.get("load", {}).get(str(VLLM_DEFAULT_SEQS))
+    for k, rows in (load or {}).get("by_intensity", {}).items():
+        if float(k) in (1.0, s.headline_intensity):
+            where = f"max_num_seqs {VLLM_DEFAULT_SEQS}, intensity {k}"
+            out += admission_targets(rows, where, float(k))
+    out += sweep_targets(r.get("admission"))
     return out
 
 

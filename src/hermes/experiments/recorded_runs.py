@@ -16,6 +16,7 @@ import numpy as np
 
 from hermes.core.pdgraph import learn
 from hermes.core.runs import AppRun
+from hermes.experiments.admission_sweep import admission_targets, throughput_figures
 from hermes.experiments.common import (
     BASE_WINDOW_S,
     EngineSpec,
@@ -24,7 +25,7 @@ from hermes.experiments.common import (
     spread_over,
     unit_arrivals,
 )
-from hermes.policies.registry import policy_names
+from hermes.policies.registry import check_ranking
 from hermes.workloads.mix import sample_mix
 from hermes.workloads.outcomes import summary
 
@@ -46,10 +47,11 @@ class RecordedSettings:
             raise ValueError(f"--intensity must be > 0, got {self.intensity}")
         if self.apps < 1:
             raise ValueError(f"--apps must be >= 1, got {self.apps}")
-        known = policy_names()
         for p in self.policies:
-            if p not in known:
-                raise ValueError(f"--policies: unknown policy {p!r}; known: {', '.join(known)}")
+            try:
+                check_ranking(p)
+            except ValueError as e:
+                raise ValueError(f"--policies: {e}") from None
         if not self.policies:
             raise ValueError("--policies: give at least one policy")
 
@@ -99,14 +101,16 @@ def recorded_bench(runs: Sequence[AppRun], s: RecordedSettings) -> dict[str, Any
     schedule = spread_over(workload, unit_arrivals(s.apps, rng), BASE_WINDOW_S / s.intensity)
     results: dict[str, Any] = {}
     for policy in s.policies:
-        outcomes, _ = simulate_apps(config_for(policy, s.engine, s.seed), schedule, graphs)
+        outcomes, res = simulate_apps(config_for(policy, s.engine, s.seed), schedule, graphs)
         row = summary(outcomes)
         results[policy] = {
             k: row[k] for k in ("apps", "act_mean", "act_p50", "act_p95", "act_p99", "dsr")
         }
         results[policy]["failed"] = row["failed"]
+        results[policy] |= throughput_figures([res])
     return {
         "policies": results,
+        "targets": admission_targets(results, f"intensity {s.intensity:g}", s.intensity),
         "config": {
             "train_fraction": s.train_fraction,
             "intensity": s.intensity,

@@ -18,6 +18,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.interface import LLMEngine
 from hermes.engine.rt_pace import BrosOptions
+from hermes.policies.admission import split_admission
 from hermes.policies.app_fifo import AppFIFO
 from hermes.policies.base import Policy, PolicyContext
 from hermes.policies.deadline import EDF, LSTF
@@ -102,6 +103,15 @@ def register(name: str, factory: Callable[[PolicyContext], Policy], summary: str
 def policy_names() -> list[str]:
     """The ranking policies."""
     return REGISTRY.names("ranking")
+
+
+def check_ranking(name: str) -> tuple[str, str | None]:
+    """A ranking policy's name with an optional admission suffix (`gittins+auto`,
+    `gittins+16`), checked: (the policy, the admission spec or None); ValueError says what is
+    wrong with either part."""
+    base, admission = split_admission(name)
+    REGISTRY.resolve(base, "ranking")
+    return base, admission
 
 
 def make_policy(name: str, ctx: PolicyContext | None = None) -> Policy:
