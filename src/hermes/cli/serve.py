@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from hermes.cli.common import err, fail
+from hermes.gateway.logs import LOG_LEVELS
 
 
 def serve(
@@ -22,18 +23,34 @@ def serve(
     time_scale: Annotated[
         float, typer.Option(min=0.001, help="With --emulate: model time per wall second.")
     ] = 1.0,
+    log_level: Annotated[
+        str, typer.Option(help=f"The gateway's log level: {', '.join(LOG_LEVELS)}.")
+    ] = "info",
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="A JSON line per HTTP call on stderr: method, path, status, duration, app id, "
+            "upstream (docs/operating.md).",
+        ),
+    ] = False,
 ) -> None:
     """The gateway: an OpenAI-compatible endpoint that schedules applications' calls in front
     of inference engines. --emulate runs one emulated Llama-2-7B A100 engine in-process."""
     import asyncio
     import signal
 
+    from hermes.gateway import logs
     from hermes.gateway.config import emulated_default, load_gateway_config
     from hermes.gateway.serve import serve_until_stopped
     from hermes.sim.config import ConfigError
 
     if (config is None) == (not emulate):
         raise fail("give --config FILE or --emulate (not both)")
+    try:
+        logs.configure(log_level, access_log)
+    except ValueError as e:
+        raise fail(f"--log-level: {e}") from None
     try:
         cfg = (
             load_gateway_config(config)
@@ -57,7 +74,7 @@ def serve(
         err.print(
             f"hermes gateway on http://{cfg.host}:{cfg.port} (policy {cfg.policy}); Ctrl-C stops"
         )
-        await serve_until_stopped(cfg, stop)
+        await serve_until_stopped(cfg, stop, log_level.lower(), access_log)
 
     try:
         _run_fast(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from hermes.gateway.model_swaps import ModelSwapper
 from hermes.gateway.relay import until_disconnect
 from hermes.gateway.upstream import UpstreamClient
 from hermes.types import Clock
+
+log = logging.getLogger("hermes.gateway")
 
 
 @dataclass(slots=True, eq=False)
@@ -240,12 +243,24 @@ class CallLifecycle:
             self.grant(self.dispatcher.set_health(upstream, False))
         self.release(call, upstream)
         # Another healthy replica will do, busy or not: the call waits for it, first in line.
+        app = call.ticket.app.app_id[:256]
         if call.retried or not any(
             self.dispatcher.healthy(u.name)
             for u in self.dispatcher.upstreams
             if u.name != upstream and call.model in u.models
         ):
+            why_not = "retried once already" if call.retried else "no other healthy upstream"
+            log.warning(
+                "a call of %s failed on upstream %s (%s), not retried: %s",
+                app,
+                upstream,
+                why,
+                why_not,
+            )
             return None
+        log.warning(
+            "a call of %s failed on upstream %s (%s): retried elsewhere", app, upstream, why
+        )
         call.retried = True
         call.future = asyncio.get_running_loop().create_future()
         try:

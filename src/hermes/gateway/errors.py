@@ -6,6 +6,7 @@ own 404 and 405 and an unexpected exception's 500 included, with OpenAI's body:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from hermes.gateway.apps import AppTooLongError, TooManyAppsError
 from hermes.gateway.context import HeaderError
 from hermes.gateway.tenants import KeyLimitError
+
+log = logging.getLogger("hermes.gateway")
 
 
 class ApiError(Exception):
@@ -137,6 +140,16 @@ def exception_handlers(
     async def api_error(request: Request, exc: Exception) -> Response:
         response = error_response(exc)
         on_refused(request, response.status_code)
+        # Every refusal and failure answered, one line each (`--log-level warning`: 5xx only).
+        status = response.status_code
+        log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s -> %d: %s",
+            request.method,
+            request.url.path[:256],
+            status,
+            str(exc)[:500],
+        )
         return response
 
     async def http_error(request: Request, exc: Exception) -> Response:

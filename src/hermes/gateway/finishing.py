@@ -44,9 +44,17 @@ class AppFinisher:
         if run is not None and self.outbox is not None and not self.outbox.offer(run):
             return False
         self.tracker.forget(app)
-        self.metrics.act.labels(app.app_type).observe(
-            max(0.0, app.last_seen_s - app.view.arrival_s)
-        )
+        act = max(0.0, app.last_seen_s - app.view.arrival_s)
+        self.metrics.act.labels(app.app_type).observe(act)
+        if not app.ephemeral:
+            log.info(
+                "application %s (%s) finished: %d stages, %d calls, %.2f s",
+                app.app_id[:256],
+                app.app_type,
+                len(app.stages),
+                app.calls,
+                act,
+            )
         self.policy.on_done(app.view, now)
         if run is not None and self.on_run is not None:
             self.on_run(run)

@@ -128,8 +128,14 @@ class RunOutbox:
                 await asyncio.to_thread(self.store.add_marked, batch)
             except Exception as e:  # locked, full, read-only, closed: all retried
                 self.metrics.store_failures.inc()
-                if self.last_error is None:
-                    log.warning("run store: a write failed (%s); retrying with backoff", e)
+                # Every failure: the backoff (up to backoff_s[1]) bounds how many lines.
+                log.warning(
+                    "run store: a write of %d runs failed (%s); %d wait; retrying in %.1f s",
+                    len(batch),
+                    e,
+                    len(self._pending),
+                    delay,
+                )
                 self.last_error = f"{type(e).__name__}: {e}"
                 if self._closing:
                     delay = min(delay, self._deadline - time.monotonic())

@@ -14,6 +14,7 @@ import uvicorn
 from hermes.emulator.server import emulated_app
 from hermes.gateway.build import build_gateway
 from hermes.gateway.config import Backend, GatewayConfig
+from hermes.gateway.logs import AccessLog
 from hermes.gateway.server import Gateway
 from hermes.gateway.slow_clients import uvicorn_http_protocol, with_header_timeout
 
@@ -47,8 +48,7 @@ async def _server(
     access_log: bool = False,
     http: type[asyncio.Protocol] | str = "auto",
 ) -> AsyncIterator[None]:
-    # No access log by default: a line per call costs the event loop ~11 µs (more to a
-    # terminal) and floods the log at thousands of calls per second; /metrics counts them.
+    # uvicorn's own access log stays off: the gateway's is structured (`logs.AccessLog`).
     # A shutdown waits at most 5 s for connections still busy (the gateway drained before).
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -93,7 +93,8 @@ async def _emulate(backend: Backend, stack: AsyncExitStack, adapters: set[str]) 
 async def running(
     config: GatewayConfig, log_level: str = "warning", access_log: bool = False
 ) -> AsyncIterator[tuple[Gateway, str]]:
-    """The gateway and its emulated engines, serving; yields the gateway and its base URL."""
+    """The gateway and its emulated engines, serving; yields the gateway and its base URL.
+    `access_log`: a JSON line per HTTP call on logger `hermes.access` (`logs`)."""
     adapters: dict[str, set[str]] = {}
     for t in config.prewarm_targets:
         if t.action == "vllm-load-lora" and t.upstream is not None:
@@ -109,7 +110,8 @@ async def running(
         host, port = sock.getsockname()[:2]
         slow = gateway.slow_clients.labels("headers").inc
         http = with_header_timeout(uvicorn_http_protocol(), config.client_header_timeout_s, slow)
-        await stack.enter_async_context(_server(gateway.app, sock, log_level, access_log, http))
+        app = AccessLog(gateway.app, gateway.clock) if access_log else gateway.app
+        await stack.enter_async_context(_server(app, sock, log_level, False, http))
         # Unwound first: new calls get 503 while those in flight finish, and only then does
         # uvicorn stop listening (it would refuse connections, and drain nothing the gateway
         # has queued).
@@ -117,6 +119,8 @@ async def running(
         yield gateway, f"http://{host}:{port}"
 
 
-async def serve_until_stopped(config: GatewayConfig, stop: asyncio.Event) -> None:
-    async with running(config, log_level="info"):
+async def serve_until_stopped(
+    config: GatewayConfig, stop: asyncio.Event, log_level: str = "info", access_log: bool = False
+) -> None:
+    async with running(config, log_level, access_log):
         await stop.wait()

@@ -43,6 +43,7 @@ from hermes.gateway.errors import (
 from hermes.gateway.finishing import AppFinisher
 from hermes.gateway.forwarding import Forwarder
 from hermes.gateway.health import UpstreamHealth
+from hermes.gateway.logs import set_upstream
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.middleware import BearerAuth, BodyLimit, Draining
 from hermes.gateway.model_swaps import PERIOD_S as SWAP_PERIOD_S
@@ -428,6 +429,7 @@ class Gateway:
             self.calls.account(call, {}, "abort")
             return Response(status_code=499)
         self.metrics.queue_time.observe(self.clock() - call.arrived_s)
+        set_upstream(request.scope, upstream)  # for the access log
         answer = await unless_disconnected(request, self.forwarder.answer(call, upstream, path))
         return Response(status_code=499) if answer is None else answer
 
