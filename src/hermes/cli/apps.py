@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hermes.cli.common import fail, out
+from hermes.cli.common import fail, os_error, out, writable
 from hermes.core.demand_sampler import DemandModel
 from hermes.core.pdgraph import PDGraphFormatError, learn
 from hermes.core.pdgraph_summary import summarize
@@ -21,7 +21,9 @@ from hermes.workloads.run_files import write_runs
 
 
 def generate(
-    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application template name.")],
+    app_name: Annotated[
+        str, typer.Argument(metavar="APP", help="Application template: {applications}.")
+    ],
     runs: Annotated[int, typer.Option("--runs", min=1, help="How many runs.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     output: Annotated[Path, typer.Option("-o", "--output", help="Runs file (JSON Lines).")] = Path(
@@ -33,7 +35,11 @@ def generate(
 
     if app_name not in TEMPLATE_NAMES:
         raise fail(f"unknown application {app_name!r}; known: {', '.join(TEMPLATE_NAMES)}")
-    n = write_runs(output, generate_runs(app_name, runs, seed))
+    writable(output, "-o")
+    try:
+        n = write_runs(output, generate_runs(app_name, runs, seed))
+    except OSError as e:
+        raise fail(f"-o: {os_error(e, output)}") from None
     out.print(f"wrote {n} runs of {app_name} to {output}")
 
 
@@ -60,6 +66,7 @@ def learn_cmd(
     """Learn one PDGraph per application type found in the run files or run stores."""
     from hermes.cli.runs import read_sources
 
+    writable(output, "-o")
     if store is not None and any(_same_file(store, p) for p in run_files):
         raise fail(f"--store: {store} is also an input; its runs are in it already")
     runs = read_sources(run_files)
@@ -71,7 +78,10 @@ def learn_cmd(
         raise fail(str(e)) from None
     # The store first: a bad store path fails the command before anything is written.
     held = None if store is None else _seed_store(store, runs)
-    save_pdgraphs(output, graphs)
+    try:
+        save_pdgraphs(output, graphs)
+    except OSError as e:
+        raise fail(f"-o: {os_error(e, output)}") from None
     counts = ", ".join(f"{a} ({g.runs_seen} runs)" for a, g in sorted(graphs.items()))
     out.print(f"learned {len(graphs)} PDGraphs to {output}: {counts}")
     if held is not None:

@@ -4,6 +4,7 @@ writing JSON, comma-separated options, and the tables more than one command prin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +26,89 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def read_all(paths: list[Path]) -> list[AppRun]:
-    runs: list[AppRun] = []
+def run_files(paths: list[Path]) -> list[Path]:
+    """The files `paths` name, a directory standing for every `*.jsonl` in it (sorted)."""
+    files: list[Path] = []
     for p in paths:
-        if not p.is_file():
-            raise fail(f"{p}: no such file")
+        if p.is_dir():
+            found = sorted(f for f in p.glob("*.jsonl") if f.is_file())
+            if not found:
+                raise fail(f"{p}: a directory with no *.jsonl run file in it")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise fail(f"{p}: no such file or directory")
+    return files
+
+
+def read_all(paths: list[Path]) -> list[AppRun]:
+    """Every run in `paths`: run files, or directories of them (`run_files`)."""
+    runs: list[AppRun] = []
+    for p in run_files(paths):
         try:
             runs.extend(read_runs(p))
         except RunFormatError as e:
             raise fail(str(e)) from None
         except RecursionError:  # json's parser recurses per level: ~1,000 exhaust it
             raise fail(f"{p}: a line nests its JSON too deeply to read") from None
+        except OSError as e:  # unreadable: permissions, a device
+            raise fail(os_error(e, p)) from None
     return runs
 
 
+def os_error(e: OSError, path: Path | str | None = None) -> str:
+    """`e` as one line naming its path: "PATH: No such file or directory", not a bare
+    "[Errno 2] ..."."""
+    where = e.filename if e.filename is not None else path
+    why = e.strerror or str(e) or type(e).__name__
+    return f"{where}: {why}" if where is not None else why
+
+
+def listen_error(e: OSError, host: str, port: int) -> str:
+    """A server's OSError as one line; a socket that cannot be bound names its address."""
+    import errno
+
+    if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return f"cannot listen on {host}:{port}: {e.strerror}"
+    return os_error(e)
+
+
+def writable(path: Path, option: str) -> None:
+    """Fail unless `path` names a file in a folder that exists (a typo in the folder is an
+    error, not a new tree of folders)."""
+    if path.is_dir():
+        raise fail(f"{option}: {path}: is a directory, expected a file")
+    if not path.parent.is_dir():
+        raise fail(f"{option}: {path}: the folder {path.parent} does not exist")
+
+
+def writable_dir(path: Path, option: str) -> None:
+    """Make the output folder `path` now, failing with a message if it cannot be: before a
+    long run, not after it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise fail(f"{option}: {path}: is a file, expected a folder") from None
+    except OSError as e:
+        raise fail(f"{option}: {os_error(e, path)}") from None
+
+
+def written(write: Callable[[], list[Path]]) -> list[Path]:
+    """The paths `write` wrote; its OSError (a full disk, a folder made read-only meanwhile)
+    as a message."""
+    try:
+        return write()
+    except OSError as e:
+        raise fail(os_error(e)) from None
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise fail(os_error(e, path)) from None
     out.print(f"results written to {escape(str(path))}")
 
 

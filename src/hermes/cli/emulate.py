@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import socket
+from typing import Annotated, Any
 
 import typer
 
-from hermes.cli.common import err, fail
+from hermes.cli import fast
+from hermes.cli.common import err, fail, listen_error
 
 
 def emulate(
@@ -21,30 +24,44 @@ def emulate(
         typer.Option(min=0.001, help="Wall seconds per model second (0.1: ten times faster)."),
     ] = 1.0,
     profile: Annotated[
-        str, typer.Option(help="Engine profile that times it (e.g. llama-2-7b, llama-3-8b).")
+        str, typer.Option(help="Model whose engine profile times it: {models}.")
     ] = "llama-2-7b",
-    gpu: Annotated[str, typer.Option(help="GPU of the profile.")] = "a100",
+    gpu: Annotated[str, typer.Option(help="GPU of the profile: {gpus}.")] = "a100",
     max_num_seqs: Annotated[int, typer.Option(min=1, help="Requests in a batch at most.")] = 256,
 ) -> None:
     """An emulated inference engine (the simulator's engine model in real time behind a
     vLLM-style API, no GPU) as its own server: an upstream that can be killed, stalled
     (SIGSTOP) and restarted like a real one. Ctrl-C or SIGTERM stops it."""
-    import asyncio
-
-    from hermes.emulator.server import emulated_app, listening_socket, serve
+    from hermes.emulator.server import emulated_app, listening_socket
 
     try:
         app = emulated_app(
             model, profile=profile, gpu=gpu, max_num_seqs=max_num_seqs, time_scale=time_scale
         )
-        sock = listening_socket(host, port)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise fail(f"emulate: {e}") from None
-    bound = sock.getsockname()[1]
-    err.print(
-        f"hermes emulated engine on http://{host}:{bound} serving {', '.join(model)} "
-        f"({profile} on {gpu}, time scale {time_scale:g}); Ctrl-C stops",
-        highlight=False,
-        soft_wrap=True,
+    try:
+        sock = listening_socket(host, port)
+    except OSError as e:
+        raise fail(f"emulate: {listen_error(e, host, port)}") from None
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}"
+    banner = (
+        f"hermes emulated engine on {url} serving {', '.join(model)} ({profile} on {gpu}, "
+        f"time scale {time_scale:g}; {fast.path()}); Ctrl-C stops"
     )
-    asyncio.run(serve(app, sock))
+    fast.run(_serve(app, sock, banner))
+
+
+async def _serve(app: Any, sock: socket.socket, banner: str) -> None:
+    """Serve `app` on `sock` until SIGINT or SIGTERM (uvicorn's own handlers), printing
+    `banner` once uvicorn has started (its lifespan ran): not before it can answer."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        err.print(banner, highlight=False, soft_wrap=True)
+    await task

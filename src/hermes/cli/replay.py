@@ -12,8 +12,16 @@ from hermes.cli.common import err, fail, out, print_recorded, read_all, write_js
 
 
 def replay(
-    run_files: Annotated[list[Path], typer.Argument(metavar="RUNS...", help="Run files.")],
-    target: Annotated[str, typer.Option(help="The gateway's base URL, e.g. http://host:8080.")],
+    run_files: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUNS...", help="Run files, or folders of them (every *.jsonl)."),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            help="The gateway's base URL, e.g. http://host:8080 (a trailing /v1 is fine)."
+        ),
+    ],
     rate: Annotated[float, typer.Option(help="Applications per second.")],
     apps: Annotated[
         int | None,
@@ -30,7 +38,10 @@ def replay(
     ] = None,
     time_scale: Annotated[
         float,
-        typer.Option(help="Wall seconds per recorded second (tools, deadlines)."),
+        typer.Option(
+            help="Wall seconds per recorded second for tool stages and deadlines (0.1: ten "
+            "times shorter; match the emulator's --time-scale)."
+        ),
     ] = 1.0,
     timeout: Annotated[float, typer.Option(help="Per request, s.")] = 600.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,

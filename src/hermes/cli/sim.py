@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hermes.cli.common import err, fail, out, write_json
+from hermes.cli.common import fail, os_error, out, write_json
+from hermes.cli.progress import Quiet, fraction
 from hermes.core.runs import RunFormatError
 
 
@@ -63,12 +64,16 @@ def sim(
     trace: Annotated[
         Path | None, typer.Option(help="Request trace (Azure CSV or Mooncake JSONL).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model of the first instance group.")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU of the first instance group.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model of the first instance group: {models}.")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option(help="GPU of the first instance group: {gpus}.")
+    ] = None,
     tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree.")] = None,
     instances: Annotated[int | None, typer.Option(help="Replicas in the first group.")] = None,
-    policy: Annotated[str | None, typer.Option(help="Scheduling policy.")] = None,
-    router: Annotated[str | None, typer.Option(help="Router between replicas.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Scheduling policy: {policies}.")] = None,
+    router: Annotated[str | None, typer.Option(help="Router between replicas: {routers}.")] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + output.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N trace requests.")] = None,
     repeat: Annotated[
@@ -86,11 +91,10 @@ def sim(
         float | None,
         typer.Option(help="A CPU tier for the prefix cache per instance, GiB. [default: 0]"),
     ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Simulate a cluster serving a workload. Without options: the Azure conversation trace
     (19,366 requests) on two Llama-2-7B A100 engines with vLLM-style FCFS."""
-    from rich.progress import Progress
-
     from hermes.policies.registry import check_ranking
     from hermes.sim.build import simulate
     from hermes.workloads.request_traces import TraceFormatError
@@ -107,18 +111,18 @@ def sim(
         "enable_prefix_caching": prefix_caching,
         "cpu_kv_gb": cpu_kv_gb,
     }
+    if trace is not None and not trace.is_file():
+        raise fail(f"--trace: {trace}: no such file")
     cfg = _sim_config(
         config, {k: v for k, v in given.items() if v is not None}, trace, limit, repeat
     )
     try:
         check_ranking(cfg.policy)
-        if err.is_terminal:
-            with Progress(console=err, transient=True) as bar:
-                task = bar.add_task("simulating", total=1.0)
-                results = simulate(cfg, lambda f: bar.update(task, completed=f))
-        else:
-            results = simulate(cfg)
-    except (ValueError, OSError, TraceFormatError, RunFormatError) as e:
+        with fraction("simulating", quiet) as done:
+            results = simulate(cfg, done)
+    except OSError as e:  # a trace or run file the config names, unreadable
+        raise fail(os_error(e)) from None
+    except (ValueError, TraceFormatError, RunFormatError) as e:
         raise fail(str(e)) from None
     _print_sim(results)
     if json_out is not None:

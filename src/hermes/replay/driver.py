@@ -59,6 +59,13 @@ class ReplaySettings:
             raise ReplayError(f"apps must be at least 1, got {self.apps}")
 
 
+def api_base(target: str) -> str:
+    """The gateway's base URL from `target`, with or without the OpenAI-style `/v1` (the
+    replay adds `/v1/...` to it): http://host:8080/v1/ -> http://host:8080."""
+    base = target.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
 @dataclass(slots=True)
 class _Tally:
     requests: int = 0
@@ -68,7 +75,7 @@ class _Tally:
 class _Client:
     def __init__(self, session: aiohttp.ClientSession, settings: ReplaySettings) -> None:
         self.session = session
-        self.base = settings.target.rstrip("/")
+        self.base = api_base(settings.target)
         self.api = _bearer(settings.api_key)
         self.admin = _bearer(settings.admin_key or settings.api_key)
         self.tally = _Tally()
@@ -129,7 +136,7 @@ def _bearer(key: str | None) -> dict[str, str]:
 
 async def _first_model(session: aiohttp.ClientSession, settings: ReplaySettings) -> str:
     """The first model the gateway serves; also checks that it answers and takes our key."""
-    url = settings.target.rstrip("/") + "/v1/models"
+    url = api_base(settings.target) + "/v1/models"
     try:
         async with session.get(url, headers=_bearer(settings.api_key)) as resp:
             status, raw = resp.status, await resp.read()
