@@ -6,7 +6,7 @@ What is logged where: upstreams leaving and rejoining rotation (`health`), calls
 another upstream (`calls`), every refused or failed call with its status and message
 (`errors`), run-store write failures and recoveries (`outbox`), finished applications
 (`finishing`). The access log is off by default: a line per call costs the event loop
-(~10 µs) and floods a terminal at thousands of calls per second, and /metrics counts calls.
+time and floods a terminal at thousands of calls per second, and /metrics counts calls.
 """
 
 from __future__ import annotations
