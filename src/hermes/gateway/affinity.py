@@ -12,9 +12,10 @@ comes first, affinity only breaks the tie between free replicas.
 llama.cpp (`SlotAffinity`): its server keeps each slot's last prompt and reuses its common
 prefix (`cache_prompt`); a call that names a slot (`id_slot`) lands where its application's
 previous prompt is. Each call of a `router: session` llama.cpp backend takes a slot of its own
-(the gateway never has more than `concurrency` calls there, so with `--parallel` at least
-`concurrency` a named slot is always idle): its application's last slot if free, else the one
-used longest ago, whose cache is the least likely to be wanted.
+(the gateway never has more than its limit of calls there, at most `concurrency`, or
+`max_concurrency` with auto; with `--parallel` at least that, a named slot is always idle):
+its application's last slot if free, else the one used longest ago, whose cache is the least
+likely to be wanted.
 
 Pure (no I/O): the dispatcher and the forwarder call in.
 """
@@ -38,9 +39,14 @@ _MAX_SESSIONS = 100_000  # applications whose replica is remembered (least recen
 
 class UpstreamRouter(Protocol):
     def choose(
-        self, call: Waiting, free: Sequence[Upstream], busy: Callable[[str], int]
+        self,
+        call: Waiting,
+        free: Sequence[Upstream],
+        busy: Callable[[str], int],
+        room: Callable[[str], int],
     ) -> Upstream:
-        """One of `free` (the upstreams with a free slot for the call's model)."""
+        """One of `free` (the upstreams with a free slot for the call's model); `busy`: calls
+        in flight on an upstream, `room`: its free slots under its current limit."""
         ...
 
     def placed(self, call: Waiting, upstream: str) -> None:
@@ -52,9 +58,13 @@ class MostFree:
     """The upstream with the most free slots (the first among equals)."""
 
     def choose(
-        self, call: Waiting, free: Sequence[Upstream], busy: Callable[[str], int]
+        self,
+        call: Waiting,
+        free: Sequence[Upstream],
+        busy: Callable[[str], int],
+        room: Callable[[str], int],
     ) -> Upstream:
-        return max(free, key=lambda u: u.concurrency - busy(u.name))
+        return max(free, key=lambda u: room(u.name))
 
     def placed(self, call: Waiting, upstream: str) -> None:
         return None
@@ -83,7 +93,11 @@ class SessionRouter(MostFree):
         self.moved = 0  # calls of an application with a replica that went elsewhere
 
     def choose(
-        self, call: Waiting, free: Sequence[Upstream], busy: Callable[[str], int]
+        self,
+        call: Waiting,
+        free: Sequence[Upstream],
+        busy: Callable[[str], int],
+        room: Callable[[str], int],
     ) -> Upstream:
         session = self.session_of(call.key)
         home = None if session is None else self._home.get(session)
@@ -93,7 +107,7 @@ class SessionRouter(MostFree):
                 self.kept += 1
                 return mine
             self.moved += 1
-        return super().choose(call, free, busy)
+        return super().choose(call, free, busy, room)
 
     def placed(self, call: Waiting, upstream: str) -> None:
         session = self.session_of(call.key)
@@ -126,7 +140,7 @@ class SlotAffinity:
 
     def __init__(self, backends: Sequence[Backend]) -> None:
         self._slots = {
-            b.name: _Slots(b.concurrency)
+            b.name: _Slots(b.max_limit)
             for b in backends
             if b.kind == "llamacpp" and b.router == "session"
         }

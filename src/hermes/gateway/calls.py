@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import Counter
 from starlette.requests import Request
 
+from hermes.gateway.admission_feed import AdmissionFeed
 from hermes.gateway.apps import AppTracker, CallTicket, GatewayApp
 from hermes.gateway.dispatch import Dispatcher, Grant, QueueFullError, Waiting
 from hermes.gateway.errors import ApiError, RateLimitError, ServiceUnavailableError
@@ -54,6 +55,9 @@ class Call:
     ended: bool = False  # counted, and what it held freed: see `CallLifecycle.account`
     rt: bool = False  # real-time: x-hermes-slo-class rt, or its model's default class
     deadline_s: float = math.inf  # arrival + its class's slo_s, or its app's deadline
+    # For admission (`admission_feed`): when it got its slot, when its first event came.
+    granted_s: float | None = None
+    first_token_s: float | None = None
 
 
 class CallLifecycle:
@@ -82,6 +86,7 @@ class CallLifecycle:
         self.queue_timeout_s = queue_timeout_s
         self.swapper: ModelSwapper | None = None
         self.health: UpstreamHealth | None = None
+        self.admission: AdmissionFeed | None = None
         self.stopping = False
         self._calls: dict[int, Call] = {}  # by id(Waiting)
         self.queue_timeouts = Counter(
@@ -133,6 +138,9 @@ class CallLifecycle:
             call = self._calls.get(id(g.call))
             if call is not None:
                 call.upstream = g.upstream
+                call.granted_s = self.clock()
+                if self.admission is not None:
+                    self.admission.started(call, g.upstream)
                 if not call.future.done():  # done: cancelled, its handler gone; see `free`
                     call.future.set_result(g.upstream)
         self.metrics.waiting.set(self.dispatcher.queued)
@@ -201,6 +209,8 @@ class CallLifecycle:
 
     def release(self, call: Call, upstream: str) -> None:
         call.upstream = None
+        if self.admission is not None:
+            self.admission.left(call, upstream)
         if call.waiting is not None:
             self._calls.pop(id(call.waiting), None)
         self.grant(self.dispatcher.release(upstream))
@@ -286,6 +296,8 @@ class CallLifecycle:
         self.free(call)
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
+        if self.admission is not None and upstream is not None:
+            self.admission.finished(call, upstream, prompt, completion, finish == "stop")
         if self.swapper is not None:
             cls = "rt" if call.rt else "be"
             self.swapper.on_ended(upstream, call.model, cls, completion, finish == "stop")

@@ -21,6 +21,7 @@ from hermes.gateway.config_parts import (
     HealthCheck,
     HttpHook,
     PrewarmTarget,
+    RayOptions,
     ToolCapacity,
 )
 from hermes.gateway.tenants import ApiKey
@@ -35,6 +36,7 @@ __all__ = [
     "HealthCheck",
     "HttpHook",
     "PrewarmTarget",
+    "RayOptions",
     "ToolCapacity",
     "emulated_default",
     "gateway_config_from_dict",
@@ -207,6 +209,9 @@ class GatewayConfig(_Strict):
         description="router session: an application's replica is left for the least loaded "
         "when it has more than this many calls in flight over it",
     )
+    ray: RayOptions = Field(
+        default=RayOptions(), description="hermes serve --ray: the gateway on Ray Serve"
+    )
 
     def slo_class_of(self, model: str, header: SloClass | None) -> SloClass:
         """A call's SLO class: its header's, else its model's default, else best-effort."""
@@ -359,7 +364,6 @@ def emulated_default(port: int = 8080, time_scale: float = 1.0) -> GatewayConfig
                 name="emulated-0",
                 kind="emulated",
                 models=["llama-2-7b"],
-                concurrency=16,
                 time_scale=time_scale,
             )
         ],

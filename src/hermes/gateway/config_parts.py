@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hermes.config_base import StrictModel as _Strict
 from hermes.types import SloClass
@@ -26,10 +26,17 @@ class Backend(_Strict):
         min_length=1, description="the models it serves (the `model` of a call picks the backend)"
     )
     # Calls in flight on this replica at once; the rest wait in the gateway, in policy order.
-    concurrency: int = Field(
-        default=16,
+    concurrency: int | Literal["auto"] = Field(
+        default="auto",
+        description="calls in flight at once per replica (a whole number >= 1), or auto: the "
+        "admission controller finds the smallest number that keeps the engine at its "
+        "throughput, between 1 and max_concurrency; the rest wait in policy order",
+    )
+    max_concurrency: int = Field(
+        default=256,
         ge=1,
-        description="calls in flight at once per replica; the rest wait in policy order",
+        description="concurrency auto: the most calls it ever lets in at once (vLLM's "
+        "max_num_seqs, 256 by default; llama.cpp: its --parallel)",
     )
     health_path: str = Field(
         default="/health",
@@ -56,11 +63,26 @@ class Backend(_Strict):
         "least loaded (llama.cpp: each application also keeps its slot, with cache_prompt)",
     )
 
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _concurrency(cls, value: Any) -> int | str:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f'concurrency must be a whole number >= 1 or "auto" (got {value!r})')
+
     @model_validator(mode="after")
     def _url(self) -> Backend:
         if self.kind != "emulated" and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
         return self
+
+    @property
+    def max_limit(self) -> int:
+        """The most calls the gateway ever has in flight here: a fixed concurrency, or auto's
+        max_concurrency."""
+        return self.max_concurrency if self.concurrency == "auto" else int(self.concurrency)
 
 
 class HttpHook(_Strict):
@@ -231,3 +253,66 @@ class GpuGroup(_Strict):
         if self.swap_s is not None:
             return self.swap_s
         return 1.0 if self.kind == "vllm-sleep" and self.sleep_level == 1 else 10.0
+
+
+class RayOptions(_Strict):
+    """`hermes serve --ray`: the gateway as a Ray Serve application (docs/ray.md). Ingress
+    replicas take the calls and forward them upstream; one scheduler actor holds the queue,
+    the applications and the learned graphs, and grants slots."""
+
+    address: str | None = Field(
+        default=None,
+        description="a Ray cluster to join (ray://host:10001, or auto); none: start a local "
+        "Ray in-process",
+    )
+    num_cpus: int | None = Field(
+        default=None, ge=1, description="a local Ray's CPUs (none: the machine's)"
+    )
+    namespace: str = Field(
+        default="hermes", min_length=1, description="the Ray namespace of the scheduler actor"
+    )
+    ingress_replicas: int = Field(
+        default=2, ge=1, description="ingress replicas (Ray Serve deployment replicas)"
+    )
+    replica_num_cpus: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="CPUs each ingress replica and the scheduler actor reserve (0: they fit "
+        "beside anything, as I/O-bound work does)",
+    )
+    scheduler_max_restarts: int = Field(
+        default=3,
+        ge=-1,
+        description="how often Ray restarts a failed scheduler actor (-1: always); it comes "
+        "back with the graphs of the run store",
+    )
+    poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="an idle replica's long poll of the scheduler for grants",
+    )
+    replica_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a replica silent this long has died: its calls leave the queue and "
+        "give their slots back",
+    )
+    scheduler_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="calls waiting at a replica that has not reached the scheduler for this "
+        "long get 503",
+    )
+
+    @model_validator(mode="after")
+    def _poll(self) -> RayOptions:
+        if self.poll_s >= self.replica_timeout_s:
+            raise ValueError(
+                f"poll_s ({self.poll_s:g}) must be below replica_timeout_s "
+                f"({self.replica_timeout_s:g}): an idle replica would be taken for dead"
+            )
+        return self

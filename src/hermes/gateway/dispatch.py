@@ -1,9 +1,15 @@
 """The gateway's queue: calls wait here, in policy order, for a slot on an upstream.
 
-Each upstream (one engine replica) takes at most `concurrency` calls at once, so that calls
-queue here, where the policy orders them, rather than inside the engine. A call may go to any
-upstream serving its model; a freed slot goes to the best-ranked call that upstream can serve,
-and a new call goes to the serving upstream with the most free slots (least outstanding work).
+Each upstream (one engine replica) takes at most its current limit of calls at once, so that
+calls queue here, where the policy orders them, rather than inside the engine. A call may go to
+any upstream serving its model; a freed slot goes to the best-ranked call that upstream can
+serve, and a new call goes to the serving upstream with the most free slots (least outstanding
+work).
+
+Limits move (`set_limit`, from the admission controller, `policies.admission`): a raised limit
+grants waiting calls at once; a lowered one never cuts a running call, only holds new grants
+back until enough have ended. A limit is at least 1, so an upstream with no call in flight
+always takes one: no call waits forever on a healthy upstream.
 
 SLO classes (BROS in the gateway): which class a grant goes to is `policies.slo_class`'s
 decision (`GrantShare`: real-time first, best-effort kept to its minimum share); each class
@@ -37,6 +43,8 @@ RT, BE = 0, 1  # heap index per SLO class
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
+    """`concurrency`: its limit at first (`Dispatcher.set_limit` moves it)."""
+
     name: str
     models: frozenset[str]
     concurrency: int
@@ -83,6 +91,8 @@ class Dispatcher:
     _fifo: dict[str, tuple[deque[Waiting], deque[Waiting]]] = field(default_factory=dict)
     _share: GrantShare = field(init=False)
     _busy: dict[str, int] = field(default_factory=dict)
+    _limit: dict[str, int] = field(default_factory=dict)
+    _queued_for: dict[str, int] = field(default_factory=dict)  # live waiting calls per model
     _healthy: dict[str, bool] = field(default_factory=dict)
     _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
     _seq: int = 0
@@ -95,10 +105,12 @@ class Dispatcher:
             raise ValueError(f"upstream names must be unique, got {names}")
         for u in self.upstreams:
             self._busy[u.name] = 0
+            self._limit[u.name] = _checked_limit(u.name, u.concurrency)
             self._healthy[u.name] = True
             self._loaded[u.name] = u.models
             for m in u.models:
                 self._heaps.setdefault(m, ([], []))
+                self._queued_for.setdefault(m, 0)
                 self._fifo.setdefault(m, (deque(), deque()))
 
     # Queries ---------------------------------------------------------------------------------
@@ -119,6 +131,20 @@ class Dispatcher:
 
     def busy(self, upstream: str) -> int:
         return self._busy[upstream]
+
+    def limit_of(self, upstream: str) -> int:
+        """How many calls `upstream` may hold now."""
+        return self._limit[upstream]
+
+    def room(self, upstream: str) -> int:
+        """Free slots on `upstream` now (0 while it is out of rotation or over its limit)."""
+        if not self._healthy[upstream]:
+            return 0
+        return max(0, self._limit[upstream] - self._busy[upstream])
+
+    def waiting_for(self, upstream: str) -> int:
+        """Calls waiting that `upstream` could take now (for the models it has loaded)."""
+        return sum(self._queued_for[m] for m in self._loaded[upstream])
 
     def healthy(self, upstream: str) -> bool:
         return self._healthy[upstream]
@@ -156,6 +182,7 @@ class Dispatcher:
         if self.aging.active and priority > AGED_RANK:
             self._fifo[model][cls].append(w)
         self._queued += 1
+        self._queued_for[model] += 1
         return w, self._fill(model)
 
     def age(self, now: float) -> list[Waiting]:
@@ -192,7 +219,15 @@ class Dispatcher:
             return False
         call.cancelled = True
         self._queued -= 1
+        self._queued_for[call.model] -= 1
         return True
+
+    def set_limit(self, upstream: str, limit: int) -> list[Grant]:
+        """`upstream` may hold `limit` calls (>= 1) from now on: the grants a raise makes at
+        once. A lower limit cuts nothing: the calls running there run on, and new grants wait
+        until fewer than `limit` are left."""
+        self._limit[upstream] = _checked_limit(upstream, limit)
+        return self._fill_upstream(upstream)
 
     def set_health(self, upstream: str, healthy: bool) -> list[Grant]:
         """An unhealthy upstream gets no new calls; back to health, it fills its slots."""
@@ -231,7 +266,7 @@ class Dispatcher:
     # Internals -------------------------------------------------------------------------------
 
     def _free(self, u: Upstream) -> int:
-        return u.concurrency - self._busy[u.name] if self._healthy[u.name] else 0
+        return self.room(u.name)
 
     def _class(self, rt_waiting: bool, be_waiting: bool) -> int | None:
         """Which class's heap the next grant comes from (`GrantShare` decides)."""
@@ -240,6 +275,7 @@ class Dispatcher:
 
     def _granted(self, w: Waiting) -> None:
         self._queued -= 1
+        self._queued_for[w.model] -= 1
         w.granted = True
         self._share.granted("rt" if w.rt else "be")
 
@@ -257,7 +293,7 @@ class Dispatcher:
                 return grants
             _, _, w = heapq.heappop(heaps[cls])
             self._granted(w)
-            best = self.router.choose(w, free, self.busy)
+            best = self.router.choose(w, free, self.busy, self.room)
             self._busy[best.name] += 1
             self.router.placed(w, best.name)
             grants.append(Grant(w, best.name))
@@ -301,3 +337,9 @@ def _live(entry: tuple[float, int, Waiting]) -> bool:
     its old rank is stale)."""
     w = entry[2]
     return not (w.cancelled or w.granted) and entry[0] == w.priority
+
+
+def _checked_limit(upstream: str, limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"upstream {upstream!r}: a limit must be a whole number >= 1 ({limit!r})")
+    return limit

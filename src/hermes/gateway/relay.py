@@ -49,7 +49,8 @@ async def relay_events(
                     if not wants_usage and is_usage_only(event):
                         continue
                 if not call.chunks:
-                    metrics.ttft.observe(clock() - call.arrived_s)
+                    call.first_token_s = clock()
+                    metrics.ttft.observe(call.first_token_s - call.arrived_s)
                 call.chunks += 1
                 yield event + b"\n\n"
             piece = await resp.content.readany()

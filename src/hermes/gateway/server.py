@@ -26,6 +26,7 @@ from starlette.routing import Route
 from hermes.core.demand_cost import DemandCost
 from hermes.core.pdgraph import PDGraph
 from hermes.core.runs import AppRun
+from hermes.gateway.admission_feed import AdmissionFeed
 from hermes.gateway.affinity import SlotAffinity, router_for
 from hermes.gateway.apps import AppLimits, AppTracker, CallTicket, GatewayApp
 from hermes.gateway.calls import Call, CallLifecycle
@@ -98,8 +99,11 @@ class Gateway:
         self.reap_period_s = 1.0
         self.clients = upstream_clients(config)
         slo = config.slo_class_options()
+        # Each upstream's limit: fixed, or found by its admission controller (`auto`).
+        self.admission = AdmissionFeed(config.backends, self.clients, self.metrics.registry, clock)
+        lim = self.admission.limit
         self.dispatcher = Dispatcher(
-            [Upstream(b.name, frozenset(b.models), b.concurrency) for b in config.backends],
+            [Upstream(b.name, frozenset(b.models), lim(b.name)) for b in config.backends],
             limit=config.queue_limit,
             slo=slo,
             aging=Aging(config.aging_max_wait_s),
@@ -117,6 +121,8 @@ class Gateway:
             config.slo_seconds("be"),
             config.queue_timeout_s,
         )
+        self.calls.admission = self.admission
+        self.admission.attach(self.dispatcher, self.calls.grant)
         self.health = self.calls.health = UpstreamHealth(
             config.health_check,
             self.clients,
@@ -172,6 +178,7 @@ class Gateway:
                 Route(CHAT, self.chat, methods=["POST"], middleware=call),
                 Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
                 Route("/v1/models", self.models, methods=["GET"], middleware=[api]),
+                Route("/v1/models/{model:path}", self.model, methods=["GET"], middleware=[api]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 *dashboard_routes(
                     self.state_api.handle, Middleware(BearerAuth, keys=keys, route="admin")
@@ -238,6 +245,7 @@ class Gateway:
             age_s = min(1.0, self.config.aging_max_wait_s / 4)
             self._tasks.append(loop.create_task(every("aging", age_s, self.calls.age, fails)))
         self.health.start()
+        self.admission.start(fails)
         if self.outbox is not None:
             self.outbox.start()
 
@@ -259,6 +267,7 @@ class Gateway:
         """Drain, then close."""
         await self.drain(drain_s)
         await self.health.close()
+        await self.admission.close()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -326,6 +335,13 @@ class Gateway:
             {"id": m, "object": "model", "owned_by": "hermes"} for m in self.dispatcher.models()
         ]
         return JSONResponse({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}`, as OpenAI's clients retrieve one model."""
+        name = request.path_params["model"]
+        if name not in self.dispatcher.models():
+            raise NotFoundError(f"model {name!r} is not served here; see /v1/models", "model")
+        return JSONResponse({"id": name, "object": "model", "owned_by": "hermes"})
 
     def degraded(self) -> list[str]:
         """What is wrong while the gateway still serves (/healthz: degraded, 200)."""
@@ -418,7 +434,7 @@ class Gateway:
             )
         slo = self.config.slo_class_of(body["model"], ctx.slo_class)
         ctx = caller_of(request).admit(ctx, slo)  # its key's limits; its app in its namespace
-        call = self._admit(body, raw, ctx)
+        call = self.admit(ctx, body["model"], estimate_prompt_tokens(body), body, raw)
         setattr(request.state, _QUEUED, True)
         try:
             upstream = await self.calls.wait_turn(request, call)
@@ -433,14 +449,21 @@ class Gateway:
         answer = await unless_disconnected(request, self.forwarder.answer(call, upstream, path))
         return Response(status_code=499) if answer is None else answer
 
-    def _admit(self, body: dict[str, Any], raw: bytes, ctx: CallContext) -> Call:
-        """The call, started in its application and queued (RateLimitError if it cannot be)."""
+    def admit(
+        self,
+        ctx: CallContext,
+        model: str,
+        prompt: int,
+        body: dict[str, Any] | None = None,
+        raw: bytes = b"",
+    ) -> Call:
+        """The call (`prompt` tokens, about), started in its application and queued
+        (RateLimitError if it cannot be). Without `body`: a call whose payload stays elsewhere
+        (the Ray scheduler actor's, `hermes.ray_serve`)."""
         now = self.clock()
         app, created = self.tracker.app_for(ctx, now)
         if created:
             self.policy.on_arrival(app.view, now)
-        model = body["model"]
-        prompt = estimate_prompt_tokens(body)
         stages = len(app.stages)
         ticket = self.tracker.start_call(app, ctx.stage, prompt, now, ctx.stage_index, model)
         self.tools.moved_on(app, now)  # an LLM stage: a tool grant it held goes back
@@ -450,6 +473,7 @@ class Gateway:
         deadline = now + self.config.slo_seconds(slo)
         if app.view.deadline_s is not None:
             deadline = min(deadline, app.view.deadline_s)
+        body = {"model": model} if body is None else body
         call = Call(ticket, model, body, now, raw=raw, rt=slo == "rt", deadline_s=deadline)
         try:
             self.calls.enqueue(call, self.policy.priority(ticket.info, app.view, now))
