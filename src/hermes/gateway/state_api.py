@@ -171,7 +171,8 @@ def applications(
     """Applications in progress: those with calls in flight first, then the oldest."""
 
     def order(a: GatewayApp) -> tuple[bool, bool, float]:
-        return (a.ephemeral, a.in_flight == 0, a.view.arrival_s)
+        # LLM calls in flight only: summing every stage's would cost O(stages) per app.
+        return (a.ephemeral, a.llm_in_flight == 0, a.view.arrival_s)
 
     rows = []
     for a in heapq.nsmallest(top, apps, key=order):
