@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from hermes.gateway.apps import AppTracker
@@ -130,6 +132,43 @@ def test_recent_histograms_forget_what_is_older_than_the_window() -> None:
     view = recent.view(16.0)  # the base is now t=5's: only what came after it
     assert view["counts"] == [0, 1, 1]
     assert view["span_s"] == 11.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.01, 5.0), st.lists(st.floats(0.0, 20.0), max_size=4)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.floats(1.0, 20.0),
+)
+def test_a_recent_histogram_counts_exactly_what_came_after_its_base(
+    steps: list[tuple[float, list[float]]], window_s: float
+) -> None:
+    """Polls `gap` apart with observations between them: each view counts exactly the
+    observations after the time its span starts at, never a negative count, and its span is
+    at least the window unless it starts at the beginning."""
+    h = Histogram("y_seconds", "y", buckets=(1.0, 5.0), registry=CollectorRegistry())
+    recent = RecentHistogram(h, started_s=0.0, window_s=window_s)
+    now = 0.0
+    seen: list[tuple[float, float]] = []  # (time observed, value)
+    for gap, values in steps:
+        for v in values:
+            h.observe(v)
+            seen.append((now + gap / 2, v))
+        now += gap
+        view = recent.view(now)
+        since = now - view["span_s"]
+        after = [v for t, v in seen if t > since + 1e-6]
+        assert view["total"] == len(after)
+        assert min(view["counts"], default=0) >= 0
+        assert view["counts"] == [
+            sum(v <= 1.0 for v in after),
+            sum(1.0 < v <= 5.0 for v in after),
+            sum(v > 5.0 for v in after),
+        ]
+        assert view["span_s"] >= window_s - 0.001 or since <= 0.001
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "x", "1001", "²"])

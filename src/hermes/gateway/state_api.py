@@ -89,7 +89,7 @@ class RecentHistogram:
         window = [c - b for c, b in zip(cum, base, strict=True)]
         counts = [b - a for a, b in zip([0.0, *window], window, strict=False)]
         return {
-            "span_s": _round(now - since, 1),
+            "span_s": _round(now - since, 3),
             "upper_bounds": ["+Inf" if np.isinf(b) else b for b in bounds],
             "counts": [round(c) for c in counts],
             "total": round(window[-1]) if window else 0,
