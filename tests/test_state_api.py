@@ -81,6 +81,9 @@ def test_state_shows_upstreams_apps_in_flight_graphs_and_histograms() -> None:
         assert up["healthy"] is True
         assert up["in_flight"] == 1
         assert up["limit"] >= 1
+        assert up["admission"]["kind"] == "auto"  # the default concurrency
+        engine = up["engine"]  # what the emulator's vLLM-style /metrics said, once scraped
+        assert engine is None or set(engine) == {"running", "waiting", "kv_usage"}
         apps = {a["app_id"]: a for a in state["apps"]["apps"]}
         live = apps["live-1"]
         assert (live["app_type"], live["stage"], live["in_flight"]) == ("qa", "plan", 1)

@@ -125,19 +125,30 @@ class RemainingDemand:
 
 
 def upstreams(gw: Gateway) -> list[dict[str, Any]]:
+    """Each upstream: models, health, calls in flight, its limit now, its admission
+    controller's state and what its engine's /metrics said last (vLLM's; None before)."""
     d = gw.dispatcher
-    limit_of = getattr(d, "limit_of", None)  # the admission controller's limit, where moving
-    return [
-        {
-            "name": u.name,
-            "models": sorted(u.models),
-            "loaded": sorted(d.loaded(u.name)),
-            "healthy": d.healthy(u.name),
-            "in_flight": d.busy(u.name),
-            "limit": limit_of(u.name) if callable(limit_of) else u.concurrency,
-        }
-        for u in d.upstreams
-    ]
+    feed = {name: (described, sample) for name, _, described, sample in gw.admission.snapshot()}
+    rows = []
+    for u in d.upstreams:
+        described, sample = feed.get(u.name, ({}, None))
+        engine: dict[str, float | None] | None = None
+        if sample is not None:
+            engine = {"running": sample.running, "waiting": sample.waiting}
+            engine["kv_usage"] = sample.kv_usage
+        rows.append(
+            {
+                "name": u.name,
+                "models": sorted(u.models),
+                "loaded": sorted(d.loaded(u.name)),
+                "healthy": d.healthy(u.name),
+                "in_flight": d.busy(u.name),
+                "limit": d.limit_of(u.name),
+                "admission": dict(described),
+                "engine": engine,
+            }
+        )
+    return rows
 
 
 def queue(d: Dispatcher, now: float, top: int) -> dict[str, Any]:

@@ -62,7 +62,16 @@ function drawUpstreams(ups) {
     [u.healthy ? "up" : "down", u.healthy ? "up" : "down"],
     [u.in_flight, "num"],
     [u.limit, "num"],
+    [u.admission.kind || "–"],
+    [engineText(u.engine)],
   ]);
+}
+
+// What a vLLM upstream's /metrics said at the gateway's last scrape.
+function engineText(e) {
+  if (!e) return "–";
+  const kv = e.kv_usage === null ? "" : `, KV ${(100 * e.kv_usage).toFixed(0)} %`;
+  return `${e.running} running, ${e.waiting} waiting${kv}`;
 }
 
 function drawQueue(q) {
