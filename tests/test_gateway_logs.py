@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 from hermes.cli import app as cli
 from hermes.core.runs import AppRun, LLMCall, Stage
 from hermes.gateway import logs
+from hermes.gateway.config import emulated_default
 from hermes.gateway.logs import ACCESS, AccessLog
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.outbox import RunOutbox
+from hermes.gateway.serve import running
 from hermes.gateway.server import Gateway
 from hermes.testing.asgi_thread import serving
 from test_gateway_faults import body, config, dead, replica, settled, wait_for
@@ -55,6 +57,26 @@ def test_the_access_log_has_a_json_line_per_call(
     assert [x["upstream"] for x in lines] == ["fake", "fake", None, None]
     assert all(x["app_id"] == "a1" for x in lines[:3])
     assert all(isinstance(x["duration_ms"], float) and x["duration_ms"] >= 0 for x in lines)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_serve_wraps_the_gateway_in_the_access_log_when_asked(
+    on: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> int:
+        cfg = emulated_default(port=0, time_scale=0.05)
+        async with running(cfg, "warning", on) as (_, url), httpx.AsyncClient(timeout=30) as c:
+            r = await c.post(url + CHAT, json={**body(False, 2), "model": "llama-2-7b"})
+            return r.status_code
+
+    with caplog.at_level(logging.INFO, ACCESS):
+        assert asyncio.run(main()) == 200
+    lines = access_lines(caplog)
+    if not on:
+        assert lines == []
+        return
+    (line,) = lines
+    assert (line["path"], line["status"], line["upstream"]) == (CHAT, 200, "emulated-0")
 
 
 def test_the_access_log_is_off_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
