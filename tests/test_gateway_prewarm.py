@@ -4,6 +4,7 @@ LoRA adapter loaded, ahead of need and on demand."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -160,7 +161,9 @@ def _emulated_sleeping(base_config: dict[str, Any]) -> GatewayConfig:
     return gateway_config_from_dict({"port": 0, **base_config})
 
 
-def test_a_sleeping_replica_is_woken_on_demand_and_put_back_to_sleep_when_idle() -> None:
+def test_a_sleeping_replica_is_woken_on_demand_and_put_back_to_sleep_when_idle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     cfg = _emulated_sleeping(
         {
             "backends": [{"name": "e", "kind": "emulated", "models": [MODEL], "time_scale": 0.01}],
@@ -175,7 +178,7 @@ def test_a_sleeping_replica_is_woken_on_demand_and_put_back_to_sleep_when_idle()
             ],
         }
     )
-    with gateway_in_thread(cfg) as (gw, base):
+    with caplog.at_level(logging.INFO, "hermes.gateway"), gateway_in_thread(cfg) as (gw, base):
         engine = gw.config.backends[0].url
         assert httpx.get(engine + "/is_sleeping").json() == {"is_sleeping": False}
         # Idle past sleep_after_idle_s: the gateway puts the replica to sleep.
@@ -192,6 +195,9 @@ def test_a_sleeping_replica_is_woken_on_demand_and_put_back_to_sleep_when_idle()
         text = httpx.get(base + "/metrics").text
         assert _metric(text, "hermes_prewarm_on_demand_total", target=MODEL) == 1
         assert _metric(text, "hermes_prewarm_sleeps_total", upstream="e", result="ok") >= 1
+    # Each change of the replica's state has its log line.
+    assert "upstream e put to sleep: idle" in caplog.messages
+    assert "upstream e woken up" in caplog.messages
 
 
 def test_a_lora_adapter_is_loaded_ahead_of_the_stage_that_uses_it(tmp_path: Path) -> None:

@@ -245,6 +245,8 @@ class PrewarmActuator:
             target = self._wake.get(upstream)
             name = target.name if target else upstream
             self.metrics.prewarm_actions.labels(name, "ok" if ok else "error").inc()
+            if ok:
+                log.info("upstream %s woken up", upstream)
         return ok
 
     async def _load_lora(self, upstream: str, target: PrewarmTarget) -> bool:
@@ -268,7 +270,9 @@ class PrewarmActuator:
 
     async def _sleep(self, upstream: str) -> None:
         ok = await self._post(upstream, "/sleep?level=1", None)
-        if not ok:
+        if ok:
+            log.info("upstream %s put to sleep: idle", upstream)
+        else:
             self._replicas[upstream].asleep = await self._is_sleeping(upstream)
         self.metrics.prewarm_sleeps.labels(upstream, "ok" if ok else "error").inc()
 
