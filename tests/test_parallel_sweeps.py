@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,22 @@ def test_results_come_in_job_order_with_the_shared_data(workers: int) -> None:
 def test_a_failing_job_fails_the_sweep() -> None:
     with pytest.raises(ValueError, match="job 3 fails"):
         pmap(_fail_on_three, list(range(6)), 2)
+
+
+def test_studies_overlap_on_workers_but_those_alone_run_first() -> None:
+    started: list[str] = []
+
+    def study(name: str, sweep: Sweep[None]) -> list[int]:
+        started.append(name)
+        return [square for square, _, _ in sweep.map(_spin, [1, 2, 3])]
+
+    with Sweep[None](2) as sweep:
+        names = ("a", "timed", "b", "c")
+        out = sweep.studies({n: partial(study, n, sweep) for n in names}, alone=("timed",))
+    assert list(out) == list(names)  # in the order given, whichever ended first
+    assert all(v == [1, 4, 9] for v in out.values())
+    assert started[0] == "timed"
+    assert sorted(started[1:]) == ["a", "b", "c"]
 
 
 def test_bad_pool_settings_are_refused() -> None:

@@ -371,9 +371,8 @@ def run_all(
     results: dict[str, Any] = {"settings": _settings_dict(s)}
     graphs: Graphs = w.graphs
     with Sweep(workers, ray_address, graphs, progress) as sweep:
-        for name, experiment in EXPERIMENTS.items():
-            if name in s.experiments:
-                results[name] = experiment(s, w, sweep)
+        chosen = {n: partial(e, s, w, sweep) for n, e in EXPERIMENTS.items() if n in s.experiments}
+        results.update(sweep.studies(chosen, alone=("overhead",)))
     results["targets"] = check_targets(s, results)
     results["wall_s"] = time.perf_counter() - start
     return results

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +28,7 @@ from hermes.types import ProgressLog
 J = TypeVar("J")
 R = TypeVar("R")
 S = TypeVar("S")
+T = TypeVar("T")
 
 # What `shared` holds inside a worker process (set once, by the pool's initializer).
 _SHARED: Any = None
@@ -91,6 +93,7 @@ class Sweep(Generic[S]):
         self.progress = progress
         self._local: ProcessPoolExecutor | None = None
         self._ray: Any = None
+        self._lock = threading.Lock()  # studies may map from several threads at once
 
     def __enter__(self) -> Sweep[S]:
         return self
@@ -133,6 +136,25 @@ class Sweep(Generic[S]):
                 on_done(i, r)
         return results
 
+    def studies(
+        self, studies: Mapping[str, Callable[[], T]], alone: Collection[str] = ()
+    ) -> dict[str, T]:
+        """Run named studies, each of which maps its jobs on this sweep; their results by
+        name in the order of `studies`. With local worker processes the studies run at once
+        (one thread each, waiting on the pool), so that one study's last jobs overlap the
+        next one's first instead of leaving workers idle; those named in `alone` run first,
+        one at a time, with the workers idle (their wall time is a figure). Inline or on Ray
+        (whose pool is not safe to share between threads), one after another."""
+        done = {name: study() for name, study in studies.items() if name in alone}
+        rest = {name: study for name, study in studies.items() if name not in alone}
+        if self.inline or self.ray_address is not None or len(rest) < 2:
+            done.update({name: study() for name, study in rest.items()})
+        else:
+            with ThreadPoolExecutor(len(rest)) as threads:
+                futures = {name: threads.submit(study) for name, study in rest.items()}
+                done.update({name: f.result() for name, f in futures.items()})
+        return {name: done[name] for name in studies}
+
     def run(self, labelled: Sequence[tuple[str, Callable[[S], R]]]) -> list[R]:
         """Jobs that are callables of the shared data, each with a label reported to
         `progress` as it finishes; results in job order."""
@@ -163,6 +185,10 @@ class Sweep(Generic[S]):
                     f.cancel()
 
     def _local_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._local_pool_locked()
+
+    def _local_pool_locked(self) -> ProcessPoolExecutor:
         if self._local is None:
             self._local = ProcessPoolExecutor(
                 max_workers=self.workers or cpu_workers(),
