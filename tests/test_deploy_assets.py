@@ -21,6 +21,7 @@ from hermes.testing.gateway_thread import gateway_in_thread
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana" / "hermes.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+OPERATING = ROOT / "docs" / "operating.md"
 METRIC = re.compile(r"\bhermes_[a-z0-9_]+")
 BY = re.compile(r"\bby\s*\(([^)]*)\)")
 # Labels Prometheus adds to every scraped series, and the histograms' bucket label.
@@ -142,3 +143,18 @@ def test_the_check_catches_a_metric_or_label_the_gateway_lacks(
     assert bad[0].startswith("hermes_requests_total")
     assert bad[1].startswith("label model")
     assert bad[2].startswith("unbalanced")
+
+
+def test_every_exported_metric_is_in_the_operators_list(scrape: dict[str, set[str]]) -> None:
+    """docs/operating.md lists every series family the gateway exports (a row may name a
+    family by its prefix: `hermes_prewarm_*`)."""
+    text = OPERATING.read_text(encoding="utf-8")
+    named = set(re.findall(r"`(hermes_[a-z0-9_]+)(?:\{[^`]*\})?`", text))
+    prefixes = tuple(re.findall(r"`(hermes_[a-z0-9_]+_)\*", text))
+    bases = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in scrape}
+    missing = sorted(
+        b
+        for b in bases
+        if b not in named and f"{b}_total" not in named and not b.startswith(prefixes)
+    )
+    assert missing == []
