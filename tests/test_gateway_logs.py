@@ -163,3 +163,17 @@ def test_every_store_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None
     failed = [m for m in caplog.messages if "run store: a write of 1 runs failed (disk full)" in m]
     assert len(failed) == 2
     assert "run store: writes succeed again" in caplog.messages
+
+
+def test_a_stream_that_fails_after_its_200_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The error table never sees a failure after the client's 200: the relay logs it."""
+    with (
+        caplog.at_level(logging.WARNING, "hermes.gateway"),
+        replica("midstream", delay_s=0.01) as (_, url),
+    ):
+        gw = Gateway(config({"mid": url}, 1))
+        with serving(gw.app) as base:
+            r = httpx.post(base + CHAT, json=body(True, 5), timeout=10)
+            assert r.status_code == 200
+            assert wait_for(lambda: settled(gw))
+    assert "a stream from upstream mid ended with an error: failed mid-stream" in caplog.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from hermes.types import Clock
 
 if TYPE_CHECKING:
     from hermes.gateway.calls import Call
+
+log = logging.getLogger("hermes.gateway")
 
 
 async def relay_events(
@@ -60,10 +63,15 @@ async def relay_events(
     except TimeoutError:
         metrics.upstream_errors.labels(upstream, "timeout").inc()
         call.finish = "error"
+        # After the 200 the table never sees these: logged here, as it logs the others.
+        log.warning("a stream from upstream %s ended with an error: %s", upstream, late)
         yield sse_error(late)
     except aiohttp.ClientError as e:
         metrics.upstream_errors.labels(upstream, "midstream").inc()
         call.finish = "error"
+        log.warning(
+            "a stream from upstream %s ended with an error: failed mid-stream: %s", upstream, e
+        )
         yield sse_error(UpstreamError(f"upstream failed mid-stream: {e}"))
     finally:
         # Here, before Starlette's last send, so that a client holding its whole answer
