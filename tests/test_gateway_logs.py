@@ -177,3 +177,14 @@ def test_a_stream_that_fails_after_its_200_is_logged(caplog: pytest.LogCaptureFi
             assert r.status_code == 200
             assert wait_for(lambda: settled(gw))
     assert "a stream from upstream mid ended with an error: failed mid-stream" in caplog.text
+
+
+def test_an_upstream_refusal_passed_on_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream's 4xx goes to the client as it is (not through the error table): logged
+    with the upstream's message (e.g. vLLM refusing `priority` without its scheduling
+    policy)."""
+    with caplog.at_level(logging.INFO, "hermes.gateway"), replica("400") as (_, url):
+        gw = Gateway(config({"r": url}, 1))
+        with serving(gw.app) as base:
+            assert httpx.post(base + CHAT, json=body(), timeout=10).status_code == 400
+    assert "upstream r refused a call with 400: " in caplog.text

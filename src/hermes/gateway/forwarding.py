@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from hermes.policies.slo_class import SloClassOptions, engine_rank
 from hermes.types import Clock
 
 _JSON_BODY = {"Content-Type": "application/json"}
+log = logging.getLogger("hermes.gateway")
 
 
 class Forwarder:
@@ -135,6 +137,9 @@ class Forwarder:
         status = resp.status
         if status != 200:
             self.metrics.upstream_errors.labels(upstream, f"http_{status}").inc()
+            if status < 500:  # passed on as it is, so the error table never sees it
+                text = raw.decode("utf-8", "replace")[:300]
+                log.info("upstream %s refused a call with %d: %s", upstream, status, text)
         if status >= 500:
             text = raw.decode("utf-8", "replace")[:300]
             raise UpstreamError(f"upstream {upstream!r} answered {status}: {text}")
