@@ -2,11 +2,13 @@
 optional structured access log (logger `hermes.access`, `--access-log`): one JSON object a
 line per HTTP call, with method, path, status, duration, application id and upstream.
 
-What is logged where: upstreams leaving and rejoining rotation (`health`), calls retried on
-another upstream (`calls`), every refused or failed call with its status and message
-(`errors`), run-store write failures and recoveries (`outbox`), finished applications
-(`finishing`). The access log is off by default: a line per call costs the event loop
-time and floods a terminal at thousands of calls per second, and /metrics counts calls.
+What is logged where: upstreams leaving and rejoining rotation (`health`), replicas put to
+sleep or woken (`prewarm`), calls retried on another upstream (`calls`), every refused or
+failed call with its status and message (`errors`), an upstream's 4xx passed on
+(`forwarding`), a stream that fails after its 200 (`relay`), run-store write failures and
+recoveries (`outbox`), finished applications (`finishing`). The access log is off by
+default: a line per call costs the event loop time and floods a terminal at thousands of
+calls per second, and /metrics counts calls.
 """
 
 from __future__ import annotations
