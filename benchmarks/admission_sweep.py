@@ -9,6 +9,8 @@ Three parts, each written as JSON under the output directory:
 - `runs_k<intensity>.json`: the recorded-run mode on runs generated from the six templates
   (`hermes generate`; no recordings of real applications ship with the repository), the
   policies vllm, gittins, gittins+8, gittins+32 and gittins+auto;
+- `cost.json`: what one `AutoLimit.observe` costs (the shells call it after every engine step
+  or call end), over 200,000 calls with a fit every second of their clock;
 - `synthetic.json`: the synthetic engine (`sim.admission_synthetic`: t(c) = a + b c, Poisson
   calls, shortest first) where the weights dominate an iteration, where each sequence's KV
   does, and between, at three loads: mean latency of each fixed limit and of auto.
@@ -68,6 +70,17 @@ def synthetic() -> dict[str, Any]:
     return out
 
 
+def cost(n: int = 200_000) -> dict[str, Any]:
+    ctl = make_admission("auto", 256)
+    tokens = 0
+    start = time.perf_counter()
+    for i in range(n):
+        tokens += 10
+        ctl.observe(i * 0.01, in_engine=i % 50 + 1, waiting=i % 7, output_tokens=tokens)
+    per = (time.perf_counter() - start) / n
+    return {"observe_us": per * 1e6, "calls": n, "decisions": getattr(ctl, "decisions", None)}
+
+
 def _print_mix(r: dict[str, Any]) -> None:
     for k, rows in r["admission"]["by_intensity"].items():
         print(f"intensity {k}")
@@ -89,7 +102,7 @@ def main() -> None:
     p.add_argument("--intensities", default="1,1.5,2,2.5,3")
     p.add_argument("--workloads", type=int, default=3)
     p.add_argument("--apps", type=int, default=200)
-    p.add_argument("--parts", default="synthetic,runs,mix")
+    p.add_argument("--parts", default="cost,synthetic,runs,mix")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
@@ -98,6 +111,10 @@ def main() -> None:
         (args.out / name).write_text(json.dumps(data, indent=1) + "\n")
 
     start = time.perf_counter()
+    if "cost" in parts:
+        c = cost()
+        print(f"AutoLimit.observe: {c['observe_us']:.1f} us per call", flush=True)
+        write("cost.json", c)
     if "synthetic" in parts:
         syn = synthetic()
         for case, row in syn.items():

@@ -206,3 +206,15 @@ def test_overload_opens_to_the_knee() -> None:
     eps, m = ctl.options.knee_eps, 256
     knee = (1 - eps) * m * a / (a + eps * m * b)
     assert 0.7 * knee <= run.mean_limit(40.0, 60.0) <= 1.2 * knee + 1
+
+
+def test_check_ranking_checks_both_parts() -> None:
+    from hermes.policies.registry import check_ranking
+
+    assert check_ranking("gittins+auto") == ("gittins", "auto")
+    assert check_ranking("lstf+16") == ("lstf", "16")
+    assert check_ranking("vllm") == ("vllm", None)
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        check_ranking("nope+auto")
+    with pytest.raises(ValueError, match="admission suffix"):
+        check_ranking("gittins+many")

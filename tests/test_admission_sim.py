@@ -3,6 +3,8 @@ that holds, and the adaptive controller finishing every application."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hermes.engine.request import EngineRequest
@@ -130,3 +132,22 @@ def test_the_admission_experiment_sweeps_fixed_limits() -> None:
     )
     [t] = [t for t in r["targets"] if "best fixed limit" in t["target"]]
     assert t["measured"] == pytest.approx(rows["gittins+auto"]["act_mean"] / best["act_mean"] - 1)
+
+
+def test_hermes_sim_takes_an_admission_suffix(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from hermes.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "sim.json"
+    res = runner.invoke(app, ["sim", "--limit", "40", "--policy", "vllm+4", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    for instance in json.loads(out.read_text())["instances"]:
+        assert instance["admission"]["kind"] == "fixed"
+        assert instance["admission"]["max_in_engine"] <= 4
+    bad = runner.invoke(app, ["sim", "--limit", "10", "--policy", "vllm+lots"])
+    assert bad.exit_code == 2
+    assert "the admission suffix must be '+auto' or '+N'" in bad.output
