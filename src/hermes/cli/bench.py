@@ -16,9 +16,21 @@ from hermes.cli.common import (
     print_recorded,
     print_targets,
     read_all,
+    writable_dir,
     write_json,
+    written,
 )
+from hermes.cli.progress import Quiet, steps
 from hermes.cli.sweep_options import RayAddress, Workers, checked_ray_address
+
+QuickHermes = Annotated[
+    bool,
+    typer.Option(
+        "--quick",
+        help="A short run (about a minute): 40 applications at the full run's arrival rate, "
+        "one draw, max_num_seqs 8, every experiment but kv. Options given win.",
+    ),
+]
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -43,6 +55,7 @@ POLICIES_HELP = (
 
 
 def bench_hermes(
+    ctx: typer.Context,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for results.json, report.md and plots.")
     ] = Path("bench-out/hermes"),
@@ -62,7 +75,7 @@ def bench_hermes(
     ] = None,
     policies: Annotated[
         str | None,
-        typer.Option(help=POLICIES_HELP),
+        typer.Option(help=POLICIES_HELP + " Policies: {policies}."),
     ] = None,
     apps: Annotated[int, typer.Option(min=1, help="Applications per experiment.")] = 200,
     weights: Annotated[
@@ -78,21 +91,20 @@ def bench_hermes(
     overhead_apps: Annotated[
         str, typer.Option(help="Active applications per timed ranking round.")
     ] = "1,10,100,1000,10000",
-    model: Annotated[str, typer.Option(help="Model of the one engine.")] = "llama-2-7b",
-    gpu: Annotated[str, typer.Option(help="GPU of the one engine.")] = "a100",
+    model: Annotated[str, typer.Option(help="Model of the one engine: {models}.")] = "llama-2-7b",
+    gpu: Annotated[str, typer.Option(help="GPU of the one engine: {gpus}.")] = "a100",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="With --runs: write the summary here.")
     ] = None,
     experiments: Annotated[
         str | None,
-        typer.Option(
-            help="Comma-separated experiments to run: load, deadlines, prewarm, ablation, "
-            "overhead, tools, kv, admission. [default: all]"
-        ),
+        typer.Option(help="Comma-separated experiments to run, of {experiments}. [default: all]"),
     ] = None,
     workers: Workers = 1,
     ray_address: RayAddress = None,
+    quick: QuickHermes = False,
+    quiet: Quiet = False,
 ) -> None:
     """The Hermes paper's experiments: completion time by policy and load, deadlines,
     prewarming, ablations, ranking overhead, tool pools in policy order. With --runs: policies
@@ -103,7 +115,7 @@ def bench_hermes(
     loads = floats(intensity, "--intensity") if intensity is not None else None
     _check_profile(model, gpu)
     if runs:
-        _not_with_runs(named, workers, ray_address)
+        _not_with_runs(named, workers, ray_address, quick)
         _bench_recorded(
             runs, train_fraction, loads, chosen, seed, apps, weights, (model, gpu), limits, json_out
         )
@@ -113,15 +125,26 @@ def bench_hermes(
     kwargs: dict[str, Any] = {"apps": apps, "model": model, "gpu": gpu, "seed": seed}
     kwargs["workloads"] = workloads
     kwargs["overhead_apps"] = tuple(int(x) for x in floats(overhead_apps, "--overhead-apps"))
-    given = {"experiments": named, "policies": chosen, "batch_limits": limits}
-    kwargs.update({k: v for k, v in given.items() if v is not None})
+    kwargs.update(_given({"experiments": named, "policies": chosen, "batch_limits": limits}, loads))
+    writable_dir(out_dir, "--out")
+    kwargs = _quick(ctx, kwargs) if quick else kwargs
+    _bench_paper(kwargs, out_dir, workers, checked_ray_address(ray_address), (quick, quiet))
+
+
+def _given(given: dict[str, Any], loads: tuple[float, ...] | None) -> dict[str, Any]:
+    """The paper's settings the command line gave (None: not given)."""
+    out = {k: v for k, v in given.items() if v is not None}
     if loads is not None:
-        kwargs["intensities"] = loads
-        kwargs["headline_intensity"] = max(loads)
-    _bench_paper(kwargs, out_dir, workers, checked_ray_address(ray_address))
+        out["intensities"] = loads
+        out["headline_intensity"] = max(loads)
+    return out
 
 
-def _not_with_runs(named: tuple[str, ...] | None, workers: int, ray_address: str | None) -> None:
+def _not_with_runs(
+    named: tuple[str, ...] | None, workers: int, ray_address: str | None, quick: bool = False
+) -> None:
+    if quick:
+        raise fail("--quick applies to the paper's experiments, not to --runs")
     if named is not None:
         raise fail("--experiments applies to the paper's experiments, not to --runs")
     if workers != 1 or ray_address is not None:
@@ -205,8 +228,25 @@ def _bench_recorded(
         write_json(json_out, result)
 
 
+def _quick(ctx: typer.Context, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` over the quick size (`experiments.hermes_quick`): the options given on the
+    command line win, those left at their defaults give way."""
+    from hermes.experiments.hermes_quick import quick_overrides
+
+    def defaulted(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "DEFAULT"
+
+    left = {k for k in ("apps", "workloads", "overhead_apps") if defaulted(k)}
+    return quick_overrides({k: v for k, v in kwargs.items() if k not in left})
+
+
 def _bench_paper(
-    kwargs: dict[str, Any], out_dir: Path, workers: int = 1, ray_address: str | None = None
+    kwargs: dict[str, Any],
+    out_dir: Path,
+    workers: int = 1,
+    ray_address: str | None = None,
+    quick_quiet: tuple[bool, bool] = (False, False),
 ) -> None:
     """`bench hermes`: the paper's experiments with `kwargs` over the default settings."""
     from hermes.experiments import hermes_paper, report
@@ -214,14 +254,14 @@ def _bench_paper(
     base = hermes_paper.PaperSettings()
     settings = hermes_paper.PaperSettings(**{**hermes_paper._settings_dict(base), **kwargs})
     try:
-        with err.status("starting") as status:
-            results = hermes_paper.run_all(
-                settings, lambda m: status.update(escape(m)), workers, ray_address
-            )
+        with steps("bench hermes", quick_quiet[1]) as step:
+            results = hermes_paper.run_all(settings, step, workers, ray_address)
     except ValueError as e:
         raise fail(str(e)) from None
-    paths = report.write(results, out_dir)
-    print_targets(results)
+    if quick_quiet[0]:  # a quick run says so; a full one has no such key
+        results["quick"] = True
+    paths = written(lambda: report.write(results, out_dir))
+    print_targets(results, name="quick run," if quick_quiet[0] else "")
     out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
 
 
@@ -235,9 +275,7 @@ def bench_bros(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     policies: Annotated[
         str | None,
-        typer.Option(
-            help="Comma-separated policies. [default: vllm,vllm-priority,split,bros,bros-nobidir]"
-        ),
+        typer.Option(help="Comma-separated policies, of {bros_policies}. [default: all]"),
     ] = None,
     duration_s: Annotated[
         float | None,
@@ -246,15 +284,18 @@ def bench_bros(
         ),
     ] = None,
     slo_margin: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--slo-margin",
             min=0.0,
             max=0.95,
             help="BROS aims each RT token this fraction of its SLO early: higher trades BE "
-            "throughput for RT latency.",
+            "throughput for RT latency. [default: adapted online to BE's share of the engine]",
         ),
-    ] = 0.1,
+    ] = None,
+    workers: Workers = 1,
+    ray_address: RayAddress = None,
+    quiet: Quiet = False,
 ) -> None:
     """The BROS paper's experiment: real-time and best-effort requests co-served on one
     engine, by policy and RT load, on Llama-2-7B (2 × A100) and Llama-2-70B TP4 (8 × A100)."""
@@ -283,11 +324,15 @@ def bench_bros(
             if quick
             else bros_paper.BrosSettings(**overrides)
         )
-        with err.status("starting") as status:
-            results = bros_paper.run_all(settings, lambda m: status.update(escape(m)))
+        address = checked_ray_address(ray_address)
+        writable_dir(out_dir, "--out")
+        with steps("bench bros", quiet) as step:
+            results = bros_paper.run_all(settings, step, workers, address)
     except ValueError as e:
         raise fail(str(e)) from None
-    paths = bros_report.write(results, out_dir)
+    if quick:
+        results["quick"] = True
+    paths = written(lambda: bros_report.write(results, out_dir))
     print_targets(results, "deployment", "BROS")
     out.print(f"wrote {', '.join(escape(str(p)) for p in paths)}")
 
@@ -300,14 +345,16 @@ def bench_qlm(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     policies: Annotated[
         str | None,
-        typer.Option(help="Comma-separated policies. [default: vllm,edf,qlm-noplan,qlm]"),
+        typer.Option(help="Comma-separated policies, of {qlm_policies}. [default: all]"),
     ] = None,
     workloads: Annotated[
-        str | None, typer.Option(help="Comma-separated workloads. [default: WA,WB,WC]")
+        str | None,
+        typer.Option(help="Comma-separated workloads, of {qlm_workloads}. [default: all]"),
     ] = None,
     instances: Annotated[int, typer.Option(min=1, max=64, help="Instances (A100).")] = 4,
     workers: Workers = 1,
     ray_address: RayAddress = None,
+    quiet: Quiet = False,
 ) -> None:
     """The QLM paper's workloads (WA: interactive and batch on one model; WB: three models,
     batch; WC: with mega-prompts) under vllm, edf, qlm-noplan and qlm, over bursty load."""
@@ -328,10 +375,12 @@ def bench_qlm(
     settings = (
         qlm_paper.quick_settings(**overrides) if quick else qlm_paper.QlmSettings(**overrides)
     )
-    with err.status("starting") as status:
-        results = qlm_paper.run_all(
-            settings, lambda m: status.update(escape(m)), workers, checked_ray_address(ray_address)
-        )
-    paths = qlm_report.write(results, out_dir)
+    address = checked_ray_address(ray_address)
+    writable_dir(out_dir, "--out")
+    with steps("bench qlm", quiet) as step:
+        results = qlm_paper.run_all(settings, step, workers, address)
+    if quick:
+        results["quick"] = True
+    paths = written(lambda: qlm_report.write(results, out_dir))
     print_targets(results, "workload", "QLM")
     out.print("wrote " + ", ".join(str(p) for p in paths))
