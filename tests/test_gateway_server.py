@@ -38,6 +38,8 @@ class FakeUpstream:
         self.active = 0
         self.peak = 0
         self.cancelled = 0
+        # While set and not yet released, whole (non-streamed) answers wait here.
+        self.gate: threading.Event | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -57,6 +59,8 @@ class FakeUpstream:
             self.active += 1
             self.peak = max(self.peak, self.active)
             try:
+                while self.gate is not None and not self.gate.is_set():
+                    await asyncio.sleep(0.005)
                 await asyncio.sleep(self.delay_s * n)
             finally:
                 self.active -= 1
@@ -270,16 +274,25 @@ def test_calls_queue_in_the_gateway_and_the_shortest_application_goes_first(
                 )
             done.append(app)
 
+        def wait_for(what: str, ok: Any) -> None:  # steps, not timings: holds on a busy machine
+            deadline = time.monotonic() + 30
+            while not ok():
+                assert time.monotonic() < deadline, f"never {what}"
+                time.sleep(0.005)
+
         # A long-running app has attained service; plas serves the fresh app first.
         call("old", 2)
+        up.gate = threading.Event()  # the blocker holds the one slot until released
         first = threading.Thread(target=call, args=("blocker", 10))
         first.start()
-        time.sleep(0.05)
+        wait_for("the blocker in the engine", lambda: up.active == 1)
         t_old = threading.Thread(target=call, args=("old", 2))
         t_new = threading.Thread(target=call, args=("new", 2))
         t_old.start()
-        time.sleep(0.02)
+        wait_for("old queued", lambda: gw.dispatcher.queued == 1)
         t_new.start()
+        wait_for("new queued", lambda: gw.dispatcher.queued == 2)
+        up.gate.set()
         for t in (first, t_old, t_new):
             t.join()
         assert up.peak == 1
