@@ -1,0 +1,278 @@
+"""An ingress replica: the OpenAI-compatible routes of the gateway, whose calls wait for the
+scheduler's grant (`link`) and then go to the granted upstream from here, whole or streamed.
+The body never leaves the replica except to its upstream.
+
+The single-process gateway's pieces are reused: body and header checks, tenants and bearer
+tokens, body limits, the error table, the upstream clients (priorities, timeouts) and the SSE
+relay's response class. What a replica does not do (docs/ray.md): retry a call on another
+upstream after a failed connection, and wait for a prewarm before forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hermes.gateway.config import GatewayConfig
+from hermes.gateway.context import parse_context
+from hermes.gateway.errors import (
+    NotFoundError,
+    UpstreamError,
+    error_body,
+    exception_handlers,
+    sse_error,
+)
+from hermes.gateway.middleware import BearerAuth, BodyLimit
+from hermes.gateway.relay import (
+    Relay,
+    is_usage_only,
+    unless_disconnected,
+    until_disconnect,
+    usage_of,
+)
+from hermes.gateway.request_bodies import check_completion, estimate_prompt_tokens, read_json
+from hermes.gateway.tenants import Keyring, caller_of
+from hermes.gateway.upstream import UpstreamClient, late, upstream_clients
+from hermes.ray_serve.link import Pending, RefusedError, SchedulerLink, SchedulerRemote
+from hermes.ray_serve.protocol import Granted
+from hermes.types import Clock
+
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+REPLICA_HEADER = "x-hermes-replica"  # which replica answered (tests, debugging)
+_JSON = {"Content-Type": "application/json"}
+
+
+def replica_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Ingress:
+    """One replica's routes, upstream clients and link to the scheduler; `app` is ASGI."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        remote: SchedulerRemote,
+        replica: str | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.name = replica or replica_name()
+        opts = config.ray
+        self.link = SchedulerLink(remote, self.name, opts.poll_s, opts.scheduler_timeout_s, clock)
+        self.clients = upstream_clients(config)
+        self.served = {m for b in config.backends for m in b.models}
+        keys = Keyring(config.api_keys, config.api_key, config.admin_key, config.metrics_public)
+        call = [
+            Middleware(BearerAuth, keys=keys, route="calls"),
+            Middleware(BodyLimit, limit=config.max_body_bytes),
+        ]
+        self.app = Starlette(
+            routes=[
+                Route(CHAT, self.chat, methods=["POST"], middleware=call),
+                Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
+                Route("/v1/models", self.models, methods=["GET"], middleware=call[:1]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+            ],
+            exception_handlers=exception_handlers(on_refused=lambda request, status: None),
+            lifespan=self._lifespan,
+        )
+
+    async def start(self) -> None:
+        for c in self.clients.values():
+            await c.start()
+        await self.link.start()
+
+    async def close(self) -> None:
+        await self.link.close()
+        for c in self.clients.values():
+            await c.close()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    # Handlers --------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._completion(request, CHAT, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._completion(request, COMPLETIONS, chat=False)
+
+    async def models(self, request: Request) -> Response:
+        data = [{"id": m, "object": "model", "owned_by": "hermes"} for m in sorted(self.served)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, request: Request) -> Response:
+        body = {
+            "status": "ok",
+            "replica": self.name,
+            "waiting": self.link.waiting,
+            "scheduler_restarts_seen": self.link.restarts_seen,
+        }
+        return JSONResponse(body)
+
+    async def _completion(self, request: Request, path: str, chat: bool) -> Response:
+        raw, body = await read_json(request)
+        body = check_completion(body, chat)
+        ctx = parse_context(request.headers)
+        model = body["model"]
+        if model not in self.served:
+            raise NotFoundError(f"model {model!r} is not served here; see /v1/models", "model")
+        ctx = caller_of(request).admit(ctx, self.config.slo_class_of(model, ctx.slo_class))
+        pending = self.link.submit(ctx, model, estimate_prompt_tokens(body))
+        grant = await self._turn(request, pending)
+        if isinstance(grant, Response):
+            return grant
+        work = self._forward(pending.submit.call_id, grant, raw, body, path)
+        answer = await unless_disconnected(request, work)
+        return Response(status_code=499) if answer is None else answer
+
+    async def _turn(self, request: Request, pending: Pending) -> Granted | Response:
+        """The call's grant; or the scheduler's error, or 499 if its client hung up first."""
+        watch = asyncio.ensure_future(until_disconnect(request))
+        try:
+            await asyncio.wait((pending.future, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not pending.future.done():
+            self.link.release(pending.submit.call_id, "abort")
+            return Response(status_code=499)
+        try:
+            return pending.future.result()
+        except RefusedError as e:
+            r = e.refused
+            body = error_body(r.status, r.type, r.message, r.param)
+            return JSONResponse(body, status_code=r.status, headers=r.headers or None)
+
+    # Forwarding ------------------------------------------------------------------------------
+
+    async def _forward(
+        self, call_id: int, grant: Granted, raw: bytes, body: dict[str, Any], path: str
+    ) -> Response:
+        """The upstream's answer; the call is released however it ends."""
+        client = self.clients[grant.upstream]
+        stream = bool(body.get("stream"))
+        extra = dict(grant.extra)
+        if stream:  # usage always, to account it; stripped if not asked for
+            extra["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        data = client.prepare(raw, body, grant.rank, extra)
+        try:
+            resp = await client.session.post(client.url + path, data=data, headers=_JSON)
+            if stream and resp.status == 200:
+                first = await self._first(client, resp)
+                client.answer_began(resp)
+                state = _StreamState(body)
+
+                def end() -> None:
+                    resp.release()
+                    self.link.release(call_id, state.finish, state.usage)
+
+                relay = Relay(self._events(client, resp, first, state), end)
+                relay.headers[REPLICA_HEADER] = self.name
+                return relay
+            client.answer_began(resp)
+            return await self._whole(call_id, client, resp)
+        except asyncio.CancelledError:
+            self.link.release(call_id, "abort")
+            raise
+        except TimeoutError:
+            self.link.release(call_id, "error")
+            raise late(client, first=True) from None
+        except aiohttp.ClientError as e:
+            self.link.release(call_id, "error")
+            raise UpstreamError(f"upstream {grant.upstream!r} failed: {e}") from None
+        except Exception:
+            self.link.release(call_id, "error")
+            raise
+
+    async def _first(self, client: UpstreamClient, resp: aiohttp.ClientResponse) -> bytes:
+        try:
+            first = await resp.content.readany()
+        except BaseException:
+            resp.release()
+            raise
+        if not first:
+            resp.release()
+            raise UpstreamError(f"upstream {client.backend.name!r} sent an empty stream")
+        return first
+
+    async def _whole(
+        self, call_id: int, client: UpstreamClient, resp: aiohttp.ClientResponse
+    ) -> Response:
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        status = resp.status
+        if status >= 500:
+            text = raw.decode("utf-8", "replace")[:300]
+            raise UpstreamError(f"upstream {client.backend.name!r} answered {status}: {text}")
+        usage: dict[str, Any] = {}
+        if status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                u = json.loads(raw).get("usage")
+                usage = u if isinstance(u, dict) else {}
+        self.link.release(call_id, "stop" if status == 200 else "error", usage)
+        headers = {REPLICA_HEADER: self.name}
+        return Response(raw, status_code=status, media_type="application/json", headers=headers)
+
+    async def _events(
+        self,
+        client: UpstreamClient,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        state: _StreamState,
+    ) -> AsyncGenerator[bytes, None]:
+        """The upstream's events as they come (its usage-only event dropped unless asked
+        for); a failure becomes an SSE error event, the client having had its 200."""
+        try:
+            buffer, piece = b"", first
+            while piece:
+                buffer += piece
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    u = usage_of(event)
+                    if u is not None:
+                        state.usage = u
+                        if not state.wants_usage and is_usage_only(event):
+                            continue
+                    yield event + b"\n\n"
+                piece = await resp.content.readany()
+            if buffer.strip():
+                yield buffer
+            state.finish = "stop"
+        except TimeoutError:
+            state.finish = "error"
+            yield sse_error(late(client, first=False))
+        except aiohttp.ClientError as e:
+            state.finish = "error"
+            yield sse_error(UpstreamError(f"upstream failed mid-stream: {e}"))
+
+
+class _StreamState:
+    """A relayed stream's usage and how it ended (abort until it ends otherwise)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.usage: dict[str, Any] = {}
+        self.finish = "abort"

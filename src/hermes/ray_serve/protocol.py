@@ -1,0 +1,106 @@
+"""What an ingress replica and the scheduler actor say to each other: small records, in
+batches. Payloads never travel here: the actor sees a call's context, model and prompt size,
+and answers with the upstream it may use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermes.gateway.context import CallContext
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Queue call `call_id` (unique within its replica)."""
+
+    call_id: int
+    ctx: CallContext
+    model: str
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Call `call_id` ended (`finish`: stop, error or abort), waiting or granted: its slot or
+    its place in the queue goes back, and its usage is accounted."""
+
+    call_id: int
+    finish: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+Op = Submit | Release
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """Call `call_id` may go to `upstream` now, with `rank` as the engine's priority and
+    `extra` body fields (a llama.cpp slot)."""
+
+    call_id: int
+    upstream: str
+    rank: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Call `call_id` ends here with an error: refused at the queue, timed out in it, or
+    failed while waiting (its model unavailable, the scheduler stopping)."""
+
+    call_id: int
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the actor has for a replica: the decisions about its calls since it last asked.
+    `epoch` names the actor's incarnation: a new one (a restart) has forgotten every call."""
+
+    epoch: str
+    granted: list[Granted]
+    refused: list[Refused]
+
+
+# On the wire (between processes) the records travel as plain tuples: pickling a batch of 200
+# frozen dataclasses took 10 ms here, as tuples 0.5 ms (docs/ray.md).
+Wire = tuple[Any, ...]
+
+
+def ops_to_wire(ops: Sequence[Op]) -> list[Wire]:
+    out: list[Wire] = []
+    for op in ops:
+        if isinstance(op, Submit):
+            c = op.ctx
+            ctx = (c.app_id, c.app_type, c.stage, c.deadline_ms, c.slo_class, c.stage_index)
+            out.append((0, op.call_id, op.model, op.prompt_tokens, *ctx))
+        else:
+            out.append((1, op.call_id, op.finish, op.usage))
+    return out
+
+
+def ops_from_wire(wire: Sequence[Wire]) -> list[Op]:
+    out: list[Op] = []
+    for w in wire:
+        if w[0] == 0:
+            out.append(Submit(w[1], CallContext(*w[4:]), w[2], w[3]))
+        else:
+            out.append(Release(w[1], w[2], w[3]))
+    return out
+
+
+def reply_to_wire(reply: Reply) -> Wire:
+    granted = [(g.call_id, g.upstream, g.rank, g.extra) for g in reply.granted]
+    refused = [(r.call_id, r.status, r.type, r.message, r.param, r.headers) for r in reply.refused]
+    return (reply.epoch, granted, refused)
+
+
+def reply_from_wire(wire: Wire) -> Reply:
+    epoch, granted, refused = wire
+    return Reply(epoch, [Granted(*g) for g in granted], [Refused(*r) for r in refused])
