@@ -53,7 +53,7 @@ class Backend(_Strict):
         default=1.0,
         gt=0,
         allow_inf_nan=False,
-        description="emulated: simulated seconds per wall second (2 runs twice as fast)",
+        description="emulated: wall seconds per model second (0.1 runs ten times as fast)",
     )
     router: Literal["least-outstanding", "session"] = Field(
         default="least-outstanding",
