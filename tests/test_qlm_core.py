@@ -392,10 +392,10 @@ def test_an_interactive_group_evicts_batch_work_and_batch_work_resumes() -> None
 # Policies.
 
 
-POLICY_NAMES = ("vllm", "edf", "qlm-noplan", "qlm")
+POLICY_NAMES = ("vllm", "vllm-shared", "edf", "qlm-noplan", "qlm")
 
 
-def test_registry_knows_the_four_policies_and_refuses_duplicates() -> None:
+def test_registry_knows_the_five_policies_and_refuses_duplicates() -> None:
     assert sorted(POLICY_NAMES) == REGISTRY.names("queue")
     for name in POLICY_NAMES:
         assert hasattr(make_queue_policy(name), "decide")

@@ -357,7 +357,8 @@ def bench_qlm(
     quiet: Quiet = False,
 ) -> None:
     """The QLM paper's workloads (WA: interactive and batch on one model; WB: three models,
-    batch; WC: with mega-prompts) under vllm, edf, qlm-noplan and qlm, over bursty load."""
+    batch; WC: with mega-prompts) under vllm, vllm-shared, edf, qlm-noplan and qlm, over bursty
+    load."""
     from hermes.experiments import qlm_paper, qlm_report
 
     overrides: dict[str, Any] = {"seed": seed, "instances": instances}

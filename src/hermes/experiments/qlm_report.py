@@ -28,6 +28,12 @@ def markdown(r: dict[str, Any]) -> str:
         "request lengths from the Azure conversation trace; SLOs on completion. Seed "
         f"{s['seed']}; {r['wall_s']:.0f} s of wall time.",
         "",
+        "Baselines: `vllm` is a first-come-first-served queue per model (separate deployments; "
+        "an idle instance swaps only to a model no instance serves); `vllm-shared` is the QLM "
+        "paper's, one FCFS queue in front of GPUs the models share (vLLM with sleep mode behind "
+        "a naive router: head-of-line blocking, swaps in arrival order); `edf` is one "
+        "earliest-deadline-first queue. Each target names the baseline it compares with.",
+        "",
         "## Targets",
         "",
         targets_table(r["targets"], "workload"),

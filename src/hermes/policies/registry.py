@@ -26,7 +26,14 @@ from hermes.policies.fcfs import FCFS
 from hermes.policies.gittins import Gittins, SRJFMean
 from hermes.policies.oracle import Oracle
 from hermes.policies.plas import PLAS
-from hermes.policies.qlm.policy import EdfPolicy, FcfsPerModel, QLMOptions, QLMPolicy, QueuePolicy
+from hermes.policies.qlm.policy import (
+    EdfPolicy,
+    FcfsPerModel,
+    FcfsShared,
+    QLMOptions,
+    QLMPolicy,
+    QueuePolicy,
+)
 from hermes.policies.vtc import VTC
 
 Kind = Literal["ranking", "engine", "queue"]
@@ -168,6 +175,9 @@ for _kind, _summary in (
     REGISTRY.register("engine", _kind, _engine_factory(_kind), _summary)
 
 REGISTRY.register("queue", "vllm", FcfsPerModel, "first come first served per model")
+REGISTRY.register(
+    "queue", "vllm-shared", FcfsShared, "one FCFS queue over GPUs the models share (sleep mode)"
+)
 REGISTRY.register("queue", "edf", EdfPolicy, "earliest deadline first per model")
 REGISTRY.register(
     "queue",

@@ -37,6 +37,7 @@ from hermes.policies.qlm.planner import MilpSettings, Plan, edf_order, plan, pla
 from hermes.policies.qlm.policy import (
     EdfPolicy,
     FcfsPerModel,
+    FcfsShared,
     QLMPolicy,
     QueuePolicy,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "EdfPolicy",
     "Evict",
     "FcfsPerModel",
+    "FcfsShared",
     "GroupKey",
     "GroupView",
     "Grouper",

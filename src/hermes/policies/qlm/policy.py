@@ -17,6 +17,11 @@ or every planning interval).
 - `edf`: one global queue of requests by deadline, no groups: each request in turn goes to the
   instance with room that has its model active and the most room; failing that, an idle
   instance swaps to its model; failing that, it waits and later requests may go ahead.
+- `vllm-shared`: models share the GPUs behind one first-come-first-served queue, as vLLM
+  instances with sleep mode behind a naive router (`FcfsShared`): the head of the queue goes
+  to an instance with its model and room; a model no instance holds takes an instance over in
+  arrival order (an idle one at once, else the least busy, drained first: sleep mode frees a
+  GPU only once its requests finish); until the head is placed, nothing behind it is.
 """
 
 from __future__ import annotations
@@ -269,3 +274,78 @@ class EdfPolicy(_RequestQueues):
             chosen.setdefault(target, []).append(w.request_id)
             room[target] -= 1
         return ops + self._pulls(chosen)
+
+
+class FcfsShared(_RequestQueues):
+    """`vllm-shared`: one FCFS queue over GPUs the models share (see the module docstring).
+    Head-of-line blocking is the point: it is what a FCFS queue in front of swapping engines
+    does, and what QLM's reordering removes."""
+
+    def __init__(self, options: QLMOptions | None = None) -> None:
+        super().__init__(options)
+        self.draining: dict[str, str] = {}  # instance -> the model it swaps to once empty
+
+    def decide(
+        self,
+        instances: Sequence[InstanceView],
+        running: Mapping[str, Sequence[RunningView]],
+        now: float,
+    ) -> list[Operation]:
+        ops: list[Operation] = []
+        model = {inst.name: inst.active_model for inst in instances}
+        room = {
+            inst.name: self.options.pull_threshold - len(running.get(inst.name, ()))
+            for inst in instances
+        }
+        idle = [inst for inst in instances if not running.get(inst.name)]
+        for inst in idle:  # drained: the swap it waited for
+            target = self.draining.pop(inst.name, None)
+            if target is not None and target != inst.active_model:
+                ops.append(SwapModel(inst.name, target, target in inst.warm_models))
+                model[inst.name] = target
+        free = [inst for inst in idle if inst.name not in self.draining]
+        chosen: dict[str, list[str]] = {}
+        for w in self.waiting.values():  # arrival order
+            ready = [
+                i.name
+                for i in instances
+                if model[i.name] == w.model and room[i.name] > 0 and i.name not in self.draining
+            ]
+            if not ready and w.model not in model.values():
+                if w.model in self.draining.values():
+                    break  # its instance is draining: the head waits, and all behind it
+                load = {
+                    i.name: len(running.get(i.name, ())) + len(chosen.get(i.name, ()))
+                    for i in instances
+                }
+                ready = self._take_over(w.model, instances, free, load, model, ops)
+            if not ready:
+                break
+            target = max(ready, key=lambda name: room[name])
+            chosen.setdefault(target, []).append(w.request_id)
+            room[target] -= 1
+            free = [i for i in free if i.name != target]
+        return ops + self._pulls(chosen)
+
+    def _take_over(
+        self,
+        wanted: str,
+        instances: Sequence[InstanceView],
+        free: list[InstanceView],
+        load: Mapping[str, int],
+        model: dict[str, str | None],
+        ops: list[Operation],
+    ) -> list[str]:
+        """An instance for `wanted`, which none holds: an idle one swaps now (its name
+        returned), else the one with the fewest requests (`load`) starts draining (none
+        returned)."""
+        spare = next((i for i in free if i.serves(wanted)), None)
+        if spare is not None:
+            ops.append(SwapModel(spare.name, wanted, wanted in spare.warm_models))
+            model[spare.name] = wanted
+            return [spare.name]
+        busy = [i for i in instances if i.serves(wanted) and i.name not in self.draining]
+        if busy:
+            victim = min(busy, key=lambda i: (load[i.name], i.name))
+            self.draining[victim.name] = wanted
+        return []
