@@ -34,7 +34,11 @@ def _bound(host: str, port: int) -> socket.socket:
     # two parts (headers, then body) waits ~40 ms for the client's delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:  # a busy port: the error is the caller's to report, the socket ours
+        sock.close()
+        raise
     sock.listen(128)
     sock.setblocking(False)
     return sock
