@@ -4,8 +4,9 @@
 One `Admission` per upstream (`concurrency: auto`: the adaptive controller, between 1 and
 `max_concurrency`; a number: a fixed limit). The controller is fed
 
-- on every call's end: its time to first token and time per output token (streams; both
-  measured from the grant, so queueing in the gateway is not counted) and its tokens;
+- on every call's start (its grant) and end: the calls in flight, so that none is missed; at
+  its end, its time to first token and time per output token (streams; both measured from
+  the grant, so queueing in the gateway is not counted) and its tokens;
 - every `TICK_S`: the calls in the engine, the calls waiting that the upstream could take, and
   the cumulative output tokens the upstream has produced (ended calls' usage plus the chunks
   relayed so far of those still streaming).
@@ -188,8 +189,12 @@ class AdmissionFeed:
     # Calls -----------------------------------------------------------------------------------
 
     def started(self, call: Call, upstream: str) -> None:
-        """`call` was granted a slot on `upstream`."""
-        self._up[upstream].running.setdefault(call, 0)
+        """`call` was granted a slot on `upstream`: observed, so that the controller sees
+        every change of the calls in flight (a call shorter than a tick would be missed); a
+        new limit waits for the next observation (this runs inside the grants' loop)."""
+        up = self._up[upstream]
+        up.running.setdefault(call, 0)
+        self._observe(up, self.clock(), apply=False)
 
     def left(self, call: Call, upstream: str) -> None:
         """`call` gave its slot on `upstream` back (ended, or to be retried elsewhere)."""
@@ -246,7 +251,7 @@ class AdmissionFeed:
         elif now > scraped:
             up.since_scrape += tokens * (now - scraped) / (now - since)
 
-    def _observe(self, up: _Upstream, now: float) -> None:
+    def _observe(self, up: _Upstream, now: float, apply: bool = True) -> None:
         d = self.dispatcher
         if d is None:
             return
@@ -269,7 +274,7 @@ class AdmissionFeed:
             rt_in_engine=rt,
         )
         limit = max(1, limit)  # never 0: a call must not wait on an empty engine
-        if limit != d.limit_of(up.name):
+        if apply and limit != d.limit_of(up.name):
             self.grant(d.set_limit(up.name, limit))
 
     # Scraping --------------------------------------------------------------------------------
