@@ -616,6 +616,17 @@ def main() -> None:
         help="a folder holding httptools and uvloop (pip install --target): also the first "
         "policy with uvicorn on httptools, and on httptools and uvloop",
     )
+    p.add_argument(
+        "--pure-python",
+        action="store_true",
+        help="also the first policy with httptools and uvloop hidden: uvicorn's h11 parser on "
+        "asyncio's loop, the path hermes takes where they do not install",
+    )
+    p.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="also the first policy on uvloop (with httptools), as `hermes serve` runs it",
+    )
     args = p.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     policies = args.policies.split(",")
@@ -638,6 +649,10 @@ def main() -> None:
     if args.fast_path:
         variant(f"{first}/aiohttp+httptools", first, path=args.fast_path)
         variant(f"{first}/aiohttp+httptools+uvloop", first, path=args.fast_path, uvloop=True)
+    if args.pure_python:
+        variant(f"{first}/aiohttp+h11+asyncio", first, pure=True)
+    if args.uvloop:
+        variant(f"{first}/aiohttp+httptools+uvloop", first, uvloop=True)
     for c in args.clients.split(","):
         if c != "aiohttp":
             variant(f"{first}/{c}", first, c)
@@ -761,7 +776,10 @@ if __name__ == "__main__":
     roles = {"upstream": _upstream, "gateway": _gateway, "load": _load}
     if len(sys.argv) == 3 and sys.argv[1] in roles:
         role_spec = json.loads(sys.argv[2])
-        if role_spec.get("uvloop"):  # found on the --fast-path folder, not a dependency
+        if role_spec.get("pure"):  # as if neither were installed: their imports fail
+            sys.modules["httptools"] = None  # type: ignore[assignment]
+            sys.modules["uvloop"] = None  # type: ignore[assignment]
+        if role_spec.get("uvloop"):  # a dependency now (or found on the --fast-path folder)
             importlib.import_module("uvloop").run(roles[sys.argv[1]](role_spec))
         else:
             asyncio.run(roles[sys.argv[1]](role_spec))
