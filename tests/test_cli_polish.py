@@ -137,3 +137,8 @@ def test_a_busy_port_is_an_error_and_no_banner(busy_port: int) -> None:
     assert "hermes emulated engine on" not in out
     out = _refused(["serve", "--emulate", "--port", str(busy_port)], where)
     assert "hermes gateway on" not in out
+
+
+def test_an_address_that_does_not_resolve_is_named() -> None:
+    host = "no.such.host.invalid"  # .invalid never resolves (RFC 2606)
+    _refused(["emulate", "--model", "m", "--host", host], f"cannot listen on {host}:8000")

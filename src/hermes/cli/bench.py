@@ -61,7 +61,11 @@ def bench_hermes(
     ] = Path("bench-out/hermes"),
     runs: Annotated[
         list[Path] | None,
-        typer.Option("--runs", help="Recorded run files (format v1); repeat for several."),
+        typer.Option(
+            "--runs",
+            help="Recorded run files (format v1), or folders of them (every *.jsonl); repeat "
+            "the flag for several: --runs a.jsonl --runs b.jsonl.",
+        ),
     ] = None,
     train_fraction: Annotated[
         float, typer.Option(help="With --runs: share of each type's runs that teach its PDGraph.")

@@ -68,8 +68,13 @@ def os_error(e: OSError, path: Path | str | None = None) -> str:
 def listen_error(e: OSError, host: str, port: int) -> str:
     """A server's OSError as one line; a socket that cannot be bound names its address."""
     import errno
+    import socket
 
-    if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+    if isinstance(e, socket.gaierror) or e.errno in (
+        errno.EADDRINUSE,
+        errno.EACCES,
+        errno.EADDRNOTAVAIL,
+    ):
         return f"cannot listen on {host}:{port}: {e.strerror}"
     return os_error(e)
 
