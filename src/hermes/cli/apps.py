@@ -47,7 +47,9 @@ def learn_cmd(
     run_files: Annotated[
         list[Path],
         typer.Argument(
-            metavar="RUNS...", help="Run files, or gateway run stores (their finished runs)."
+            metavar="RUNS...",
+            help="Run files, folders of them (every *.jsonl), or gateway run stores (their "
+            "finished runs).",
         ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="PDGraphs file (JSON).")] = Path(
