@@ -5,11 +5,12 @@
         [--rates 2,8,2,8] [--phase-s 30] [--prompt-tokens 1000,2000] [--output-tokens 64,256]
         [--max-concurrency 256] [--out DIR]
 
-(a) Decision cost, in process: `AutoLimit.observe` called as the gateway calls it (every call
-    end and every 0.5 s tick; here a synthetic engine whose iteration takes a + b*c, time
+(a) Decision cost, in process: `AutoLimit.observe` called as the gateway calls it (every call's
+    grant and end, and every 0.5 s; here a synthetic engine whose iteration takes a + b*c, time
     advancing 2 ms per call), and the gateway's whole path at a call's end
     (`AdmissionFeed.finished`: the call's timings, an observation, a changed limit to the
-    dispatcher). Median and p99 in microseconds, timed one call at a time (perf_counter_ns).
+    dispatcher) and at its grant (`started`: an observation). Median and p99 in
+    microseconds, timed one call at a time (perf_counter_ns).
 (b) Settling, over real HTTP: `hermes emulate` (an emulated Llama-2-7B A100 as its own
     process, `--time-scale` wall seconds per engine second) behind the gateway (in this
     process, one `kind: vllm` backend with `concurrency: auto`, so the feed scrapes the
@@ -121,8 +122,8 @@ class _Clock:
 
 
 def feed_cost(n: int, seed: int = 0) -> dict[str, Any]:
-    """The gateway's path at a call's end: `AdmissionFeed.finished` (record_call, observe, a
-    changed limit to the dispatcher and its grants)."""
+    """The gateway's path at a call's end, `AdmissionFeed.finished` (record_call, observe, a
+    changed limit to the dispatcher and its grants), and at its grant, `started` (observe)."""
     rng = random.Random(seed)
     backend = Backend(name="u", url="http://127.0.0.1:1", models=[MODEL])
     clock = _Clock()
@@ -133,18 +134,25 @@ def feed_cost(n: int, seed: int = 0) -> dict[str, Any]:
     for i in range(64):  # a standing queue, so that a raised limit grants
         d.submit(i, MODEL, float(i))
     times: list[int] = []
+    starts: list[int] = []
     for i in range(n):
         clock.t += 0.002
         call = _EndedCall(granted_s=clock.t - 0.5, first_token_s=clock.t - 0.4)
         out = rng.randint(16, 256)
+        t0 = time.perf_counter_ns()
         feed.started(call, "u")  # type: ignore[arg-type]
+        starts.append(time.perf_counter_ns() - t0)
         feed.left(call, "u")  # type: ignore[arg-type]
         d.release("u")
         d.submit(64 + i, MODEL, float(64 + i))
         t0 = time.perf_counter_ns()
         feed.finished(call, "u", 200, out, ok=True)  # type: ignore[arg-type]
         times.append(time.perf_counter_ns() - t0)
-    return _percentiles(times) | {"final_limit": d.limit_of("u")}
+    return {
+        "end": _percentiles(times),
+        "start": _percentiles(starts),
+        "final_limit": d.limit_of("u"),
+    }
 
 
 # (b) Settling after a step change --------------------------------------------------------------
@@ -306,10 +314,10 @@ def main() -> None:
         "command": "python benchmarks/gateway_admission.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "observe": observe_cost(args.decisions),
-        "call_end": feed_cost(args.decisions // 4),
+        "feed": feed_cost(args.decisions // 4),
     }
     print("observe():", json.dumps(result["observe"]))
-    print("call end (feed):", json.dumps(result["call_end"]))
+    print("feed, a call's start and end:", json.dumps(result["feed"]))
     if not args.skip_settling:
         result["settling"] = settling(args)
         for ph in result["settling"]["phases"]:
