@@ -116,3 +116,27 @@ def test_rt_tokens_are_aimed_earlier_under_light_rt_load() -> None:
 def test_bad_margin_options_are_refused(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BrosOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_suspensions_turn_eager_while_lazy_ones_end_in_whole_checkpoints() -> None:
+    def suspended_lazily(engine: BrosEngine) -> bool:
+        victim = EngineRequest(("be", len(engine.running)), 300, 50, 0.0)
+        assert engine.add(victim, 0.0)
+        step = engine.plan(0.0)
+        assert step is not None
+        engine.complete(step)
+        assert victim in engine.running
+        engine.suspend_for_rt(victim)
+        assert victim.state is RequestState.SWAPPED
+        return engine.kv.holds(victim)  # lazily: its KV stays on the GPU
+
+    engine = BrosEngine(COST, EngineConfig(num_gpu_blocks=400, num_cpu_blocks=400))
+    first = engine.suspended[0] if suspended_lazily(engine) else None
+    assert first is not None
+    # The lazy bet keeps losing: each lazily suspended request is checkpointed whole.
+    for _ in range(10):
+        engine.checkpoint_whole(first)
+    eager = 0
+    while not suspended_lazily(engine):  # swapped whole, until lazy is tried again
+        eager += 1
+    assert 1 <= eager <= 10

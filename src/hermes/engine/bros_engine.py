@@ -31,6 +31,12 @@ from hermes.engine.rt_pace import AdaptiveCap, AdaptiveMargin, BrosOptions, next
 from hermes.engine.step import Step, StepResult, sample_token
 
 
+# Lazy suspension gives way to swapping whole while more than this share of recent lazy
+# suspensions (EWMA over about 1 / LAZY_MEMORY of them) ended in a whole checkpoint anyway.
+LAZY_GIVE_UP = 0.5
+LAZY_MEMORY = 0.1
+
+
 @dataclass(slots=True)
 class BrosStats:
     suspensions: int = 0  # BE requests suspended for RT memory
@@ -69,6 +75,10 @@ class BrosEngine(EngineBase):
         self._last_iteration_s = 0.0
         self._tpot_ref: float | None = None  # the tightest TPOT SLO seen
         self.bros = BrosStats()
+        # How often a lazy suspension ended in a whole checkpoint anyway (EWMA of 0/1): under
+        # sustained memory pressure it always does, after copies and churn that swapping the
+        # request whole at once avoids; then suspensions are eager until lazy ones pay again.
+        self._lazy_losses = 0.0
 
     # Inputs ---------------------------------------------------------------------------------
 
@@ -183,7 +193,9 @@ class BrosEngine(EngineBase):
 
     def suspend_for_rt(self, r: EngineRequest) -> int:
         """Take running BE `r` off the GPU for RT memory; the slots copied now."""
-        if not self.kv.lazy_suspend:
+        if not self.kv.lazy_suspend or self._lazy_losses > LAZY_GIVE_UP:
+            if self.kv.lazy_suspend:  # eager for now; a few of these and lazy is tried again
+                self._lazy_losses *= 1.0 - LAZY_MEMORY
             self.bros.suspensions += 1
             return self.swap_out(r)
         self.running.remove(r)
@@ -207,7 +219,8 @@ class BrosEngine(EngineBase):
             # Slots overwritten while suspended are in CPU memory, charged below. Suspending
             # again costs nothing unless slots were lost: no margin needed then.
             lost = kv.resume(r)
-            margin = spare if lost else 0
+            self._lazy_losses *= 1.0 - LAZY_MEMORY  # a lazy suspension paid
+            margin = spare
             if kv.slots_needed(r, tokens) + margin > kv.free_slots or not kv.fits(r, tokens):
                 kv.suspend(r)
                 return None
@@ -222,6 +235,7 @@ class BrosEngine(EngineBase):
         """Copy suspended `r`'s resident KV to CPU memory and free its GPU slots (or drop it
         all when CPU memory is full); the slots copied."""
         resident = min(self.kv.resident(r), r.num_computed)
+        self._lazy_losses += LAZY_MEMORY * (1.0 - self._lazy_losses)  # the lazy bet lost
         if not self.cpu.room(resident):
             self.drop_kv(r)
             return 0
