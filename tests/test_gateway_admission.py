@@ -18,7 +18,7 @@ from hermes.emulator.engine import EmulatedEngine
 from hermes.emulator.metrics import metrics_text
 from hermes.engine.engine_config import EngineConfig
 from hermes.gateway.admission_feed import STALE_S, AdmissionFeed, parse_vllm_metrics
-from hermes.gateway.config import Backend, gateway_config_from_dict
+from hermes.gateway.config import Backend, emulated_default, gateway_config_from_dict
 from hermes.gateway.dispatch import Dispatcher, Grant, Upstream, Waiting
 from hermes.gateway.upstream import UpstreamClient
 from hermes.policies.admission import AutoLimit, FixedLimit
@@ -144,6 +144,7 @@ def test_concurrency_is_auto_by_default_and_takes_numbers() -> None:
     assert (b.concurrency, b.max_limit) == (6, 6)
     c = gateway_config_from_dict({"backends": [_backend(max_concurrency=32)]})
     assert c.backends[0].max_limit == 32
+    assert emulated_default().backends[0].concurrency == "auto"  # hermes serve --emulate
 
 
 @pytest.mark.parametrize("bad", [0, -3, "fast", "16", True, 2.5, None])
