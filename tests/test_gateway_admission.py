@@ -446,3 +446,39 @@ async def _a_whole_answer_spanning_a_scrape_is_not_counted_twice() -> None:
     finally:
         await feed.clients["a"].close()
         await runner.cleanup()
+
+
+def test_a_metrics_page_that_arrives_in_pieces_is_read_whole() -> None:
+    asyncio.run(_a_metrics_page_that_arrives_in_pieces_is_read_whole())
+
+
+async def _a_metrics_page_that_arrives_in_pieces_is_read_whole() -> None:
+    filler = "".join(
+        f'vllm:e2e_request_latency_seconds_bucket{{le="{i}",model_name="m"}} {i}.0\n'
+        for i in range(4000)
+    )  # vLLM's page is mostly histograms, the series the feed wants among them
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for k in range(0, len(filler), 40_000):
+            await resp.write(filler[k : k + 40_000].encode())
+            await asyncio.sleep(0.01)  # each piece its own read
+        await resp.write(_VLLM_PAGE.encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    feed, _, _, _, _ = _feed(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await feed.clients["a"].start()
+    try:
+        sample = await feed.scrape("a")
+        assert sample is not None
+        assert (sample.running, sample.generation_tokens) == (5, 2000.0)
+    finally:
+        await feed.clients["a"].close()
+        await runner.cleanup()

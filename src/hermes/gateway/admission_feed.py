@@ -299,7 +299,7 @@ class AdmissionFeed:
             ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"it answered {resp.status}")
-                raw = await resp.content.read(_MAX_METRICS_BYTES)
+                raw = await _read_at_most(resp, _MAX_METRICS_BYTES)
             sample = parse_vllm_metrics(raw.decode("utf-8", "replace"), self.clock())
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             self._scrape_failed(up, str(e) or type(e).__name__)
@@ -340,6 +340,19 @@ class AdmissionFeed:
         sample of its engine's /metrics."""
         for name, up in list(self._up.items()):
             yield name, up.admission.limit, up.described, up.engine
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body (ValueError past `limit` bytes): `content.read(n)` would return the
+    first piece that arrived, and a page cut short would look like one without the series."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"its /metrics is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 _KEY = re.compile(r"[^a-z0-9_]+")
