@@ -30,7 +30,6 @@ from hermes.engine.request_queue import ClassQueue, PriorityQueue, remove_reques
 from hermes.engine.rt_pace import AdaptiveCap, AdaptiveMargin, BrosOptions, next_deadline
 from hermes.engine.step import Step, StepResult, sample_token
 
-
 # Lazy suspension gives way to swapping whole while more than this share of recent lazy
 # suspensions (EWMA over about 1 / LAZY_MEMORY of them) ended in a whole checkpoint anyway.
 LAZY_GIVE_UP = 0.5
@@ -220,7 +219,7 @@ class BrosEngine(EngineBase):
             # again costs nothing unless slots were lost: no margin needed then.
             lost = kv.resume(r)
             self._lazy_losses *= 1.0 - LAZY_MEMORY  # a lazy suspension paid
-            margin = spare
+            margin = spare if lost else 0
             if kv.slots_needed(r, tokens) + margin > kv.free_slots or not kv.fits(r, tokens):
                 kv.suspend(r)
                 return None
