@@ -5,7 +5,9 @@ kept to their minimum share."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -139,8 +141,8 @@ def test_real_time_calls_overtake_queued_best_effort_ones_and_lead_at_the_engine
     fake: tuple[FakeUpstream, str],  # noqa: F811
 ) -> None:
     up, url = fake
-    up.delay_s = 0.5  # be0 holds the slot for a second
-    with gateway(url, concurrency=1, policy="vllm", be_min_share=0.0) as (_gw, base):
+    up.gate = threading.Event()  # be0 holds the one slot until released
+    with gateway(url, concurrency=1, policy="vllm", be_min_share=0.0) as (gw, base):
 
         def call(i: int, cls: str) -> str:
             heads = {"x-hermes-app-id": f"{cls}{i}", "x-hermes-slo-class": cls}
@@ -150,12 +152,21 @@ def test_real_time_calls_overtake_queued_best_effort_ones_and_lead_at_the_engine
                 )
             return f"{cls}{i}"
 
+        def wait_for(what: str, ok: Callable[[], bool]) -> None:  # steps, not timings
+            deadline = time.monotonic() + 30
+            while not ok():
+                assert time.monotonic() < deadline, f"never {what}"
+                time.sleep(0.005)
+
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             first = pool.submit(call, 0, "be")  # takes the slot
-            time.sleep(0.2)
+            wait_for("be0 in the engine", lambda: up.active == 1)
             later = [pool.submit(call, i, "be") for i in range(1, 4)]
-            time.sleep(0.3)  # best-effort calls queued before the real-time ones arrive
+            # best-effort calls queued before the real-time ones arrive
+            wait_for("be1..be3 queued", lambda: gw.dispatcher.queued == 3)
             rts = [pool.submit(call, i, "rt") for i in range(2)]
+            wait_for("rt0, rt1 queued", lambda: gw.dispatcher.queued == 5)
+            up.gate.set()
             for f in [first, *later, *rts]:
                 f.result(timeout=30)
     served = [b["messages"][0]["content"] for b in up.seen]

@@ -279,7 +279,8 @@ def test_forget_drops_free_cached_blocks_on_both_tiers_and_never_held_ones() -> 
     assert cache.forget(hashes) == 8
     assert cache.forgotten == 8
     assert set(cache.refs) == set(hashes[8:])  # the held ones stay
-    assert not cache.cpu_lru and not cache.lru
+    assert not cache.cpu_lru
+    assert not cache.lru
     assert e.gpu.free == free_before  # dropping content frees no block: they were free
     e.check_invariants()
     again = request("b", content, 161, output=1)
