@@ -177,7 +177,7 @@ BAD_CSV = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,abc,10
             id="zero-limit",
         ),
         pytest.param(
-            ["--trace", "{dir}/missing.csv"], {}, "No such file or directory: '{dir}/missing.csv'",
+            ["--trace", "{dir}/missing.csv"], {}, "--trace: {dir}/missing.csv: no such file",
             id="missing-trace",
         ),
         pytest.param(
@@ -210,7 +210,7 @@ BAD_CSV = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,abc,10
         ),
         pytest.param(
             ["--trace", "{dir}/[/run]/t.csv"], {},
-            "No such file or directory: '{dir}/[/run]/t.csv'",
+            "--trace: {dir}/[/run]/t.csv: no such file",
             id="brackets-in-a-path",
         ),
     ],
