@@ -206,6 +206,12 @@ def test_a_restarted_scheduler_requeues_waiting_calls_and_relearns(
         for t in threads:
             t.start()
         wait_until(lambda: stats(gw)["queued"] == 3, what="3 calls waiting")
+        # A client that gives up while its call waits: Serve cancels the call's handler, and
+        # the call leaves the queue.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=1.0)
+        wait_until(lambda: stats(gw)["queued"] == 3, what="the abandoned call gone")
+        assert sum(stats(gw)["replicas"].values()) == 4  # 1 running, 3 waiting
         before = stats(gw)
         ray.kill(gw.scheduler, no_restart=False)
 

@@ -24,7 +24,7 @@ class HermesIngress:
     def __init__(self, config: dict[str, Any], scheduler: str) -> None:
         cfg = gateway_config_from_dict(config, "the ingress replica's config")
         handle = ray.get_actor(scheduler, namespace=cfg.ray.namespace)
-        self.ingress = Ingress(cfg, ActorRemote(handle))
+        self.ingress = Ingress(cfg, ActorRemote(handle), watch_disconnects=False)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self.ingress.app

@@ -69,8 +69,12 @@ class Ingress:
         remote: SchedulerRemote,
         replica: str | None = None,
         clock: Clock = time.monotonic,
+        watch_disconnects: bool = True,
     ) -> None:
         self.config = config
+        # Under Ray Serve a client's hang-up cancels its handler (Serve does it), and reading
+        # `receive` for one costs a call to Serve's proxy: no watching there.
+        self.watch_disconnects = watch_disconnects
         self.name = replica or replica_name()
         opts = config.ray
         self.link = SchedulerLink(remote, self.name, opts.poll_s, opts.scheduler_timeout_s, clock)
@@ -140,20 +144,29 @@ class Ingress:
             raise NotFoundError(f"model {model!r} is not served here; see /v1/models", "model")
         ctx = caller_of(request).admit(ctx, self.config.slo_class_of(model, ctx.slo_class))
         pending = self.link.submit(ctx, model, estimate_prompt_tokens(body))
-        grant = await self._turn(request, pending)
+        try:
+            grant = await self._turn(request, pending)
+        except asyncio.CancelledError:  # Serve cancels a call whose client hung up
+            self.link.release(pending.submit.call_id, "abort")
+            raise
         if isinstance(grant, Response):
             return grant
         work = self._forward(pending.submit.call_id, grant, raw, body, path)
+        if not self.watch_disconnects:
+            return await work
         answer = await unless_disconnected(request, work)
         return Response(status_code=499) if answer is None else answer
 
     async def _turn(self, request: Request, pending: Pending) -> Granted | Response:
         """The call's grant; or the scheduler's error, or 499 if its client hung up first."""
-        watch = asyncio.ensure_future(until_disconnect(request))
+        waits: list[asyncio.Future[Any]] = [pending.future]
+        if self.watch_disconnects:
+            waits.append(asyncio.ensure_future(until_disconnect(request)))
         try:
-            await asyncio.wait((pending.future, watch), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watch.cancel()
+            for w in waits[1:]:
+                w.cancel()
         if not pending.future.done():
             self.link.release(pending.submit.call_id, "abort")
             return Response(status_code=499)

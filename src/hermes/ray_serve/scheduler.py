@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +59,9 @@ class SchedulerCore:
         self.epoch = uuid.uuid4().hex  # a restarted actor is a new epoch
         self.replicas: dict[str, _Replica] = {}
         self.lost_replicas = 0
+        self._slo = gateway.config.slo_class_options()
+        # Calls in the order they came, for queue timeouts (the oldest first).
+        self._arrivals: deque[tuple[_Replica, int, Call]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -121,23 +125,28 @@ class SchedulerCore:
     # Periodic work ---------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Calls that waited `queue_timeout_s` get their error; replicas silent for
-        `replica_timeout_s` lose their calls."""
+        """Replicas silent for `replica_timeout_s` lose their calls; calls that waited
+        `queue_timeout_s` get their error. O(replicas + calls timed out or gone since)."""
         now = self.gateway.clock()
-        lifecycle = self.gateway.calls
-        limit = self.gateway.config.queue_timeout_s
         for name, r in list(self.replicas.items()):
             if now - r.last_seen_s > self.replica_timeout_s:
                 self._lose(name, r)
+        lifecycle = self.gateway.calls
+        limit = self.gateway.config.queue_timeout_s
+        arrivals = self._arrivals
+        while arrivals:
+            r, call_id, call = arrivals[0]
+            if r.calls.get(call_id) is not call or call.upstream is not None or call.future.done():
+                arrivals.popleft()  # granted or ended: nothing to time out
                 continue
-            for call_id, call in list(r.calls.items()):
-                waiting = call.upstream is None and not call.future.done()
-                if waiting and now - call.arrived_s >= limit:
-                    error = lifecycle.timed_out(call)
-                    del r.calls[call_id]
-                    lifecycle.account(call, {}, "error")
-                    r.refused.append(refusal(call_id, error))
-                    r.ready.set()
+            if now - call.arrived_s < limit:
+                break  # and every later one is younger
+            arrivals.popleft()
+            error = lifecycle.timed_out(call)
+            del r.calls[call_id]
+            lifecycle.account(call, {}, "error")
+            r.refused.append(refusal(call_id, error))
+            r.ready.set()
 
     # Internals -------------------------------------------------------------------------------
 
@@ -162,6 +171,7 @@ class SchedulerCore:
             r.refused.append(refusal(op.call_id, e))
             return
         r.calls[op.call_id] = call
+        self._arrivals.append((r, op.call_id, call))
         if call.future.done():  # granted at once: no wait for the loop's callback
             self._decided(r, op.call_id, call, call.future)
         else:
@@ -180,7 +190,7 @@ class SchedulerCore:
             g = self.gateway
             g.metrics.queue_time.observe(g.clock() - call.arrived_s)
             rank = call.waiting.priority if call.waiting is not None else 0.0
-            rank = engine_rank(rank, "rt" if call.rt else "be", g.config.slo_class_options())
+            rank = engine_rank(rank, "rt" if call.rt else "be", self._slo)
             extra = g.forwarder.cache_fields(call, upstream)
             r.granted.append(Granted(call_id, upstream, rank, extra))
         r.ready.set()
