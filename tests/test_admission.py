@@ -218,3 +218,19 @@ def test_check_ranking_checks_both_parts() -> None:
         check_ranking("nope+auto")
     with pytest.raises(ValueError, match="admission suffix"):
         check_ranking("gittins+many")
+
+
+def test_a_quiet_spell_keeps_the_learned_slope() -> None:
+    """Under load the fit learns the per-sequence cost; a long light spell after it, one or
+    two calls at a time, cannot tell a slope, and the learned one is kept (the limit does
+    not jump back to the ceiling)."""
+    a, b = 0.01, 0.0004
+    busy, quiet = Phase(60.0, 8.0, 100.0, a, b), Phase(120.0, 0.3, 100.0, a, b)
+    ctl = AutoLimit(256)
+    run_synthetic(ctl, [busy], seed=6, drain=False)
+    learned = float(ctl.describe()["iteration_b_s"])
+    assert learned == pytest.approx(b, rel=0.3)
+    ctl2 = AutoLimit(256)
+    run = run_synthetic(ctl2, [busy, quiet], seed=6)
+    assert float(ctl2.describe()["iteration_b_s"]) == pytest.approx(b, rel=0.3)
+    assert run.mean_limit(120.0, 180.0) < 64

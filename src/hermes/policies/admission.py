@@ -19,7 +19,8 @@ to what it measures:
 - the line t(c): every interval, the time-weighted mean concurrency while busy and the output
   tokens made give one point (c, c / X); a least-squares fit with exponential forgetting (it
   follows an engine or a workload that changes) and a small ridge on b (with no spread in c
-  yet, t is taken as flat: b = 0, and nothing is held back);
+  yet, t is taken as flat: b = 0, and nothing is held back); once a slope is learned it is
+  kept while the concurrency seen has too little spread to tell another (a quiet spell);
 - N: the calls present now (in the engine and waiting), read at every observation, so a burst
   opens the limit at once;
 - a floor for throughput: the output tokens served per second (smoothed) is the demand while
@@ -82,6 +83,9 @@ class AdmissionOptions:
     demand_smoothing: weight of the newest interval's served rate in the demand estimate.
     ridge: how strongly b is pulled to 0 while the concurrency seen has little spread
         (in squared sequences).
+    min_spread: below this standard deviation of the concurrency in the fit's points (in
+        sequences) the slope b of the last fit that could tell one is kept (a quiet engine,
+        its calls few and steady, does not forget what it learned under load).
     """
 
     interval_s: float = 1.0
@@ -92,6 +96,7 @@ class AdmissionOptions:
     forgetting: float = 0.98
     demand_smoothing: float = 0.3
     ridge: float = 1.0
+    min_spread: float = 2.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -103,6 +108,7 @@ class AdmissionOptions:
             ("forgetting", 0 < self.forgetting <= 1),
             ("demand_smoothing", 0 < self.demand_smoothing <= 1),
             ("ridge", self.ridge >= 0 and math.isfinite(self.ridge)),
+            ("min_spread", self.min_spread >= 0 and math.isfinite(self.min_spread)),
         )
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -164,14 +170,28 @@ class _LineFit:
         self.sxx = self.sxx * keep + x * x
         self.sxy = self.sxy * keep + x * y
 
-    def line(self, ridge: float) -> tuple[float, float] | None:
-        """(a, b) with a > 0 and b >= 0, or None before any point."""
+    def spread(self) -> float:
+        """The standard deviation of the points' x (weighted)."""
+        if self.s0 <= 0:
+            return 0.0
+        mx = self.sx / self.s0
+        return math.sqrt(max(0.0, self.sxx / self.s0 - mx * mx))
+
+    def line(
+        self, ridge: float, min_spread: float = 0.0, slope: float | None = None
+    ) -> tuple[float, float] | None:
+        """(a, b) with a > 0 and b >= 0, or None before any point. While the points' x has a
+        standard deviation under `min_spread` they cannot tell a slope: `slope` (the last one
+        they could) is kept, and only the level is fitted."""
         if self.s0 <= 0:
             return None
         mx, my = self.sx / self.s0, self.sy / self.s0
-        var = self.sxx - self.s0 * mx * mx
+        var = max(0.0, self.sxx - self.s0 * mx * mx)
         cov = self.sxy - self.s0 * mx * my
-        b = max(0.0, cov / (var + ridge)) if var + ridge > 0 else 0.0
+        if slope is not None and self.spread() < min_spread:
+            b = slope
+        else:
+            b = max(0.0, cov / (var + ridge)) if var + ridge > 0 else 0.0
         a = my - b * mx
         if a <= 0:  # a line through the origin or below: keep a small positive intercept
             a = max(my * 1e-3, 1e-9)
@@ -191,6 +211,7 @@ class AutoLimit:
         self._limit = min(max_limit, max(o.min_limit, o.initial_limit or max_limit))
         self._fit = _LineFit()
         self._line: tuple[float, float] | None = None  # (a, b) of the latest fit
+        self._slope: float | None = None  # the last b the points' spread could tell
         self._ratio = math.inf  # a / b
         self._floor = o.min_limit  # the throughput floor
         self._knee = max_limit
@@ -264,10 +285,12 @@ class AutoLimit:
         if self._win_busy > 0.2 * span and self._win_tokens > 0:
             c = self._win_conc / self._win_busy
             self._fit.add(c, c * self._win_busy / self._win_tokens, o.forgetting)
-        line = self._fit.line(o.ridge)
+        line = self._fit.line(o.ridge, o.min_spread, self._slope)
         if line is None:
             return
         self._line = a, b = line
+        if self._fit.spread() >= o.min_spread:
+            self._slope = b  # learned from concurrencies far enough apart to tell it
         self._ratio = a / b if b > 0 else math.inf
         self._knee = self._knee_of(a, b)
         self._floor = self._needed(self._demand / o.target_utilization, a, b)
