@@ -30,6 +30,7 @@ from hermes.engine.cost_model import StepCostModel
 from hermes.engine.engine_config import EngineConfig
 from hermes.engine.rt_pace import BrosOptions
 from hermes.engine.scheduler import Engine
+from hermes.experiments.bros_gateway import RtPaceGate
 from hermes.experiments.bros_sim import POLICIES, RunOutput, rt_capacity, simulate
 from hermes.experiments.bros_slos import (
     DEFAULT_TPOT_CEILING_S,
@@ -60,6 +61,9 @@ P99_REDUCTION_TARGET = -0.74
 ATTAINMENT_TARGET = 0.95
 VLLM_COLLAPSE_ATTAINMENT = 0.5
 BE_RATIO_TARGET = 0.95
+# bros-gateway's (issue 15, item 5): RT attainment where vllm collapses, BE throughput kept.
+GATEWAY_ATTAINMENT_TARGET = 0.9
+GATEWAY_BE_RATIO_TARGET = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +247,10 @@ def _policy_run(
             Engine(p.cost, cfg), trace, None, w, ttft_slo_s=slos.ttft_s, tpot_slo_s=slos.tpot_s
         )
         return run, time.perf_counter() - start
+    # bros-gateway: vLLM's engine as it is, BE calls held back at the gateway for RT's pace.
+    gated = policy == "bros-gateway"
     run = simulate(
-        make_engine(policy, p.cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
+        make_engine("vllm" if gated else policy, p.cost, cfg, BrosOptions(slo_margin=s.slo_margin)),
         rt_trace(p.clipped, rate / p.deployment.instances, w.end_s, s.seed),
         BeStream(s.seed),
         w,
@@ -253,6 +259,7 @@ def _policy_run(
         rt_priority=class_priority(policy, "rt"),
         be_priority=class_priority(policy, "be"),
         be_backlog=p.backlog,
+        gate=RtPaceGate(slos.tpot_s) if gated else None,
     )
     return run, time.perf_counter() - start
 
@@ -423,4 +430,27 @@ def check_targets(s: BrosSettings, r: Mapping[str, Any]) -> list[dict[str, Any]]
             ratio = None if b is None or not v else b / v
             name = f"bros / vllm BE throughput ({where(x)})"
             out.append(_target(key, name, ratio, ">=", BE_RATIO_TARGET))
+        out += _gateway_targets(key, loads, where)
+    return out
+
+
+def _gateway_targets(
+    key: str, loads: list[Mapping[str, Any]], where: Callable[[Mapping[str, Any]], str]
+) -> list[dict[str, Any]]:
+    """bros-gateway against vllm at its defaults (issue 15, item 5): RT SLO attainment >= 90 %
+    where vllm attains < 50 %, and BE throughput >= 90 % of vllm's, at every load."""
+    out: list[dict[str, Any]] = []
+    for x in loads:
+        if "bros-gateway" not in x["policies"]:
+            continue
+        a = _get(x["policies"], "vllm", "slo_attainment")
+        if a is not None and a < VLLM_COLLAPSE_ATTAINMENT:
+            name = f"bros-gateway RT SLO attainment where vllm attains {a:.0%} ({where(x)})"
+            value = _get(x["policies"], "bros-gateway", "slo_attainment")
+            out.append(_target(key, name, value, ">=", GATEWAY_ATTAINMENT_TARGET))
+        g = _get(x["policies"], "bros-gateway", "be_tokens_per_s")
+        v = _get(x["policies"], "vllm", "be_tokens_per_s")
+        ratio = None if g is None or not v else g / v
+        name = f"bros-gateway / vllm BE throughput ({where(x)})"
+        out.append(_target(key, name, ratio, ">=", GATEWAY_BE_RATIO_TARGET))
     return out

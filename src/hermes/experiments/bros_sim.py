@@ -14,6 +14,7 @@ from hermes.engine.interface import LLMEngine
 from hermes.engine.request import EngineRequest
 from hermes.engine.scheduler import Engine
 from hermes.engine.step import StepResult
+from hermes.experiments.bros_gateway import GatedBacklog, RtPaceGate
 from hermes.experiments.bros_workload import LengthPool, PoolStream, RtTrace
 from hermes.sim.engine_runner import STEP_END_PRIORITY, EngineRunner
 from hermes.sim.kernel import EventLoop
@@ -22,7 +23,8 @@ from hermes.sim.window import Window, WindowMeter
 
 # The co-served policies (`engine.catalog.ENGINE_KINDS`: RT and BE requests share each
 # engine), and `split`: dedicated RT and BE instances.
-POLICIES = ("vllm", "vllm-priority", "split", "bros", "bros-nobidir")
+# `bros-gateway`: `vllm` behind a gateway that holds BE calls back for RT's pace.
+POLICIES = ("vllm", "vllm-priority", "split", "bros", "bros-nobidir", "bros-gateway")
 # Past the start-up transient of a saturated engine.
 CAPACITY_WINDOW = Window(300.0, 1200.0, 0.0)
 
@@ -53,6 +55,7 @@ class _CoServed:
         window: Window,
         classes: tuple[RequestClass, RequestClass],
         be_backlog: int,
+        gate: RtPaceGate | None = None,
     ) -> None:
         self.loop = loop = EventLoop()
         self.window = window
@@ -61,7 +64,10 @@ class _CoServed:
             loop, engine, "co-served", self._done, before_plan=self._boundary, on_step=self._step
         )
         self.rt = None if rt is None else TraceFeeder(loop, self.runner, rt, classes[0])
-        self.be = None if be is None else Backlog(self.runner, be, classes[1], be_backlog)
+        self.gate = gate
+        backlog = Backlog if gate is None else GatedBacklog
+        self.be = None if be is None else backlog(self.runner, be, classes[1], be_backlog)
+        self._gated = 0  # RT requests handed to the gate so far
         arrivals = np.zeros(0) if rt is None else rt.arrival_s
         self.measured = int(
             np.count_nonzero((arrivals >= window.start_s) & (arrivals < window.end_s))
@@ -91,6 +97,12 @@ class _CoServed:
         if self.meter.boundary(now):
             self.runner.stop()
         elif self.be is not None:
+            if self.gate is not None and isinstance(self.be, GatedBacklog):
+                if self.rt is not None:
+                    for req in self.rt.requests[self._gated :]:
+                        self.gate.add(req)
+                    self._gated = len(self.rt.requests)
+                self.gate.update(now, self.be)
             self.be.top_up(now)
 
     def _done(self, req: EngineRequest, now: float) -> None:
@@ -125,16 +137,18 @@ def simulate(
     rt_priority: float = 0.0,
     be_priority: float = 0.0,
     be_backlog: int = 0,
+    gate: RtPaceGate | None = None,
 ) -> RunOutput:
     """Run `engine` on the RT trace (None: no RT) with `be_backlog` BE requests from `be`
-    (None: no BE) kept queued at every iteration boundary, measuring `window`."""
+    (None: no BE) kept queued at every iteration boundary, measuring `window`. With a `gate`
+    the BE requests wait at a gateway that lets the engine hold only as many as it allows."""
     if be is not None and be_backlog < 1:
         raise ValueError(f"simulate: be_backlog must be >= 1 with a BE stream, got {be_backlog}")
     classes = (
         RequestClass("rt", rt_priority, ttft_slo_s, tpot_slo_s),
         RequestClass("be", be_priority),
     )
-    return _CoServed(engine, rt, be, window, classes, be_backlog).run()
+    return _CoServed(engine, rt, be, window, classes, be_backlog, gate).run()
 
 
 def rt_capacity(
