@@ -110,6 +110,10 @@ def test_the_official_client_plain_and_streaming(on_ray: list[RayGateway]) -> No
                 c.chat.completions.create(model="x", messages=[{"role": "user", "content": "y"}])
         wait_until(lambda: stats(gw)["running"] == 0, what="calls released")
         assert stats(gw)["queued"] == 0
+        # The scheduler's own routes, through a replica: an event, the metrics.
+        event = {"event": "stage_started", "stage": "look", "backend": "web"}
+        assert httpx.post(gw.url + "/v1/apps/a1/events", json=event).json() == {"ok": True}
+        assert "hermes_generation_tokens_total 11.0" in httpx.get(gw.url + "/metrics").text
 
 
 def test_two_replicas_grant_in_the_single_process_order(on_ray: list[RayGateway]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 
+import httpx
 import openai
 import pytest
 
@@ -211,3 +212,28 @@ def test_ray_flags_and_options_are_checked() -> None:
         gateway_config_from_dict({**data, "ray": {"poll_s": 5, "replica_timeout_s": 2}})
     with pytest.raises(ValueError, match="ingress_replicas"):
         gateway_config_from_dict({**data, "ray": {"ingress_replicas": 0}})
+
+
+def test_events_finishes_and_metrics_are_the_schedulers(emulated: str) -> None:
+    """Tool-stage events and finishes reach the scheduler's gateway through any replica (its
+    own routes answer them): the application's run is learned; /metrics is its metrics."""
+    cfg = config(emulated, "gittins", kind="emulated", admin_key="adm")
+    gw = LocalRayGateway(cfg, replicas=2)
+    heads = {"x-hermes-app-id": "a1", "x-hermes-app-type": "agent", "x-hermes-stage": "think"}
+    admin = {"Authorization": "Bearer adm"}
+    with serving(gw) as base, httpx.Client(base_url=base, timeout=30) as c:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x" * 80}], "max_tokens": 3}
+        assert c.post("/v1/chat/completions", json=body, headers=heads).status_code == 200
+        event = {"event": "stage_started", "stage": "search", "backend": "web"}
+        r = c.post("/v1/apps/a1/events", json=event, headers=admin)
+        assert r.status_code == 200, r.text
+        assert c.post("/v1/apps/a1/events", json=event).status_code == 401  # the admin key
+        done = {"event": "stage_finished", "stage": "search"}
+        assert c.post("/v1/apps/a1/events", json=done, headers=admin).status_code == 200
+        assert c.post("/v1/apps/a1/finish", headers=admin).json() == {"ok": True}
+        r = c.post("/v1/apps/a1/finish", headers=admin)
+        assert r.status_code == 404
+        assert "no application in progress" in r.json()["error"]["message"]
+        assert gw.core.stats()["graphs"] == ["agent"]
+        metrics = c.get("/metrics", headers=admin).text
+        assert "hermes_generation_tokens_total 3.0" in metrics

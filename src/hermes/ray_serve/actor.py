@@ -15,6 +15,8 @@ import ray
 
 from hermes.gateway.config import GatewayConfig, gateway_config_from_dict
 from hermes.ray_serve.protocol import (
+    HttpAnswer,
+    HttpCall,
     Op,
     Reply,
     Wire,
@@ -51,6 +53,9 @@ class SchedulerActor:
 
     async def poll(self, replica: str, wait_s: float) -> Wire:
         return reply_to_wire(await (await self._ready()).poll(replica, wait_s))
+
+    async def http(self, request: HttpCall) -> HttpAnswer:
+        return await (await self._ready()).http(request)
 
     async def stats(self) -> dict[str, Any]:
         # The actor's CPU seconds so far: its rate per CPU second, on a busy machine.
@@ -91,3 +96,7 @@ class ActorRemote:
 
     async def poll(self, replica: str, wait_s: float) -> Reply:
         return reply_from_wire(await self.handle.poll.remote(replica, wait_s))
+
+    async def http(self, request: HttpCall) -> HttpAnswer:
+        answer: HttpAnswer = await self.handle.http.remote(request)
+        return answer

@@ -91,6 +91,11 @@ class Ingress:
                 Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
                 Route("/v1/models", self.models, methods=["GET"], middleware=call[:1]),
                 Route("/healthz", self.healthz, methods=["GET"]),
+                # The scheduler's own: application events, finishes and tool grants, metrics,
+                # the dashboard's state (its routes check the bearer tokens themselves).
+                Route("/v1/apps/{rest:path}", self.to_scheduler, methods=["GET", "POST"]),
+                Route("/metrics", self.to_scheduler, methods=["GET"]),
+                Route("/v1/hermes/state", self.to_scheduler, methods=["GET"]),
             ],
             exception_handlers=exception_handlers(on_refused=lambda request, status: None),
             lifespan=self._lifespan,
@@ -134,6 +139,16 @@ class Ingress:
             "scheduler_restarts_seen": self.link.restarts_seen,
         }
         return JSONResponse(body)
+
+    async def to_scheduler(self, request: Request) -> Response:
+        """A request for the scheduler's routes, answered there (its body is small)."""
+        body = await request.body()
+        scope = request.scope
+        call = (request.method, scope["path"], scope["query_string"], scope["headers"], body)
+        status, headers, answer = await self.link.remote.http(call)
+        kept = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+        kept.pop("content-length", None)  # Starlette sets it for `answer`
+        return Response(answer, status_code=status, headers=kept)
 
     async def _completion(self, request: Request, path: str, chat: bool) -> Response:
         raw, body = await read_json(request)

@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hermes.gateway.context import CallContext
-from hermes.ray_serve.protocol import Granted, Op, Refused, Release, Reply, Submit
+from hermes.ray_serve.protocol import (
+    Granted,
+    HttpAnswer,
+    HttpCall,
+    Op,
+    Refused,
+    Release,
+    Reply,
+    Submit,
+)
 from hermes.types import Clock
 
 log = logging.getLogger("hermes.ray")
@@ -32,11 +41,13 @@ IN_FLIGHT = 4  # batches sent and not answered yet
 
 
 class SchedulerRemote(Protocol):
-    """The scheduler's two calls (`SchedulerCore.step` and `poll`), however it is reached."""
+    """The scheduler's calls (`SchedulerCore.step`, `poll`, `http`), however it is reached."""
 
     async def step(self, replica: str, ops: Sequence[Op]) -> Reply: ...
 
     async def poll(self, replica: str, wait_s: float) -> Reply: ...
+
+    async def http(self, request: HttpCall) -> HttpAnswer: ...
 
 
 class RefusedError(Exception):

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from hermes.gateway.config import GatewayConfig
 from hermes.ray_serve.ingress import Ingress
-from hermes.ray_serve.protocol import Op, Reply
+from hermes.ray_serve.protocol import HttpAnswer, HttpCall, Op, Reply
 from hermes.ray_serve.scheduler import SchedulerCore
 
 
@@ -27,6 +27,9 @@ class LocalRemote:
 
     async def poll(self, replica: str, wait_s: float) -> Reply:
         return await self.core.poll(replica, wait_s)
+
+    async def http(self, request: HttpCall) -> HttpAnswer:
+        return await self.core.http(request)
 
 
 class LocalRayGateway:

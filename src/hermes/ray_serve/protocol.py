@@ -68,6 +68,12 @@ class Reply:
     refused: list[Refused]
 
 
+# An HTTP request for the scheduler's own routes, and its answer: (method, path, query string,
+# headers, body) and (status, headers, body), headers as ASGI gives them.
+HttpCall = tuple[str, str, bytes, list[tuple[bytes, bytes]], bytes]
+HttpAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 # On the wire (between processes) the records travel as plain tuples: pickling a batch of 200
 # frozen dataclasses took 10 ms here, as tuples 0.5 ms (docs/ray.md).
 Wire = tuple[Any, ...]

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -27,7 +27,16 @@ from hermes.gateway.errors import DOMAIN_ERRORS, ApiError, kind_of
 from hermes.gateway.server import Gateway
 from hermes.gateway.supervise import every
 from hermes.policies.slo_class import engine_rank
-from hermes.ray_serve.protocol import Granted, Op, Refused, Release, Reply, Submit
+from hermes.ray_serve.protocol import (
+    Granted,
+    HttpAnswer,
+    HttpCall,
+    Op,
+    Refused,
+    Release,
+    Reply,
+    Submit,
+)
 
 log = logging.getLogger("hermes.ray")
 
@@ -109,6 +118,45 @@ class SchedulerCore:
                 async with asyncio.timeout(wait_s):
                     await r.ready.wait()
         return self._take(r)
+
+    async def http(self, request: HttpCall) -> HttpAnswer:
+        """One HTTP request (not a completion call) answered by the gateway's own routes, as
+        the single-process gateway answers it: application events and finishes, tool grants,
+        /metrics, the dashboard's state. Small answers only: the body is gathered whole."""
+        method, path, query, headers, body = request
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": None,
+            "server": None,
+        }
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # no disconnect: the replica holds the client
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        answer: dict[str, Any] = {"status": 500, "headers": [], "body": b""}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"], answer["headers"] = message["status"], message["headers"]
+            elif message["type"] == "http.response.body":
+                answer["body"] += message.get("body", b"")
+
+        await self.gateway.app(scope, receive, send)
+        return answer["status"], list(answer["headers"]), answer["body"]
 
     def stats(self) -> dict[str, Any]:
         d = self.gateway.dispatcher
