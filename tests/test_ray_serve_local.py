@@ -237,3 +237,22 @@ def test_events_finishes_and_metrics_are_the_schedulers(emulated: str) -> None:
         assert gw.core.stats()["graphs"] == ["agent"]
         metrics = c.get("/metrics", headers=admin).text
         assert "hermes_generation_tokens_total 3.0" in metrics
+
+
+def test_hermes_serve_ray_starts_emulated_backends_itself() -> None:
+    """`hermes serve --ray --emulate`'s engines: served from the command's own event loop,
+    by URL (what replicas on Ray then reach), and stopped with it."""
+    from hermes.gateway.config import emulated_default
+    from hermes.ray_serve.launch import emulated_backends
+
+    async def main() -> None:
+        async with emulated_backends(emulated_default(time_scale=0.05)) as cfg:
+            (b,) = cfg.backends
+            assert b.url.startswith("http://127.0.0.1:")
+            async with httpx.AsyncClient(base_url=b.url) as c:
+                assert (await c.get("/health")).status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient(base_url=b.url) as c:
+                await c.get("/health")
+
+    asyncio.run(main())

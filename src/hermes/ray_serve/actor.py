@@ -61,9 +61,6 @@ class SchedulerActor:
         # The actor's CPU seconds so far: its rate per CPU second, on a busy machine.
         return (await self._ready()).stats() | {"pid": os.getpid(), "cpu_s": time.process_time()}
 
-    async def metrics(self) -> bytes:
-        return (await self._ready()).gateway.metrics.render()
-
     async def stop(self) -> None:
         if self._core is not None:
             await self._core.stop()
