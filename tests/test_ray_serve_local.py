@@ -256,3 +256,26 @@ def test_hermes_serve_ray_starts_emulated_backends_itself() -> None:
                 await c.get("/health")
 
     asyncio.run(main())
+
+
+def test_a_call_that_cannot_reach_its_upstream_is_retried_once_elsewhere() -> None:
+    live = BlockingUpstream(is_open=True)
+    with serving(live.app) as url:
+        # The dead one has more room: the first grant goes there.
+        dead = Backend(name="dead", url="http://127.0.0.1:9", models=["m"], concurrency=2)
+        ok = Backend(name="live", url=url, models=["m"], concurrency=1)
+        gw = LocalRayGateway(GatewayConfig(port=0, policy="vllm", backends=[dead, ok]))
+        with serving(gw) as base, httpx.Client(base_url=base, timeout=30) as c:
+            body = {"model": "m", "messages": [{"role": "user", "content": "r1"}]}
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert live.arrived == ["r1"]
+            metrics = c.get("/metrics").text
+            assert 'hermes_upstream_errors_total{kind="connect",upstream="dead"} 1.0' in metrics
+    # With nowhere else to go, the call gets 502.
+    alone = LocalRayGateway(GatewayConfig(port=0, policy="vllm", backends=[dead]))
+    with serving(alone) as base:
+        r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 502
+        assert "upstream unavailable" in r.json()["error"]["message"]
+        assert (alone.core.stats()["queued"], alone.core.stats()["running"]) == (0, 0)

@@ -48,7 +48,7 @@ from hermes.gateway.request_bodies import check_completion, estimate_prompt_toke
 from hermes.gateway.tenants import Keyring, caller_of
 from hermes.gateway.upstream import UpstreamClient, late, upstream_clients
 from hermes.ray_serve.link import Pending, RefusedError, SchedulerLink, SchedulerRemote
-from hermes.ray_serve.protocol import Granted
+from hermes.ray_serve.protocol import Granted, Submit
 from hermes.types import Clock
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -166,7 +166,7 @@ class Ingress:
             raise
         if isinstance(grant, Response):
             return grant
-        work = self._forward(pending.submit.call_id, grant, raw, body, path)
+        work = self._forward(pending.submit, grant, raw, body, path)
         if not self.watch_disconnects:
             return await work
         answer = await unless_disconnected(request, work)
@@ -195,17 +195,15 @@ class Ingress:
     # Forwarding ------------------------------------------------------------------------------
 
     async def _forward(
-        self, call_id: int, grant: Granted, raw: bytes, body: dict[str, Any], path: str
+        self, sub: Submit, grant: Granted, raw: bytes, body: dict[str, Any], path: str
     ) -> Response:
         """The upstream's answer; the call is released however it ends."""
-        client = self.clients[grant.upstream]
+        call_id = sub.call_id
         stream = bool(body.get("stream"))
-        extra = dict(grant.extra)
-        if stream:  # usage always, to account it; stripped if not asked for
-            extra["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        data = client.prepare(raw, body, grant.rank, extra)
+        at = [grant.upstream]  # where the call is now (a retry moves it)
         try:
-            resp = await client.session.post(client.url + path, data=data, headers=_JSON)
+            resp = await self._open(sub, grant, raw, body, path, at)
+            client = self.clients[at[0]]
             if stream and resp.status == 200:
                 first = await self._first(client, resp)
                 client.answer_began(resp)
@@ -225,13 +223,47 @@ class Ingress:
             raise
         except TimeoutError:
             self.link.release(call_id, "error")
-            raise late(client, first=True) from None
+            raise late(self.clients[at[0]], first=True) from None
         except aiohttp.ClientError as e:
             self.link.release(call_id, "error")
-            raise UpstreamError(f"upstream {grant.upstream!r} failed: {e}") from None
+            raise UpstreamError(f"upstream {at[0]!r} failed: {e}") from None
         except Exception:
             self.link.release(call_id, "error")
             raise
+
+    async def _open(
+        self,
+        sub: Submit,
+        grant: Granted,
+        raw: bytes,
+        body: dict[str, Any],
+        path: str,
+        at: list[str],
+    ) -> aiohttp.ClientResponse:
+        """The upstream's response, headers read. A connection that fails before them is
+        retried once, on the upstream the scheduler grants next (the first is marked down)."""
+        retried = False
+        while True:
+            client = self.clients[grant.upstream]
+            at[0] = grant.upstream
+            extra = dict(grant.extra)
+            if body.get("stream"):  # usage always, to account it; stripped if not asked for
+                opts = body.get("stream_options") or {}
+                extra["stream_options"] = {**opts, "include_usage": True}
+            data = client.prepare(raw, body, grant.rank, extra)
+            try:
+                return await client.session.post(client.url + path, data=data, headers=_JSON)
+            except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
+                error: aiohttp.ClientError = e
+            except aiohttp.ClientError as e:
+                error = e
+            if retried:
+                raise error
+            retried = True
+            try:
+                grant = await self.link.retry(sub, grant.upstream).future
+            except RefusedError as e:
+                raise UpstreamError(f"upstream unavailable: {error}; {e.refused.message}") from None
 
     async def _first(self, client: UpstreamClient, resp: aiohttp.ClientResponse) -> bytes:
         try:

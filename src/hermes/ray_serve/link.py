@@ -30,6 +30,7 @@ from hermes.ray_serve.protocol import (
     Refused,
     Release,
     Reply,
+    Retry,
     Submit,
 )
 from hermes.types import Clock
@@ -122,6 +123,14 @@ class SchedulerLink:
         self._send(sub)
         return pending
 
+    def retry(self, submit: Submit, upstream: str) -> Pending:
+        """The call (`submit`, granted `upstream`) could not reach it: queued once more, for
+        another upstream; its future holds the new grant (or RefusedError)."""
+        pending = Pending(submit, asyncio.get_running_loop().create_future())
+        self._waiting[submit.call_id] = pending
+        self._send(Retry(submit.call_id, upstream))
+        return pending
+
     def release(self, call_id: int, finish: str, usage: dict[str, Any] | None = None) -> None:
         """The call ended (waiting or granted); once per call, later ones are ignored."""
         if call_id not in self._open:
@@ -168,16 +177,18 @@ class SchedulerLink:
             why = type(e).__name__
             log.warning("scheduler step failed (%s); %d ops retried", why, len(ops))
             await asyncio.sleep(RETRY_S)
-            self._ops[:0] = [op for op in ops if self._still_waiting(op)]
+            # The actor that knew these calls is gone: those still waiting queue anew.
+            self._ops[:0] = [
+                self._waiting[op.call_id].submit
+                for op in ops
+                if not isinstance(op, Release) and op.call_id in self._waiting
+            ]
             self._wake.set()
             return
         for op in ops:
-            if isinstance(op, Submit) and (p := self._waiting.get(op.call_id)) is not None:
+            if not isinstance(op, Release) and (p := self._waiting.get(op.call_id)) is not None:
                 p.epoch = p.epoch or reply.epoch
         self._deliver(reply)
-
-    def _still_waiting(self, op: Op) -> bool:
-        return isinstance(op, Submit) and op.call_id in self._waiting
 
     async def _poller(self) -> None:
         while True:

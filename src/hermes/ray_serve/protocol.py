@@ -31,7 +31,16 @@ class Release:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Submit | Release
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Call `call_id` could not reach `upstream` (no byte of answer): its slot goes back, the
+    upstream is marked down, and the call queues once more, first in line, for another."""
+
+    call_id: int
+    upstream: str
+
+
+Op = Submit | Release | Retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +95,10 @@ def ops_to_wire(ops: Sequence[Op]) -> list[Wire]:
             c = op.ctx
             ctx = (c.app_id, c.app_type, c.stage, c.deadline_ms, c.slo_class, c.stage_index)
             out.append((0, op.call_id, op.model, op.prompt_tokens, *ctx))
-        else:
+        elif isinstance(op, Release):
             out.append((1, op.call_id, op.finish, op.usage))
+        else:
+            out.append((2, op.call_id, op.upstream))
     return out
 
 
@@ -96,8 +107,10 @@ def ops_from_wire(wire: Sequence[Wire]) -> list[Op]:
     for w in wire:
         if w[0] == 0:
             out.append(Submit(w[1], CallContext(*w[4:]), w[2], w[3]))
-        else:
+        elif w[0] == 1:
             out.append(Release(w[1], w[2], w[3]))
+        else:
+            out.append(Retry(w[1], w[2]))
     return out
 
 

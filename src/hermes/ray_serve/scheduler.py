@@ -23,7 +23,7 @@ from typing import Any
 from hermes.gateway.build import build_gateway
 from hermes.gateway.calls import Call
 from hermes.gateway.config import GatewayConfig
-from hermes.gateway.errors import DOMAIN_ERRORS, ApiError, kind_of
+from hermes.gateway.errors import DOMAIN_ERRORS, ApiError, UpstreamError, kind_of
 from hermes.gateway.server import Gateway
 from hermes.gateway.supervise import every
 from hermes.policies.slo_class import engine_rank
@@ -35,6 +35,7 @@ from hermes.ray_serve.protocol import (
     Refused,
     Release,
     Reply,
+    Retry,
     Submit,
 )
 
@@ -71,6 +72,7 @@ class SchedulerCore:
         self._slo = gateway.config.slo_class_options()
         # Calls in the order they came, for queue timeouts (the oldest first).
         self._arrivals: deque[tuple[_Replica, int, Call]] = deque()
+        self._retries: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -88,10 +90,11 @@ class SchedulerCore:
 
     async def stop(self) -> None:
         """Fail what waits (its replicas hear of it), store what is in progress, close."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._retries]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.gateway.stop(drain_s=0.0)
 
     # What replicas call ------------------------------------------------------------------------
@@ -103,8 +106,10 @@ class SchedulerCore:
         for op in ops:
             if isinstance(op, Submit):
                 self._submit(r, op)
-            else:
+            elif isinstance(op, Release):
                 self._release(r, op)
+            else:
+                self._retry(r, op)
         # The grants made above reach `_decided` by the futures' callbacks, which the event
         # loop runs at its next turn: one turn, and they are in this reply.
         await asyncio.sleep(0)
@@ -234,13 +239,41 @@ class SchedulerCore:
             self.gateway.calls.account(call, {}, "error")
             r.refused.append(refusal(call_id, error))
         else:
-            upstream = fut.result()
             g = self.gateway
             g.metrics.queue_time.observe(g.clock() - call.arrived_s)
-            rank = call.waiting.priority if call.waiting is not None else 0.0
-            rank = engine_rank(rank, "rt" if call.rt else "be", self._slo)
-            extra = g.forwarder.cache_fields(call, upstream)
-            r.granted.append(Granted(call_id, upstream, rank, extra))
+            r.granted.append(self._grant(call_id, call, fut.result()))
+        r.ready.set()
+
+    def _grant(self, call_id: int, call: Call, upstream: str) -> Granted:
+        rank = call.waiting.priority if call.waiting is not None else 0.0
+        rank = engine_rank(rank, "rt" if call.rt else "be", self._slo)
+        extra = self.gateway.forwarder.cache_fields(call, upstream)
+        return Granted(call_id, upstream, rank, extra)
+
+    def _retry(self, r: _Replica, op: Retry) -> None:
+        call = r.calls.get(op.call_id)
+        if call is not None and call.upstream == op.upstream:
+            task = asyncio.get_running_loop().create_task(self._retried(r, op, call))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retried(self, r: _Replica, op: Retry, call: Call) -> None:
+        """The single-process gateway's retry: the upstream marked down, the call queued
+        once more, first in line, for another (`CallLifecycle.retry_elsewhere`)."""
+        error: Exception | None = None
+        try:
+            upstream = await self.gateway.calls.retry_elsewhere(call, op.upstream, "connect")
+        except ApiError as e:
+            upstream, error = None, e
+        if r.calls.get(op.call_id) is not call:
+            return  # released or lost meanwhile
+        if upstream is None:
+            del r.calls[op.call_id]
+            self.gateway.calls.account(call, {}, "error")
+            why = error or UpstreamError(f"upstream {op.upstream!r} unavailable, none to retry on")
+            r.refused.append(refusal(op.call_id, why))
+        else:
+            r.granted.append(self._grant(op.call_id, call, upstream))
         r.ready.set()
 
     def _release(self, r: _Replica, op: Release) -> None:
