@@ -149,6 +149,7 @@ def test_a_silent_replica_loses_only_its_own_calls() -> None:
         # Replica a holds the slot and one waiting call; replica b one waiting call.
         r = await core.step("a", [Submit(0, ctx("x0"), "m", 1), Submit(1, ctx("x1"), "m", 1)])
         assert [g.call_id for g in r.granted] == [0]
+        a_epoch = r.epoch
         await core.step("b", [Submit(0, ctx("y0"), "m", 1)])
         assert core.stats()["queued"] == 2
         await asyncio.sleep(0.3)
@@ -160,6 +161,8 @@ def test_a_silent_replica_loses_only_its_own_calls() -> None:
         assert [g.call_id for g in r.granted] == [0]  # a's slot went to b's call
         await core.step("b", [Release(0, "stop", {"prompt_tokens": 1, "completion_tokens": 1})])
         assert (core.stats()["queued"], core.stats()["running"]) == (0, 0)
+        # a was only slow: it hears of a new epoch, and queues its waiting calls again.
+        assert (await core.step("a", [])).epoch != a_epoch
 
     asyncio.run(main())
 

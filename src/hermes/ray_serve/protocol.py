@@ -70,7 +70,8 @@ class Refused:
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What the actor has for a replica: the decisions about its calls since it last asked.
-    `epoch` names the actor's incarnation: a new one (a restart) has forgotten every call."""
+    `epoch` names the actor's incarnation as this replica knows it: a new one (a restart, or
+    the replica given up for dead meanwhile) has forgotten every call of the replica."""
 
     epoch: str
     granted: list[Granted]

@@ -47,6 +47,7 @@ TICK_S = 0.25  # how often queue timeouts and silent replicas are looked for
 @dataclass(slots=True, eq=False)
 class _Replica:
     last_seen_s: float
+    epoch: str  # the scheduler's epoch, and how often this replica was given up before
     calls: dict[int, Call] = field(default_factory=dict)
     granted: list[Granted] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
@@ -73,6 +74,7 @@ class SchedulerCore:
         # Calls in the order they came, for queue timeouts (the oldest first).
         self._arrivals: deque[tuple[_Replica, int, Call]] = deque()
         self._retries: set[asyncio.Task[None]] = set()
+        self._given_up: dict[str, int] = {}  # by replica name
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -207,12 +209,15 @@ class SchedulerCore:
         now = self.gateway.clock()
         r = self.replicas.get(replica)
         if r is None:
-            r = self.replicas[replica] = _Replica(now)
+            # A replica given up for dead that was only slow comes back under a new epoch:
+            # it queues its waiting calls again (they left the queue when it was given up).
+            epoch = f"{self.epoch}.{self._given_up.get(replica, 0)}"
+            r = self.replicas[replica] = _Replica(now, epoch)
         r.last_seen_s = now
         return r
 
     def _take(self, r: _Replica) -> Reply:
-        reply = Reply(self.epoch, r.granted, r.refused)
+        reply = Reply(r.epoch, r.granted, r.refused)
         r.granted, r.refused = [], []
         r.ready.clear()
         return reply
@@ -290,6 +295,7 @@ class SchedulerCore:
         )
         del self.replicas[name]
         self.lost_replicas += 1
+        self._given_up[name] = self._given_up.get(name, 0) + 1
         for call in r.calls.values():
             self.gateway.calls.account(call, {}, "abort")
         r.calls.clear()
