@@ -54,6 +54,8 @@ def connect(config: GatewayConfig) -> None:
 def deploy(config: GatewayConfig, app_name: str = "hermes") -> RayGateway:
     """The gateway on Ray Serve at `config.host:config.port` (Serve's proxy: its address is
     set once, by the first deployment of a Ray session). Backends must have URLs."""
+    if config.port == 0:
+        raise ValueError("hermes serve --ray needs a fixed port for Ray Serve's proxy, not 0")
     for b in config.backends:
         if not b.url:
             raise ValueError(f"backend {b.name!r} has no URL: start its engine first")
