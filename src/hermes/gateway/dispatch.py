@@ -95,6 +95,7 @@ class Dispatcher:
     _queued_for: dict[str, int] = field(default_factory=dict)  # live waiting calls per model
     _healthy: dict[str, bool] = field(default_factory=dict)
     _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
+    _by_name: dict[str, Upstream] = field(default_factory=dict)
     _seq: int = 0
     _queued: int = 0
 
@@ -104,6 +105,7 @@ class Dispatcher:
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
         for u in self.upstreams:
+            self._by_name[u.name] = u
             self._busy[u.name] = 0
             self._limit[u.name] = _checked_limit(u.name, u.concurrency)
             self._healthy[u.name] = True
@@ -299,10 +301,7 @@ class Dispatcher:
             grants.append(Grant(w, best.name))
 
     def _upstream(self, name: str) -> Upstream:
-        u = next((x for x in self.upstreams if x.name == name), None)
-        if u is None:
-            raise KeyError(name)
-        return u
+        return self._by_name[name]  # KeyError for a name no upstream has
 
     def _fill_upstream(self, name: str) -> list[Grant]:
         u = self._upstream(name)
