@@ -323,7 +323,10 @@ def test_interleaved_bursts_are_all_answered_with_fewer_swaps_than_calls() -> No
         assert statuses == [200] * 48
         assert _metric(base, "hermes_request_success_total", finished_reason="stop") == 48
         swaps = _metric(base, "hermes_model_swaps_total", result="ok")
-        assert 1 <= swaps < 48 / 4  # each swap served a burst's calls of its model together
+        # Calls served together: alternating a, b one by one would swap for nearly every call.
+        # (A bound of 48 / 4 failed now and then on a loaded machine, where a burst's calls
+        # reach the gateway spread out.)
+        assert 1 <= swaps < 48 / 2, swaps
         assert _metric(base, "hermes_model_swaps_total", result="error") == 0
 
 
