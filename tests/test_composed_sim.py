@@ -129,3 +129,13 @@ def test_bad_compositions_are_refused_with_the_reason(change: dict[str, Any], me
     data.update(change)
     with pytest.raises(ValueError, match=message):
         config_from_dict(data)
+
+
+def test_the_shared_gpus_take_the_papers_baseline_queue_too() -> None:
+    data = small()
+    data["shared_gpus"][0]["queue_policy"] = "vllm-shared"
+    out = simulate(config_from_dict(data))
+    streams = out["streams"]
+    assert isinstance(streams, dict)
+    assert streams["batch-llama3"]["finished"] > 0  # served on the shared GPUs
+    assert streams["batch-vicuna"]["finished"] > 0

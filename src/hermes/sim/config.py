@@ -300,7 +300,7 @@ class SharedGpus(_Strict):
         description=f"GPUs (instances) in the group (at most {MAX_REPLICAS})",
     )
     models: list[str] = Field(min_length=1, description="the models these GPUs serve")
-    queue_policy: Literal["vllm", "edf", "qlm-noplan", "qlm"] = Field(
+    queue_policy: Literal["vllm", "vllm-shared", "edf", "qlm-noplan", "qlm"] = Field(
         default="qlm", description="how requests are queued and GPUs swap models"
     )
     decide_interval_s: float = Field(
