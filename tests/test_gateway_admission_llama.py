@@ -31,6 +31,7 @@ from hermes.testing.tiny_gguf import write_tiny_llama  # noqa: E402
 
 _MAX = 16
 _LOAD_S = 15.0
+_RATE = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def _load(base: str, gw: Gateway) -> tuple[list[str], list[int]]:
-    """Poisson arrivals (12 a second) for `_LOAD_S`: what each call got, and the limit every
-    0.1 s."""
+    """Poisson arrivals (`_RATE` a second) for `_LOAD_S`: what each call got, and the limit
+    every 0.1 s. Long enough answers that even an idle machine's server cannot keep up, so
+    calls pile up there and the fit sees the time per token grow with them."""
     rng = random.Random(5)
     results: list[str] = []
     limits: list[int] = []
@@ -52,7 +54,7 @@ async def _load(base: str, gw: Gateway) -> tuple[list[str], list[int]]:
             body = {
                 "model": DEFAULT_MODEL_ALIAS,
                 "messages": [{"role": "user", "content": "hi " * rng.randint(5, 40)}],
-                "max_tokens": rng.randint(4, 24),
+                "max_tokens": rng.randint(32, 96),
             }
             r = await client.post(base + "/v1/chat/completions", json=body)
             ok = r.status_code == 200 and b"choices" in r.content
@@ -64,7 +66,7 @@ async def _load(base: str, gw: Gateway) -> tuple[list[str], list[int]]:
         while (now := time.monotonic()) < end:
             while nxt <= now:
                 tasks.append(asyncio.ensure_future(call()))
-                nxt += rng.expovariate(12.0)
+                nxt += rng.expovariate(_RATE)
             if now - last >= 0.1:
                 last = now
                 limits.append(gw.dispatcher.limit_of("llama"))
