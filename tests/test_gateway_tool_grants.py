@@ -79,6 +79,21 @@ def test_release_app_keeps_the_current_stage_and_overdue_grants_are_found() -> N
     assert g.of_app("a") == []
 
 
+def test_equal_priorities_go_to_the_earlier_application_as_in_the_simulator() -> None:
+    g = ToolGrants([ToolLimit("env", capacity=1)])
+    a, _ = g.ask("a", "env", None, 1.0, 0.0, tiebreak=0.0)
+    late, _ = g.ask("late", "env", None, 1.0, 1.0, tiebreak=9.0)  # asked first, arrived later
+    early, _ = g.ask("early", "env", None, 1.0, 2.0, tiebreak=3.0)
+    assert (g.position(early), g.position(late)) == (0, 1)
+    g.rerank(lambda x: x.priority)  # a ranking round keeps the tie-breaks
+    assert g.release(a, 3.0) == [early]
+    fifo = ToolGrants([ToolLimit("env", capacity=1, order="fifo")])
+    fifo.ask("a", "env", None, 1.0, 0.0)
+    late, _ = fifo.ask("late", "env", None, 1.0, 1.0, tiebreak=9.0)
+    fifo.ask("early", "env", None, 1.0, 2.0, tiebreak=3.0)
+    assert fifo.position(late) == 0  # first come, first served
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="tool 't' is configured twice"):
         ToolGrants([ToolLimit("t", 1), ToolLimit("t", 2)])
@@ -87,7 +102,7 @@ def test_bad_input_is_refused() -> None:
     g = ToolGrants([ToolLimit("t", 1)])
     with pytest.raises(KeyError):
         g.ask("a", "web", None, 0.0, 0.0)
-    with pytest.raises(ValueError, match="priority must not be NaN"):
+    with pytest.raises(ValueError, match="priority and tiebreak must not be NaN"):
         g.ask("a", "t", None, float("nan"), 0.0)
 
 

@@ -98,7 +98,10 @@ class ToolAdmission:
         self.moved_on(app, now)
         info = CallInfo((app.app_id, "tool", next(self._asks)), now, 0)
         priority = self.policy.priority(info, app.view, now)
-        grant, made = self.grants.ask(app.app_id, backend, app.current, priority, now)
+        # Equal ranks go to the earlier application, as in the simulator's tool pools.
+        grant, made = self.grants.ask(
+            app.app_id, backend, app.current, priority, now, tiebreak=app.view.arrival_s
+        )
         self._apps[grant.id] = app
         self._announce(made)
         if grant.state == "granted" or not wait:

@@ -43,6 +43,7 @@ class ToolGrant:
     priority: float
     asked_s: float
     seq: int
+    tiebreak: float = 0.0  # among equal priorities, lower first (the application's arrival)
     granted_s: float | None = None
     ended_s: float | None = None
     state: GrantState = "waiting"
@@ -56,7 +57,7 @@ class ToolGrant:
 class _Backend:
     limit: ToolLimit
     running: dict[str, ToolGrant] = field(default_factory=dict)
-    heap: list[tuple[float, int, ToolGrant]] = field(default_factory=list)
+    heap: list[tuple[float, float, int, ToolGrant]] = field(default_factory=list)
     waiting: int = 0
 
 
@@ -97,8 +98,8 @@ class ToolGrants:
         if grant.state != "waiting":
             return None
         b = self._backends[grant.backend]
-        key = (grant.priority if b.limit.order == "policy" else 0.0, grant.seq)
-        return sum(1 for p, s, g in b.heap if g.state == "waiting" and (p, s) < key)
+        key = (*_order(b, grant.priority, grant.tiebreak), grant.seq)
+        return sum(1 for p, t, s, g in b.heap if g.state == "waiting" and (p, t, s) < key)
 
     def backends(self) -> list[str]:
         return list(self._backends)
@@ -106,17 +107,23 @@ class ToolGrants:
     # Inputs ----------------------------------------------------------------------------------
 
     def ask(
-        self, app_id: Hashable, backend: str, stage: object, priority: float, now: float
+        self,
+        app_id: Hashable,
+        backend: str,
+        stage: object,
+        priority: float,
+        now: float,
+        tiebreak: float = 0.0,
     ) -> tuple[ToolGrant, list[ToolGrant]]:
         """A grant for `app_id`'s stage on `backend` (KeyError if not managed), and the grants
-        made now (it, if a slot was free)."""
-        if math.isnan(priority):
-            raise ValueError("priority must not be NaN")
+        made now (it, if a slot was free). Equal priorities go by `tiebreak`, lower first,
+        as the simulator's tool pools order them."""
+        if math.isnan(priority) or math.isnan(tiebreak):
+            raise ValueError("priority and tiebreak must not be NaN")
         b = self._backends[backend]
         seq = next(self._seq)
-        g = ToolGrant(f"g{seq}", app_id, backend, stage, priority, now, seq)
-        key = priority if b.limit.order == "policy" else 0.0
-        heapq.heappush(b.heap, (key, seq, g))
+        g = ToolGrant(f"g{seq}", app_id, backend, stage, priority, now, seq, tiebreak)
+        heapq.heappush(b.heap, (*_order(b, priority, tiebreak), seq, g))
         b.waiting += 1
         self._grants[g.id] = g
         self._by_app.setdefault(app_id, []).append(g)
@@ -165,10 +172,10 @@ class ToolGrants:
             if b.limit.order != "policy" or not b.waiting:
                 continue
             fresh = []
-            for _, seq, g in b.heap:
+            for _, tie, seq, g in b.heap:
                 if g.state == "waiting":
                     g.priority = priority(g)
-                    fresh.append((g.priority, seq, g))
+                    fresh.append((g.priority, tie, seq, g))
             heapq.heapify(fresh)
             b.heap = fresh
 
@@ -177,7 +184,7 @@ class ToolGrants:
     def _fill(self, b: _Backend, now: float) -> list[ToolGrant]:
         made = []
         while len(b.running) < b.limit.capacity and b.heap:
-            _, _, g = heapq.heappop(b.heap)
+            *_, g = heapq.heappop(b.heap)
             if g.state != "waiting":
                 continue  # cancelled while it waited
             g.state = "granted"
@@ -197,3 +204,9 @@ class ToolGrants:
             mine.remove(grant)
             if not mine:
                 del self._by_app[grant.app_id]
+
+
+def _order(b: _Backend, priority: float, tiebreak: float) -> tuple[float, float]:
+    """A waiting grant's place: by (priority, tie-break) where the backend orders by policy,
+    else by asking alone (first come, first served)."""
+    return (priority, tiebreak) if b.limit.order == "policy" else (0.0, 0.0)
