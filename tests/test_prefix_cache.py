@@ -299,9 +299,9 @@ def test_under_pressure_the_pin_marked_to_give_way_first_goes_first() -> None:
         now = run(e, now)
     for name, way in (("early", 5.0), ("late", 50.0), ("mid", 20.0)):
         assert cache.pin(name, block_hashes(contents[name], BS, 97), give_way=way) == 6
-    assert cache.unpin_oldest()
+    assert cache.break_a_pin()
     assert list(cache.pins) == ["early", "mid"]  # the one expected back latest went
-    assert cache.unpin_oldest()
+    assert cache.break_a_pin()
     assert list(cache.pins) == ["early"]
     e.check_invariants()
     assert cache.pin("none", [12345]) == 0  # nothing cached to hold: no pin

@@ -227,7 +227,7 @@ class PrefixCachedKV(PagedKV):
                 freed += 1
         self.gpu.release(freed)
 
-    def unpin_oldest(self) -> bool:
+    def break_a_pin(self) -> bool:
         """Memory is short: a pin gives way, the one of highest `give_way`, the oldest among
         equals (False when there is none)."""
         if not self.pins:

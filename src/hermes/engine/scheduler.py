@@ -275,7 +275,7 @@ class Engine(EngineBase):
             need = -(-(r.num_computed + n) // bs) - r.blocks
             lost_self = False
             while need > gpu.free:
-                if self._caching and self._unpin_oldest():
+                if self._caching and self._break_a_pin():
                     continue  # a pinned idle prefix gives way before a running request
                 victim = self._victim(running)
                 preempted = True
@@ -300,9 +300,9 @@ class Engine(EngineBase):
             i += 1
         return budget, swap_blocks, preempted
 
-    def _unpin_oldest(self) -> bool:
+    def _break_a_pin(self) -> bool:
         kv = self.kv
-        return isinstance(kv, PrefixCachedKV) and kv.unpin_oldest()
+        return isinstance(kv, PrefixCachedKV) and kv.break_a_pin()
 
     def _take_hits(self, r: EngineRequest, hits: int) -> int:
         """`r` takes its cached blocks; the blocks copied back from the CPU tier."""
@@ -350,7 +350,7 @@ class Engine(EngineBase):
             n = min(r.num_tokens - computed, budget)
             need = -(-(computed + n) // bs) - r.blocks - hits
             if need + free_hits > gpu.free:
-                if not running and self._unpin_oldest():
+                if not running and self._break_a_pin():
                     continue  # nothing runs: pinned prefixes must not stall the engine
                 break
             if hits:
