@@ -198,6 +198,17 @@ def test_cli_bench_runs_only_the_named_experiments(tmp_path: Path) -> None:
     assert set(tools["sweep"]) == {"separate", "shared"}
     assert set(tools["sweep"]["separate"]) == {"1", "2", "4"}
     assert set(tools["sweep"]["separate"]["1"]["fifo"]["queue_wait_s"]) == {"docker", "env"}
+    # The references: a clairvoyant order of the same pools, and the pools unlimited.
+    for ref in ("oracle", "unlimited"):
+        assert tools[ref]["apps"] == 12
+        assert tools[ref]["failed"] == 0
+    # Unlimited pools never queue (a call that finds every instance busy starts one).
+    assert sum(tools["unlimited"]["queue_wait_s"].values()) == 0
+    assert sum(tools["unlimited"]["tool_wait_s_by_app"].values()) == 0
+    fifo = tools["fifo"]
+    assert sum(fifo["tool_wait_s_by_app"].values()) > 0
+    assert set(fifo["tool_wait_s_by_app"]) == set(fifo["act_mean_by_app"])
+    assert fifo["act_mean_pool_users"] > 0
     targets = [t["target"] for t in r["targets"]]
     assert sum(t.startswith("policy-ordered vs FIFO tool pools") for t in targets) == 1
     assert sum(t.startswith("ranking round") for t in targets) == 1

@@ -27,9 +27,20 @@ class ToolRunner:
         self._timer: Event | None = None
         self._cold_wait: dict[Hashable, float] = {}  # calls started and not finished
         self.cold_wait_s = 0.0
+        # Seconds each started call waited for a slot (not for warm-up): who pays the queue.
+        self.queue_waits: dict[Hashable, float] = {}
         # Ranked only where a queue can form and its order is the policy's.
         self._policy = policy if pool.spec.ranked else None
         self._waiting: dict[Hashable, tuple[CallInfo, AppView | None]] = {}  # ranked, queued
+
+    def order_by(self, policy: Policy) -> None:
+        """Grant this pool's waiting calls by `policy`'s ranks instead of the LLM queue's (a
+        study's bound, e.g. a clairvoyant order); only where the pool orders by rank, and
+        before any call is submitted."""
+        if self._waiting or self.pool.calls_started:
+            raise ValueError(f"pool {self.pool.spec.name!r}: order_by before any call")
+        if self.pool.spec.ranked:
+            self._policy = policy
 
     def submit(
         self, call_id: Hashable, duration_s: float, now: float, app: AppView | None = None
@@ -80,6 +91,7 @@ class ToolRunner:
             if isinstance(effect, CallStarted):
                 self.cold_wait_s += effect.cold_wait_s
                 self._cold_wait[effect.call_id] = effect.cold_wait_s
+                self.queue_waits[effect.call_id] = effect.waited_s - effect.cold_wait_s
                 self._waiting.pop(effect.call_id, None)
             else:
                 cold = self._cold_wait.pop(effect.call_id, 0.0)
