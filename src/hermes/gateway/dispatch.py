@@ -96,16 +96,22 @@ class Dispatcher:
     _healthy: dict[str, bool] = field(default_factory=dict)
     _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
     _by_name: dict[str, Upstream] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)  # position in `upstreams`
+    # Per model, the upstreams with a free slot that have it loaded: an arrival finds them
+    # without scanning every upstream (a full cluster: none, at once).
+    _open: dict[str, set[str]] = field(default_factory=dict)
     _seq: int = 0
     _queued: int = 0
+    _running: int = 0  # the sum of `_busy`, kept (read at every grant, for the metrics)
 
     def __post_init__(self) -> None:
         self._share = GrantShare(self.slo)
         names = [u.name for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
-        for u in self.upstreams:
+        for i, u in enumerate(self.upstreams):
             self._by_name[u.name] = u
+            self._index[u.name] = i
             self._busy[u.name] = 0
             self._limit[u.name] = _checked_limit(u.name, u.concurrency)
             self._healthy[u.name] = True
@@ -114,6 +120,9 @@ class Dispatcher:
                 self._heaps.setdefault(m, ([], []))
                 self._queued_for.setdefault(m, 0)
                 self._fifo.setdefault(m, (deque(), deque()))
+                self._open.setdefault(m, set())
+        for u in self.upstreams:
+            self._sync(u.name)
 
     # Queries ---------------------------------------------------------------------------------
 
@@ -123,7 +132,7 @@ class Dispatcher:
 
     @property
     def running(self) -> int:
-        return sum(self._busy.values())
+        return self._running
 
     def serves(self, model: str) -> bool:
         return model in self._heaps
@@ -159,12 +168,9 @@ class Dispatcher:
         """Whether a healthy upstream serves `model` (loaded now or not)."""
         return any(self._healthy[u.name] for u in self.upstreams if model in u.models)
 
-    def waiting(self) -> Iterable[Waiting]:
-        for heaps in self._heaps.values():
-            for heap in heaps:
-                for entry in heap:
-                    if _live(entry):
-                        yield entry[2]
+    def waiting(self) -> list[Waiting]:
+        """The calls waiting, in no particular order (a ranking round reads them all)."""
+        return [e[2] for heaps in self._heaps.values() for heap in heaps for e in heap if _live(e)]
 
     # Inputs ----------------------------------------------------------------------------------
 
@@ -213,6 +219,8 @@ class Dispatcher:
         if self._busy[upstream] <= 0:
             raise ValueError(f"release of {upstream!r} without a call running there")
         self._busy[upstream] -= 1
+        self._running -= 1
+        self._sync(upstream)
         return self._fill_upstream(upstream)
 
     def cancel(self, call: Waiting) -> bool:
@@ -229,11 +237,13 @@ class Dispatcher:
         once. A lower limit cuts nothing: the calls running there run on, and new grants wait
         until fewer than `limit` are left."""
         self._limit[upstream] = _checked_limit(upstream, limit)
+        self._sync(upstream)
         return self._fill_upstream(upstream)
 
     def set_health(self, upstream: str, healthy: bool) -> list[Grant]:
         """An unhealthy upstream gets no new calls; back to health, it fills its slots."""
         self._healthy[upstream] = healthy
+        self._sync(upstream)
         return self._fill_upstream(upstream) if healthy else []
 
     def set_loaded(self, upstream: str, models: Iterable[str]) -> list[Grant]:
@@ -247,23 +257,40 @@ class Dispatcher:
                 f"it serves {sorted(u.models)}"
             )
         self._loaded[upstream] = loaded
+        self._sync(upstream)
         return self._fill_upstream(upstream)
 
     def rerank(self, priority: Callable[[Waiting], float]) -> None:
         """Give every waiting call a new priority (dynamic policies, once per round); aged
         calls keep theirs."""
-        for heaps in self._heaps.values():
-            for heap in heaps:
-                fresh = []
-                for entry in heap:
-                    if not _live(entry):
-                        continue
-                    w = entry[2]
-                    if not w.aged:
-                        w.priority = priority(w)
-                    fresh.append((w.priority, w.seq, w))
-                heapq.heapify(fresh)
-                heap[:] = fresh
+        self.rerank_all(lambda calls: [w.priority if w.aged else priority(w) for w in calls])
+
+    def rerank_all(self, priorities: Callable[[list[Waiting]], list[float]]) -> None:
+        """`rerank` with the new priorities of all the waiting calls asked at once
+        (`priorities(calls)`, in the order of `calls`; aged calls keep theirs): a round over
+        10,000 calls in a few list passes. A heap none of whose calls moved is kept."""
+        heaps = [heap for pair in self._heaps.values() for heap in pair]
+        # `_live` inlined: this runs over every waiting call each round.
+        live = [
+            [w for p, _, w in heap if not (w.cancelled or w.granted) and p == w.priority]
+            for heap in heaps
+        ]
+        every = [w for calls in live for w in calls]
+        ranks = priorities(every)
+        if len(ranks) != len(every):
+            raise ValueError(f"{len(ranks)} priorities for {len(every)} waiting calls")
+        new = iter(ranks)
+        for heap, calls in zip(heaps, live, strict=True):
+            moved = len(calls) != len(heap)  # stale entries go
+            for w in calls:
+                p = next(new)
+                if not w.aged and p != w.priority:
+                    w.priority = p
+                    moved = True
+            if moved:
+                rebuilt = [(w.priority, w.seq, w) for w in calls]
+                heapq.heapify(rebuilt)
+                heap[:] = rebuilt
 
     # Internals -------------------------------------------------------------------------------
 
@@ -281,24 +308,36 @@ class Dispatcher:
         w.granted = True
         self._share.granted("rt" if w.rt else "be")
 
+    def _sync(self, name: str) -> None:
+        """Keep `_open` true to `name`'s room and loaded models (after any change to them)."""
+        has_room = self.room(name) > 0
+        loaded = self._loaded[name]
+        for m in self._by_name[name].models:
+            if has_room and m in loaded:
+                self._open[m].add(name)
+            else:
+                self._open[m].discard(name)
+
     def _fill(self, model: str) -> list[Grant]:
         grants: list[Grant] = []
         heaps = self._heaps[model]
-        while True:
-            free = [
-                u for u in self.upstreams if model in self._loaded[u.name] and self._free(u) > 0
-            ]
-            if not free:
-                return grants
+        open_ = self._open[model]
+        while open_:
             cls = self._class(bool(self._prune(heaps[RT])), bool(self._prune(heaps[BE])))
             if cls is None:
                 return grants
+            # In the order of `upstreams`: the router breaks ties by it.
+            index = self._index
+            free = [self.upstreams[i] for i in sorted(index[n] for n in open_)]
             _, _, w = heapq.heappop(heaps[cls])
             self._granted(w)
             best = self.router.choose(w, free, self.busy, self.room)
             self._busy[best.name] += 1
+            self._running += 1
+            self._sync(best.name)
             self.router.placed(w, best.name)
             grants.append(Grant(w, best.name))
+        return grants
 
     def _upstream(self, name: str) -> Upstream:
         return self._by_name[name]  # KeyError for a name no upstream has
@@ -320,6 +359,8 @@ class Dispatcher:
             _, _, w = heapq.heappop(self._heaps[model][cls])
             self._granted(w)
             self._busy[name] += 1
+            self._running += 1
+            self._sync(name)
             self.router.placed(w, name)
             grants.append(Grant(w, name))
         return grants
