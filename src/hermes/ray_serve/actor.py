@@ -6,6 +6,7 @@ Calls are not retried by Ray (`max_task_retries=0`): a replica decides what to s
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +28,13 @@ from hermes.ray_serve.protocol import (
 )
 from hermes.ray_serve.scheduler import SchedulerCore
 
+# The actor holds every waiting call (10,000 and more), each a few dozen objects that live
+# until granted: most survive the young collections, and at Python's default thresholds the
+# full collections that follow traversed them (and Ray's and the gateway's start-up objects)
+# often enough to take half the actor's CPU per call (measured, docs/benchmarks.md "Ray").
+# Start-up objects are frozen out of collection; collections come every 10,000 allocations.
+GC_THRESHOLDS = (10_000, 10, 10)
+
 
 class SchedulerActor:
     """Ray's side of `SchedulerCore`: the core starts on the actor's event loop with the
@@ -44,6 +52,8 @@ class SchedulerActor:
                 if self._core is None:
                     core = SchedulerCore.from_config(self._config)
                     await core.start()
+                    gc.freeze()  # this process is the actor's own
+                    gc.set_threshold(*GC_THRESHOLDS)
                     self._core = core
         return self._core
 
