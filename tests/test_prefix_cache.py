@@ -163,6 +163,7 @@ class CacheMachine(RuleBasedStateMachine):
     def arrive(self, stream: str, shared: int, prompt: int, output: int) -> None:
         content: Content = ((stream, shared + 200),) if shared else ()
         r = request(f"r{self.k}", content or None, prompt, output)
+        r.priority = float(self.k % 11)
         self.k += 1
         if self.e.add(r, self.now):
             self.live.append(r)
@@ -184,6 +185,20 @@ class CacheMachine(RuleBasedStateMachine):
     def abort(self, i: int) -> None:
         if self.live:
             self.e.abort(self.live[i % len(self.live)], self.now)
+
+    @rule(stream=st.sampled_from(STREAMS), rank=st.none() | st.floats(0, 10), way=st.floats(0, 9))
+    def pin(self, stream: str, rank: float | None, way: float) -> None:
+        """An application pins what its stream has cached (ranked or not), as retention does;
+        the requests that come after are ranked too, so ranked pins give way to some."""
+        cache = kv(self.e)
+        cache.pin((stream, self.k), block_hashes(((stream, 500),), BS, 500), way, rank)
+        self.k += 1
+
+    @rule(i=st.integers(0, 50))
+    def unpin(self, i: int) -> None:
+        cache = kv(self.e)
+        if cache.pins:
+            cache.unpin(list(cache.pins)[i % len(cache.pins)])
 
     @invariant()
     def books_balance(self) -> None:
@@ -306,3 +321,47 @@ def test_under_pressure_the_pin_marked_to_give_way_first_goes_first() -> None:
     e.check_invariants()
     assert cache.pin("none", [12345]) == 0  # nothing cached to hold: no pin
     assert list(cache.pins) == ["early"]
+
+
+def test_a_ranked_pin_gives_way_only_to_a_waiting_request_ranked_ahead_of_its_owner() -> None:
+    # 20 blocks: two pinned prefixes of 6 and a running request of 2 leave 6 free, and a
+    # waiting request needs 10. One iteration per step, so that the runner keeps running.
+    e = Engine(MODEL, EngineConfig(num_gpu_blocks=20), decode_runs=False)
+    cache = kv(e)
+    now = 0.0
+    contents = {name: ((name, 96),) for name in ("ranked-5", "unranked")}
+    for name, content in contents.items():
+        e.add(request(name, content, 97, output=1), now)
+        now = run(e, now)
+    assert cache.pin("ranked-5", block_hashes(contents["ranked-5"], BS, 97), rank=5.0) == 6
+    assert cache.pin("unranked", block_hashes(contents["unranked"], BS, 97)) == 6
+    assert not cache.break_a_pin_ranked_below(5.0)  # ranked level with the owner: no
+    runner = request("runner", None, 17, output=50)
+    e.add(runner, now)
+    step = e.plan(now)
+    assert step is not None
+    now = step.end_s
+    e.complete(step)
+
+    behind, ahead = request("behind", None, 150, 1), request("ahead", None, 150, 1)
+    behind.priority, ahead.priority = 9.0, 1.0
+    e.add(behind, now)
+    step = e.plan(now)
+    assert step is not None
+    assert behind not in [c[0] for c in step.chunks]  # ranked behind the owner: it waits
+    assert set(cache.pins) == {"ranked-5", "unranked"}
+    now = step.end_s
+    e.complete(step)
+    e.check_invariants()
+
+    e.add(ahead, now)
+    step = e.plan(now)
+    assert step is not None
+    assert ahead in [c[0] for c in step.chunks]  # ranked ahead: the ranked pin made room
+    assert behind not in [c[0] for c in step.chunks]
+    assert set(cache.pins) == {"unranked"}  # a pin without a rank yields only to memory
+    assert cache.pins_broken == 1
+    e.complete(step)
+    e.check_invariants()
+    run(e, step.end_s)
+    assert {r.state for r in (runner, behind, ahead)} == {RequestState.FINISHED}

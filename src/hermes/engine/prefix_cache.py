@@ -46,6 +46,7 @@ class PrefixCachedKV(PagedKV):
         "_give_way",
         "_hashes",
         "_held",
+        "_rank",
         "cpu_lru",
         "cpu_tier_blocks",
         "evictions",
@@ -76,6 +77,9 @@ class PrefixCachedKV(PagedKV):
         self.reloaded = 0  # blocks copied back from the CPU tier
         self.pins: dict[Hashable, list[int]] = {}  # owner -> cached blocks it keeps held
         self._give_way: dict[Hashable, float] = {}  # owner -> its pin's order of giving way
+        # owner -> the scheduler's rank of the owner (lower runs first): a waiting request
+        # ranked ahead of it may take its blocks; owners without one yield only to memory
+        self._rank: dict[Hashable, float] = {}
         self.pins_broken = 0  # pins let go early because memory ran short
 
     def _trim(self) -> None:
@@ -193,13 +197,19 @@ class PrefixCachedKV(PagedKV):
 
     # Retention: what a scheduler that knows an application will come back may do ----------
 
-    def pin(self, owner: Hashable, hashes: list[int], give_way: float = 0.0) -> int:
+    def pin(
+        self, owner: Hashable, hashes: list[int], give_way: float = 0.0, rank: float | None = None
+    ) -> int:
         """Hold the cached blocks among `hashes` for `owner` (no eviction until `unpin`); the
         blocks pinned. When memory runs short, pins of higher `give_way` go first (e.g. the
-        time the owner is expected back), the oldest first among equals."""
+        time the owner is expected back), the oldest first among equals. A pin with a `rank`
+        (the scheduler's, lower first) also gives way to a waiting request ranked ahead of it
+        (`break_a_pin_ranked_below`)."""
         refs, lru = self.refs, self.lru
         held = self.pins.setdefault(owner, [])
         self._give_way[owner] = max(give_way, self._give_way.get(owner, give_way))
+        if rank is not None:
+            self._rank[owner] = rank
         for h in hashes:
             n = refs.get(h)
             if n is None:
@@ -211,10 +221,12 @@ class PrefixCachedKV(PagedKV):
             held.append(h)
         if not held:  # nothing cached to hold
             del self.pins[owner], self._give_way[owner]
+            self._rank.pop(owner, None)
         return len(held)
 
     def unpin(self, owner: Hashable) -> None:
         self._give_way.pop(owner, None)
+        self._rank.pop(owner, None)
         held = self.pins.pop(owner, None)
         if not held:
             return
@@ -234,6 +246,17 @@ class PrefixCachedKV(PagedKV):
             return False
         way = self._give_way
         self.unpin(max(self.pins, key=lambda o: way.get(o, 0.0)))
+        self.pins_broken += 1
+        return True
+
+    def break_a_pin_ranked_below(self, rank: float) -> bool:
+        """A request of `rank` waits for memory: the pin of the owner ranked last among those
+        ranked behind it gives way (False when there is none). The owner would be served
+        after that request anyway, so its blocks do more good as the request's room."""
+        behind = [(r, o) for o, r in self._rank.items() if r > rank]
+        if not behind:
+            return False
+        self.unpin(max(behind, key=lambda ro: ro[0])[1])
         self.pins_broken += 1
         return True
 

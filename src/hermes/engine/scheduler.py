@@ -304,6 +304,10 @@ class Engine(EngineBase):
         kv = self.kv
         return isinstance(kv, PrefixCachedKV) and kv.break_a_pin()
 
+    def _break_pin_behind(self, r: EngineRequest) -> bool:
+        kv = self.kv
+        return isinstance(kv, PrefixCachedKV) and kv.break_a_pin_ranked_below(r.priority)
+
     def _take_hits(self, r: EngineRequest, hits: int) -> int:
         """`r` takes its cached blocks; the blocks copied back from the CPU tier."""
         kv = self.kv
@@ -352,6 +356,8 @@ class Engine(EngineBase):
             if need + free_hits > gpu.free:
                 if not running and self._break_a_pin():
                     continue  # nothing runs: pinned prefixes must not stall the engine
+                if self._caching and self._break_pin_behind(r):
+                    continue  # a pin whose owner is ranked behind `r` makes room for it
                 break
             if hits:
                 loaded += self._take_hits(r, hits)

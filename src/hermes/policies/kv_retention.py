@@ -40,6 +40,9 @@ class Retention:
     # When memory runs short, pins of applications expected back later give way first;
     # None: in the order pinned.
     back_in_s: float | None = None
+    # The pin also gives way to a waiting call the scheduler ranks ahead of the application:
+    # the application would wait behind that call anyway.
+    by_rank: bool = False
 
 
 LET_GO = Retention()
@@ -132,7 +135,7 @@ class PDGraphRetention(_Learned):
         if hold <= 0:
             return LET_GO  # an LLM stage follows at once
         if hold <= self.max_pin_s:
-            return Retention(pin_s=hold, back_in_s=float(np.median(back)))
+            return Retention(pin_s=hold, back_in_s=float(np.median(back)), by_rank=True)
         soon = float(np.percentile(back, 100 - QUANTILE, method="inverted_cdf"))
         return Retention(offload=True, prefetch_in_s=soon)
 

@@ -19,7 +19,7 @@ from hermes.sim.kernel import EventLoop
 @dataclass(slots=True)
 class _AppKV:
     calls: list[tuple[EngineRequest, PrefixCachedKV]] = field(default_factory=list)
-    pinned: list[PrefixCachedKV] = field(default_factory=list)
+    pinned: list[tuple[PrefixCachedKV, tuple[int, int]]] = field(default_factory=list)
     epoch: int = 0  # bumped when the application moves on: stale timers do nothing
 
 
@@ -39,20 +39,28 @@ class KvRetention:
         if isinstance(kv, PrefixCachedKV) and req.content is not None:
             self.apps.setdefault(app_id, _AppKV()).calls.append((req, kv))
 
-    def llm_stage_done(self, app_id: int, view: AppView, next_stage: str, now: float) -> None:
+    def llm_stage_done(
+        self, app_id: int, view: AppView, next_stage: str, now: float, rank: float | None = None
+    ) -> None:
+        """`rank`: the application's rank with the scheduler now (lower first), for pins that
+        give way to calls ranked ahead of it."""
         state = self.apps.get(app_id)
         if state is None or not state.calls:
             return
         decision = self.policy.on_llm_stage_done(view, next_stage, now)
+        self._unpin(state)
+        state.epoch += 1
         epoch = state.epoch
+        owner = (app_id, epoch)
+        pin_rank = rank if decision.by_rank else None
         for req, kv in state.calls:
             hashes = block_hashes(req.content, kv.block_size, req.prompt_tokens + req.generated)
             if decision.forget:
                 self.forgets += kv.forget(_own(req, hashes, kv.block_size)) > 0
             way = 0.0 if decision.back_in_s is None else now + decision.back_in_s
-            if decision.pin_s > 0 and kv.pin(app_id, hashes, way):
+            if decision.pin_s > 0 and kv.pin(owner, hashes, way, pin_rank):
                 self.pins += 1
-                state.pinned.append(kv)
+                state.pinned.append((kv, owner))
             if decision.offload:
                 self.offloads += kv.offload(hashes) > 0
             if decision.prefetch_in_s is not None:
@@ -62,17 +70,24 @@ class KvRetention:
             self.loop.at(now + decision.pin_s, lambda t: self._expire(app_id, epoch))
 
     def llm_stage_starts(self, app_id: int) -> None:
-        """The application sends LLM calls again (or is done): its pins go."""
+        """The application sends LLM calls again (its calls take the blocks): its pins go."""
         state = self.apps.get(app_id)
         if state is None:
             return
         state.epoch += 1
-        for kv in state.pinned:
-            kv.unpin(app_id)
+        self._unpin(state)
+
+    @staticmethod
+    def _unpin(state: _AppKV) -> None:
+        for kv, owner in state.pinned:
+            kv.unpin(owner)
         state.pinned.clear()
 
     def app_done(self, app_id: int) -> None:
-        self.llm_stage_starts(app_id)
+        state = self.apps.get(app_id)
+        if state is not None:
+            state.epoch += 1
+            self._unpin(state)
         state = self.apps.pop(app_id, None)
         if state is None or not self.policy.forgets_finished:
             return
@@ -83,7 +98,8 @@ class KvRetention:
     def _expire(self, app_id: int, epoch: int) -> None:
         state = self.apps.get(app_id)
         if state is not None and state.epoch == epoch:
-            self.llm_stage_starts(app_id)
+            state.epoch += 1
+            self._unpin(state)
 
     def _prefetch_later(
         self, state: _AppKV, epoch: int, kv: PrefixCachedKV, hashes: list[int], at: float

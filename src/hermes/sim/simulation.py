@@ -418,7 +418,8 @@ class Simulation:
                 self.kv_retention.app_done(app.app_id)
             else:
                 nxt = app.run.stages[app.stage].name
-                self.kv_retention.llm_stage_done(app.app_id, app.view, nxt, now)
+                rank = self.policy.priority(CallInfo(("pin", app.app_id), now, 0), app.view, now)
+                self.kv_retention.llm_stage_done(app.app_id, app.view, nxt, now, rank)
         if done:
             self.orders.release(app)
             app.finish_s = now
