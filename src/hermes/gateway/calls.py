@@ -54,6 +54,7 @@ class Call:
     finish: str = "abort"  # until the stream ends otherwise: the client hung up
     ended: bool = False  # counted, and what it held freed: see `CallLifecycle.account`
     rt: bool = False  # real-time: x-hermes-slo-class rt, or its model's default class
+    tenant: str | None = None  # the caller's key's name, for the upstream's fairness id
     deadline_s: float = math.inf  # arrival + its class's slo_s, or its app's deadline
     # For admission (`admission_feed`): when it got its slot, when its first event came.
     granted_s: float | None = None

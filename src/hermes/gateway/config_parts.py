@@ -8,9 +8,12 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hermes.config_base import StrictModel as _Strict
+from hermes.gateway.inference_headers import InferenceHeaders
 from hermes.types import SloClass
 
 BackendKind = Literal["vllm", "sglang", "llamacpp", "openai", "emulated"]
+# A backend URL that names a Ray Serve deployment, called through a handle (hermes serve --ray).
+SERVE_SCHEME = "serve://"
 
 
 class Backend(_Strict):
@@ -21,7 +24,11 @@ class Backend(_Strict):
         default="vllm",
         description="vllm, sglang, llamacpp or emulated: how priorities and controls are sent",
     )
-    url: str = Field(default="", description="base URL, e.g. http://10.0.0.5:8000")
+    url: str = Field(
+        default="",
+        description="base URL, e.g. http://10.0.0.5:8000; or serve://APP/DEPLOYMENT, a Ray "
+        "Serve deployment called through a handle (hermes serve --ray only; docs/ray.md)",
+    )
     models: list[str] = Field(
         min_length=1, description="the models it serves (the `model` of a call picks the backend)"
     )
@@ -62,6 +69,11 @@ class Backend(_Strict):
         "served one, unless it has more than session_max_excess calls in flight over the "
         "least loaded (llama.cpp: each application also keeps its slot, with cache_prompt)",
     )
+    inference_headers: InferenceHeaders = Field(
+        default=InferenceHeaders(),
+        description="llm-d / Gateway API Inference Extension headers sent with each call "
+        "(objective, fairness id, SLOs, rank); true or false alone turns them on or off",
+    )
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -74,6 +86,16 @@ class Backend(_Strict):
 
     @model_validator(mode="after")
     def _url(self) -> Backend:
+        if self.url.startswith(SERVE_SCHEME):
+            app, _, deployment = self.url.removeprefix(SERVE_SCHEME).partition("/")
+            if not app or not deployment or "/" in deployment:
+                raise ValueError(f"url must be serve://APP/DEPLOYMENT (got {self.url!r})")
+            if self.concurrency == "auto":  # its engine's /metrics is not reachable
+                raise ValueError(
+                    "a Ray Serve deployment (serve://) needs a whole-number concurrency, at "
+                    "most its replicas x max_ongoing_requests, not auto"
+                )
+            return self
         if self.kind != "emulated" and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
         return self
@@ -306,6 +328,13 @@ class RayOptions(_Strict):
         allow_inf_nan=False,
         description="calls waiting at a replica that has not reached the scheduler for this "
         "long get 503",
+    )
+    direct_ingress: bool = Field(
+        default=False,
+        description="each ingress replica also serves HTTP on a port of its own (Ray Serve's "
+        "direct ingress), skipping the proxy's hop; clients spread their calls over the "
+        "replicas' URLs (printed at the start). A local Ray only, or a cluster started with "
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1",
     )
 
     @model_validator(mode="after")

@@ -22,14 +22,14 @@ from starlette.responses import Response
 
 from hermes.gateway.calls import Call, CallLifecycle
 from hermes.gateway.errors import ApiError, UpstreamError, UpstreamTimeoutError
+from hermes.gateway.inference_headers import CallFacts
 from hermes.gateway.metrics import GatewayMetrics
 from hermes.gateway.prewarm import PrewarmActuator
 from hermes.gateway.relay import Relay, relay_events
 from hermes.gateway.upstream import UpstreamClient, late
 from hermes.policies.slo_class import SloClassOptions, engine_rank
-from hermes.types import Clock
+from hermes.types import Clock, SloClass
 
-_JSON_BODY = {"Content-Type": "application/json"}
 log = logging.getLogger("hermes.gateway")
 
 
@@ -80,15 +80,20 @@ class Forwarder:
             self.calls.account(call, {}, "error")
             raise
 
-    def _body(self, call: Call, upstream: str, stream: bool) -> bytes:
+    def _request(self, call: Call, upstream: str, stream: bool) -> tuple[bytes, dict[str, str]]:
+        """The body and headers to send `upstream`."""
         extra = {}
         if stream:  # usage always, to record it; stripped if not asked for
             opts = call.body.get("stream_options") or {}
             extra["stream_options"] = {**opts, "include_usage": True}
         extra.update(self.cache_fields(call, upstream))
-        rank = call.waiting.priority if call.waiting else 0.0
-        rank = engine_rank(rank, "rt" if call.rt else "be", self.slo)
-        return self.clients[upstream].prepare(call.raw, call.body, rank, extra)
+        cls: SloClass = "rt" if call.rt else "be"
+        rank = engine_rank(call.waiting.priority if call.waiting else 0.0, cls, self.slo)
+        client = self.clients[upstream]
+        deadline = call.ticket.app.view.deadline_s
+        left = None if deadline is None else deadline - self.clock()
+        headers = client.headers(CallFacts(cls, call.tenant, left, rank))
+        return client.prepare(call.raw, call.body, rank, extra), headers
 
     async def _open(
         self, call: Call, upstream: str, path: str, stream: bool
@@ -105,9 +110,9 @@ class Forwarder:
                 upstream = nxt
                 continue
             try:
-                body = self._body(call, upstream, stream)
+                body, headers = self._request(call, upstream, stream)
                 return upstream, await client.session.post(
-                    client.url + path, data=body, headers=_JSON_BODY
+                    client.url + path, data=body, headers=headers
                 )
             except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
                 error: aiohttp.ClientError = e

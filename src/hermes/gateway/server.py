@@ -430,8 +430,10 @@ class Gateway:
                 f"model {body['model']!r} is not served here; see /v1/models", "model"
             )
         slo = self.config.slo_class_of(body["model"], ctx.slo_class)
-        ctx = caller_of(request).admit(ctx, slo)  # its key's limits; its app in its namespace
+        caller = caller_of(request)
+        ctx = caller.admit(ctx, slo)  # its key's limits; its app in its namespace
         call = self.admit(ctx, body["model"], estimate_prompt_tokens(body), body, raw)
+        call.tenant = caller.name
         setattr(request.state, _QUEUED, True)
         try:
             upstream = await self.calls.wait_turn(request, call)

@@ -21,13 +21,16 @@ from typing import Any
 import aiohttp
 
 from hermes.gateway.config import Backend, GatewayConfig
+from hermes.gateway.config_parts import SERVE_SCHEME
 from hermes.gateway.errors import UpstreamTimeoutError
+from hermes.gateway.inference_headers import CallFacts, inference_headers
 
 log = logging.getLogger("hermes.gateway")
 
 # Engine priorities are integers; ranks are seconds (or deadlines), kept to the millisecond.
 _PRIORITY_SCALE = 1000.0
 _PRIORITY_LIMIT = 2**62
+_JSON_BODY = {"Content-Type": "application/json"}
 
 
 def with_fields(raw: bytes, body: Mapping[str, Any], fields: Mapping[str, Any]) -> bytes:
@@ -97,6 +100,8 @@ class UpstreamClient:
             total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=first_byte_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        opts = backend.inference_headers
+        self.inference = opts if opts.sent_to(backend.kind) else None
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -151,9 +156,18 @@ class UpstreamClient:
             fields["priority"] = priority
         return with_fields(raw, body, fields)
 
+    def headers(self, call: CallFacts) -> dict[str, str]:
+        """The request headers of a call: its JSON content type, and the inference gateway's
+        headers where this backend gets them (`inference_headers`)."""
+        if self.inference is None:
+            return _JSON_BODY
+        return {**_JSON_BODY, **inference_headers(self.inference, call)}
+
     async def healthy(self, timeout_s: float = 5.0) -> bool:
         """Whether the upstream answers its health path within `timeout_s` (any status under
         500: an engine without the path still answers 404)."""
+        if self.url.startswith(SERVE_SCHEME):
+            return True  # a Ray Serve deployment: Serve checks its replicas, replaces failed ones
         try:
             async with self.session.get(
                 self.url + self.backend.health_path, timeout=aiohttp.ClientTimeout(total=timeout_s)

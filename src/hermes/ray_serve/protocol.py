@@ -46,12 +46,14 @@ Op = Submit | Release | Retry
 @dataclass(frozen=True, slots=True)
 class Granted:
     """Call `call_id` may go to `upstream` now, with `rank` as the engine's priority and
-    `extra` body fields (a llama.cpp slot)."""
+    `extra` body fields (a llama.cpp slot); `deadline_left_s`: the seconds its application
+    had left to its deadline at the grant (None: no deadline), for the upstream's headers."""
 
     call_id: int
     upstream: str
     rank: float
     extra: dict[str, Any] = field(default_factory=dict)
+    deadline_left_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def ops_from_wire(wire: Sequence[Wire]) -> list[Op]:
 
 
 def reply_to_wire(reply: Reply) -> Wire:
-    granted = [(g.call_id, g.upstream, g.rank, g.extra) for g in reply.granted]
+    granted = [(g.call_id, g.upstream, g.rank, g.extra, g.deadline_left_s) for g in reply.granted]
     refused = [(r.call_id, r.status, r.type, r.message, r.param, r.headers) for r in reply.refused]
     return (reply.epoch, granted, refused)
 

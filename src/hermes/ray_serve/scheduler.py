@@ -253,7 +253,9 @@ class SchedulerCore:
         rank = call.waiting.priority if call.waiting is not None else 0.0
         rank = engine_rank(rank, "rt" if call.rt else "be", self._slo)
         extra = self.gateway.forwarder.cache_fields(call, upstream)
-        return Granted(call_id, upstream, rank, extra)
+        deadline = call.ticket.app.view.deadline_s
+        left = None if deadline is None else deadline - self.gateway.clock()
+        return Granted(call_id, upstream, rank, extra, left)
 
     def _retry(self, r: _Replica, op: Retry) -> None:
         call = r.calls.get(op.call_id)
