@@ -205,9 +205,13 @@ def test_cli_bench_runs_only_the_named_experiments(tmp_path: Path) -> None:
     # Unlimited pools never queue (a call that finds every instance busy starts one).
     assert sum(tools["unlimited"]["queue_wait_s"].values()) == 0
     assert sum(tools["unlimited"]["tool_wait_s_by_app"].values()) == 0
+    assert tools["fifo"]["instances_launched"] == {"sandbox": [1]}  # the limit held
+    assert tools["unlimited"]["instances_launched"]["sandbox"][0] >= 1
     fifo = tools["fifo"]
     assert sum(fifo["tool_wait_s_by_app"].values()) > 0
     assert set(fifo["tool_wait_s_by_app"]) == set(fifo["act_mean_by_app"])
+    assert set(fifo["llm_wait_s_by_app"]) == set(fifo["act_mean_by_app"])
+    assert min(fifo["llm_wait_s_by_app"].values()) >= 0
     assert fifo["act_mean_pool_users"] > 0
     targets = [t["target"] for t in r["targets"]]
     assert sum(t.startswith("policy-ordered vs FIFO tool pools") for t in targets) == 1

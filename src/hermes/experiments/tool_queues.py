@@ -123,7 +123,8 @@ def _run(
 ) -> tuple[list[Outcome], dict[str, Any]]:
     """Each application's outcome, and the pools' figures: by pool the seconds calls waited
     for an instance (`wait`) and the calls it ran (`calls`); by application (in the order of
-    the outcomes) the seconds it waited for tool slots (`app_wait`)."""
+    the outcomes) the seconds it waited for tool slots (`app_wait`) and for an engine to take
+    its LLM calls (`llm_wait`)."""
     cfg = config_for(s.policy, s.engine, s.seed, tools=tools)
     sim = build(cfg, runs=schedule, graphs=graphs)
     if oracle:
@@ -145,10 +146,19 @@ def _run(
         for call, waited in sim.tools[t.name].queue_waits.items():
             assert isinstance(call, ToolCallId)
             app_wait[index[call.app_id]] += waited
+    # Whether an application granted a tool slot then waits for the LLM instead.
+    llm_wait = [0.0] * len(outcomes)
+    for req in sim.requests:
+        rid = req.id
+        if isinstance(rid, tuple) and rid[0] == "app" and req.first_scheduled_s is not None:
+            llm_wait[index[rid[1]]] += req.first_scheduled_s - req.arrival_s
     return outcomes, {
         "wait": {t.name: sim.tools[t.name].pool.queue_wait_s for t in tools},
         "calls": {t.name: sim.tools[t.name].pool.calls_started for t in tools},
+        # Instances started (each warmed up): with no limit, about the peak demand.
+        "launched": {t.name: sim.tools[t.name].pool.cold_starts for t in tools},
         "app_wait": app_wait,
+        "llm_wait": llm_wait,
         "users": users,  # whether each application has a stage on one of `tools`' pools
     }
 
@@ -158,26 +168,32 @@ def _uses(run: AppRun, pools: Sequence[str]) -> bool:
 
 
 def _row(outcomes: list[Outcome], figures: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary of the pooled draws, ACT and tool-slot waits by application type, and the
-    mean ACT of the applications with a stage on a limited pool (`act_mean_pool_users`)."""
+    """The summary of the pooled draws; by application type the ACT, the seconds waited for
+    tool slots and for the LLM (an engine's queue, summed over the calls); the mean ACT of
+    the applications with a stage on the layout's pools (`act_mean_pool_users`)."""
     row: dict[str, Any] = dict(summary(outcomes))
     by_app: dict[str, list[float]] = {}
     waits: dict[str, list[float]] = {}
     users: list[float] = []
     pools = sorted(figures[0]["wait"])
+    llm_waits: dict[str, list[float]] = {}
     app_wait = [w for f in figures for w in f["app_wait"]]
+    llm_wait = [w for f in figures for w in f["llm_wait"]]
     uses = [u for f in figures for u in f["users"]]
-    for o, w, user in zip(outcomes, app_wait, uses, strict=True):
+    for o, w, lw, user in zip(outcomes, app_wait, llm_wait, uses, strict=True):
         waits.setdefault(o.app, []).append(w)
+        llm_waits.setdefault(o.app, []).append(lw)
         if o.act_s is not None:
             by_app.setdefault(o.app, []).append(o.act_s)
             if user:
                 users.append(o.act_s)
     row["act_mean_by_app"] = {k: float(np.mean(v)) for k, v in sorted(by_app.items())}
     row["tool_wait_s_by_app"] = {k: float(np.mean(v)) for k, v in sorted(waits.items())}
+    row["llm_wait_s_by_app"] = {k: float(np.mean(v)) for k, v in sorted(llm_waits.items())}
     row["act_mean_pool_users"] = float(np.mean(users)) if users else None
     row["queue_wait_s"] = {k: float(sum(f["wait"][k] for f in figures)) for k in pools}
     row["tool_calls"] = {k: int(sum(f["calls"][k] for f in figures)) for k in pools}
+    row["instances_launched"] = {k: [int(f["launched"][k]) for f in figures] for k in pools}
     return row
 
 
