@@ -5,6 +5,7 @@ router; a call of no application to the least loaded first. Every candidate appe
 
 from __future__ import annotations
 
+import asyncio
 import random
 import warnings
 
@@ -77,3 +78,80 @@ def test_applications_spread_over_equal_replicas() -> None:
     assert min(counts) >= 25, counts
     assert affinity_score("app-1", "r0") == affinity_score("app-1", "r0")
     assert affinity_score("app-1", "r0") == 10102331321181384831  # blake2b, fixed
+
+
+class _Replica:
+    """What `choose_replicas` reads of Serve's `RunningReplica`: its id."""
+
+    def __init__(self, name: str) -> None:
+        from ray.serve._private.common import DeploymentID, ReplicaID
+
+        self.replica_id = ReplicaID(name, DeploymentID(name="E", app_name="llm"))
+
+
+def test_the_router_remembers_an_application_and_moves_it_past_the_guard() -> None:
+    """The router object as Serve drives it (no Ray needed): `choose_replicas`, then
+    `on_request_routed` and `on_request_completed`, its loads its own requests in flight
+    until Serve's queue-length cache has a figure."""
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+    from ray.serve.request_router import PendingRequest
+
+    from hermes.ray_serve.request_router import HermesRequestRouter
+
+    async def main() -> None:
+        router = HermesRequestRouter(
+            deployment_id=DeploymentID(name="E", app_name="llm"),
+            handle_source=DeploymentHandleSource.UNKNOWN,
+        )
+        router.initialize_state(max_excess=2)
+        a, b = _Replica("a"), _Replica("b")
+        ids = iter(range(100))
+
+        def request(session: str) -> PendingRequest:
+            n = str(next(ids))
+            return PendingRequest([], {}, RequestMetadata(n, n, session_id=session))
+
+        async def send(session: str) -> tuple[str, str]:
+            """The replica chosen first for a request of `session`, routed there."""
+            pr = request(session)
+            chosen = (await router.choose_replicas([a, b], pr))[0][0]  # type: ignore[list-item]
+            router.on_request_routed(pr, chosen.replica_id, None)
+            return chosen.replica_id.unique_id, pr.metadata.internal_request_id
+
+        home, first_id = await send("s1")
+        other = "b" if home == "a" else "a"
+        assert (await send("s1"))[0] == home  # remembered
+        assert router.running[home] == 2
+        for _ in range(2):  # calls of no application go to the least loaded: `other`
+            assert (await send(""))[0] == other
+        # `home` 2 over `other`: within the guard; 3 over it: s1 moves, and stays moved.
+        assert (await send("s1"))[0] == home
+        assert (router.running[home], router.running[other]) == (3, 2)
+        router.on_request_routed(request(""), _Replica(home).replica_id, None)
+        assert router.running[home] - router.running[other] == 2
+        router.on_request_routed(request(""), _Replica(home).replica_id, None)
+        assert (await send("s1"))[0] == other
+        assert (router.kept, router.moved) == (2, 1)
+        assert router.homes["s1"] == other
+        # A request that ends gives its load back; one Serve's cache knows of wins.
+        router.on_request_completed(_Replica(home).replica_id, first_id)
+        assert router.running[home] == 4
+        router.replica_queue_len_cache.update(_Replica(home).replica_id, 0)
+        assert router.load(_Replica(home)) == 0  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_router_kwargs_are_checked() -> None:
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from hermes.ray_serve.request_router import HermesRequestRouter
+
+    router = HermesRequestRouter(
+        deployment_id=DeploymentID(name="E", app_name="llm"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+    )
+    with pytest.raises(ValueError, match="max_excess must be a whole number >= 0"):
+        router.initialize_state(max_excess=-1)
+    with pytest.raises(ValueError, match=r"unknown request_router_kwargs \['imbalance'\]"):
+        router.initialize_state(imbalance=3)
