@@ -70,6 +70,10 @@ def serve(
     cfg = cfg.model_copy(update=update)
     if on_ray or ray_address is not None:
         return _serve_on_ray(cfg, on_ray, ray_address)
+    deployments = [b.name for b in cfg.backends if b.url.startswith("serve://")]
+    if deployments:
+        names = ", ".join(deployments)
+        raise fail(f"backends {names} are Ray Serve deployments (serve://): they need --ray")
     _serve_here(cfg, log_level.lower(), access_log)
 
 
