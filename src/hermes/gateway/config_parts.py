@@ -336,6 +336,12 @@ class RayOptions(_Strict):
         "replicas' URLs (printed at the start). A local Ray only, or a cluster started with "
         "RAY_SERVE_ENABLE_DIRECT_INGRESS=1",
     )
+    scheduler_link: Literal["ray", "tcp"] = Field(
+        default="ray",
+        description="how replicas send the scheduler their calls and get its grants: ray "
+        "(actor calls) or tcp (a socket the actor opens, found and authorised through Ray; "
+        "a round trip 0.1 ms instead of 2 ms on a busy machine)",
+    )
 
     @model_validator(mode="after")
     def _poll(self) -> RayOptions:

@@ -27,6 +27,7 @@ from hermes.ray_serve.protocol import (
     reply_to_wire,
 )
 from hermes.ray_serve.scheduler import SchedulerCore
+from hermes.ray_serve.socket_link import Address, SchedulerServer
 
 # The actor holds every waiting call (10,000 and more), each a few dozen objects that live
 # until granted: most survive the young collections, and at Python's default thresholds the
@@ -44,6 +45,7 @@ class SchedulerActor:
         self._config = gateway_config_from_dict(config, "the scheduler actor's config")
         self._core: SchedulerCore | None = None
         self._lock: asyncio.Lock | None = None
+        self._server: SchedulerServer | None = None
 
     async def _ready(self) -> SchedulerCore:
         if self._core is None:
@@ -67,11 +69,23 @@ class SchedulerActor:
     async def http(self, request: HttpCall) -> HttpAnswer:
         return await (await self._ready()).http(request)
 
+    async def address(self) -> Address:
+        """Where `step` and `poll` are served over TCP (`scheduler_link: tcp`), and the token
+        to open with; on this node's address when replicas may be on others."""
+        core = await self._ready()
+        if self._server is None:
+            local = self._config.ray.address is None
+            host = "127.0.0.1" if local else str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+            self._server = SchedulerServer(core, host)
+        return await self._server.start()
+
     async def stats(self) -> dict[str, Any]:
         # The actor's CPU seconds so far: its rate per CPU second, on a busy machine.
         return (await self._ready()).stats() | {"pid": os.getpid(), "cpu_s": time.process_time()}
 
     async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.close()
         if self._core is not None:
             await self._core.stop()
 
@@ -107,3 +121,7 @@ class ActorRemote:
     async def http(self, request: HttpCall) -> HttpAnswer:
         answer: HttpAnswer = await self.handle.http.remote(request)
         return answer
+
+    async def address(self) -> Address:
+        host, port, token = await self.handle.address.remote()
+        return str(host), int(port), str(token)

@@ -50,7 +50,7 @@ async def emulated_backends(config: GatewayConfig) -> AsyncIterator[GatewayConfi
 async def serve_on_ray(
     config: GatewayConfig, stop: asyncio.Event, on_ready: Callable[[str], None]
 ) -> None:
-    """Serve `config` on Ray until `stop` is set; `on_ready(url)` once it serves."""
+    """Serve `config` on Ray until `stop` is set; `on_ready(urls)` once it serves."""
     import ray
 
     from hermes.ray_serve.deployment import deploy, undeploy
@@ -59,7 +59,8 @@ async def serve_on_ray(
     try:
         async with emulated_backends(config) as cfg:
             gateway = await asyncio.to_thread(deploy, cfg)
-            on_ready(gateway.url)
+            # Under direct ingress, each replica's own URL after the proxy's.
+            on_ready(", ".join((gateway.url, *gateway.replica_urls)))
             try:
                 await stop.wait()
             finally:

@@ -185,7 +185,7 @@ class SchedulerCore:
         now = self.gateway.clock()
         for name, r in list(self.replicas.items()):
             if now - r.last_seen_s > self.replica_timeout_s:
-                self._lose(name, r)
+                self.lose(name, r, f"silent for {self.replica_timeout_s:.1f} s")
         lifecycle = self.gateway.calls
         limit = self.gateway.config.queue_timeout_s
         arrivals = self._arrivals
@@ -288,13 +288,10 @@ class SchedulerCore:
         if call is not None:  # else one the actor never knew (an earlier epoch's)
             self.gateway.calls.account(call, op.usage, op.finish)
 
-    def _lose(self, name: str, r: _Replica) -> None:
-        log.warning(
-            "ingress replica %s silent for %.1f s: its %d calls end",
-            name,
-            self.replica_timeout_s,
-            len(r.calls),
-        )
+    def lose(self, name: str, r: _Replica, why: str) -> None:
+        """Replica `name` (`r`) is given up (`why`): its calls end, nothing else is touched;
+        if it was only slow, it comes back under a new epoch."""
+        log.warning("ingress replica %s %s: its %d calls end", name, why, len(r.calls))
         del self.replicas[name]
         self.lost_replicas += 1
         self._given_up[name] = self._given_up.get(name, 0) + 1
