@@ -25,12 +25,14 @@ with warnings.catch_warnings():  # Ray's own deprecations, at its import
 
 from hermes.emulator.server import emulated_app
 from hermes.gateway.config import Backend, GatewayConfig, RayOptions
+from hermes.gateway.inference_headers import FAIRNESS_ID, OBJECTIVE, TTFT_SLO
 from hermes.ray_serve.deployment import RayGateway, deploy, undeploy
 from hermes.ray_serve.ingress import REPLICA_HEADER
 from hermes.testing.asgi_thread import serving
 from hermes.testing.blocking_upstream import BlockingUpstream
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.grant_order import ARRIVALS, grant_order, wait_until
+from hermes.testing.recording_upstream import RecordingUpstream
 
 
 def _free_port() -> int:
@@ -114,10 +116,11 @@ def test_the_official_client_plain_and_streaming(on_ray: list[RayGateway]) -> No
         event = {"event": "stage_started", "stage": "look", "backend": "web"}
         assert httpx.post(gw.url + "/v1/apps/a1/events", json=event).json() == {"ok": True}
         assert "hermes_generation_tokens_total 11.0" in httpx.get(gw.url + "/metrics").text
+        assert "dashboard.js" in httpx.get(gw.url + "/dashboard").text  # the replicas' page
 
 
 def test_two_replicas_grant_in_the_single_process_order(on_ray: list[RayGateway]) -> None:
-    single, split = BlockingUpstream(), BlockingUpstream()
+    single, split = RecordingUpstream(is_open=False), RecordingUpstream(is_open=False)
     with serving(single.app) as url, gateway_in_thread(config(url, port=0)) as (g, base):
         expected = grant_order(base, lambda: g.dispatcher.queued, single)
     with serving(split.app) as url:
@@ -128,6 +131,12 @@ def test_two_replicas_grant_in_the_single_process_order(on_ray: list[RayGateway]
         assert len(stats(gw)["replicas"]) == 2
     assert got == expected
     assert expected[1:] != [a for a, _ in ARRIVALS[1:]]  # not merely first come, first served
+
+    # The inference gateway's headers, the same from both (time left and rank: clock readings).
+    def gie(up: RecordingUpstream) -> dict[str, tuple[str, str, bool]]:
+        return {c: (h[OBJECTIVE], h[FAIRNESS_ID], TTFT_SLO in h) for c, h in up.headers.items()}
+
+    assert gie(split) == gie(single)
 
 
 class SlowUpstream(BlockingUpstream):

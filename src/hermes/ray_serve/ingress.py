@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.context import parse_context
+from hermes.gateway.dashboard import home, page, static
 from hermes.gateway.errors import (
     NotFoundError,
     UpstreamError,
@@ -36,6 +38,7 @@ from hermes.gateway.errors import (
     exception_handlers,
     sse_error,
 )
+from hermes.gateway.inference_headers import CallFacts
 from hermes.gateway.middleware import BearerAuth, BodyLimit
 from hermes.gateway.relay import (
     Relay,
@@ -49,11 +52,11 @@ from hermes.gateway.tenants import Keyring, caller_of
 from hermes.gateway.upstream import UpstreamClient, late, upstream_clients
 from hermes.ray_serve.link import Pending, RefusedError, SchedulerLink, SchedulerRemote
 from hermes.ray_serve.protocol import Granted, Submit
+from hermes.ray_serve.serve_upstream import HandleFor, ServeUpstreams
 from hermes.types import Clock
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 REPLICA_HEADER = "x-hermes-replica"  # which replica answered (tests, debugging)
-_JSON = {"Content-Type": "application/json"}
 
 
 def replica_name() -> str:
@@ -70,7 +73,10 @@ class Ingress:
         replica: str | None = None,
         clock: Clock = time.monotonic,
         watch_disconnects: bool = True,
+        serve_handles: HandleFor | None = None,
     ) -> None:
+        """`serve_handles`: a Ray Serve deployment's handle by application and name, for the
+        backends that are deployments (`serve://`; `serve_upstream`)."""
         self.config = config
         # Under Ray Serve a client's hang-up cancels its handler (Serve does it), and reading
         # `receive` for one costs a call to Serve's proxy: no watching there.
@@ -79,6 +85,7 @@ class Ingress:
         opts = config.ray
         self.link = SchedulerLink(remote, self.name, opts.poll_s, opts.scheduler_timeout_s, clock)
         self.clients = upstream_clients(config)
+        self.deployments = ServeUpstreams(config, self.clients, serve_handles)
         self.served = {m for b in config.backends for m in b.models}
         keys = Keyring(config.api_keys, config.api_key, config.admin_key, config.metrics_public)
         call = [
@@ -91,6 +98,11 @@ class Ingress:
                 Route(COMPLETIONS, self.completions, methods=["POST"], middleware=call),
                 Route("/v1/models", self.models, methods=["GET"], middleware=call[:1]),
                 Route("/healthz", self.healthz, methods=["GET"]),
+                # The dashboard's page is static (as in the single-process gateway: open, its
+                # own CSP); the state it polls is the scheduler's, below.
+                Route("/", home, methods=["GET"]),
+                Route("/dashboard", page, methods=["GET"]),
+                Route("/dashboard/{name}", static, methods=["GET"]),
                 # The scheduler's own: application events, finishes and tool grants, metrics,
                 # the dashboard's state (its routes check the bearer tokens themselves).
                 Route("/v1/apps/{rest:path}", self.to_scheduler, methods=["GET", "POST"]),
@@ -157,7 +169,8 @@ class Ingress:
         model = body["model"]
         if model not in self.served:
             raise NotFoundError(f"model {model!r} is not served here; see /v1/models", "model")
-        ctx = caller_of(request).admit(ctx, self.config.slo_class_of(model, ctx.slo_class))
+        caller, cls = caller_of(request), self.config.slo_class_of(model, ctx.slo_class)
+        ctx = caller.admit(ctx, cls)
         pending = self.link.submit(ctx, model, estimate_prompt_tokens(body))
         try:
             grant = await self._turn(request, pending)
@@ -166,7 +179,8 @@ class Ingress:
             raise
         if isinstance(grant, Response):
             return grant
-        work = self._forward(pending.submit, grant, raw, body, path)
+        who = CallFacts(cls, caller.name, None, 0.0)  # the grant says the rest
+        work = self._forward(pending.submit, grant, raw, body, path, who)
         if not self.watch_disconnects:
             return await work
         answer = await unless_disconnected(request, work)
@@ -195,14 +209,26 @@ class Ingress:
     # Forwarding ------------------------------------------------------------------------------
 
     async def _forward(
-        self, sub: Submit, grant: Granted, raw: bytes, body: dict[str, Any], path: str
+        self,
+        sub: Submit,
+        grant: Granted,
+        raw: bytes,
+        body: dict[str, Any],
+        path: str,
+        who: CallFacts,
     ) -> Response:
         """The upstream's answer; the call is released however it ends."""
         call_id = sub.call_id
         stream = bool(body.get("stream"))
         at = [grant.upstream]  # where the call is now (a retry moves it)
         try:
-            resp = await self._open(sub, grant, raw, body, path, at)
+            if grant.upstream in self.deployments:  # through a handle, not HTTP
+                heads = {REPLICA_HEADER: self.name}
+                chat = path == CHAT
+                return await self.deployments.forward(
+                    sub, grant, body, chat, self.link.release, heads
+                )
+            resp = await self._open(sub, grant, raw, body, path, at, who)
             client = self.clients[at[0]]
             if stream and resp.status == 200:
                 first = await self._first(client, resp)
@@ -239,9 +265,11 @@ class Ingress:
         body: dict[str, Any],
         path: str,
         at: list[str],
+        who: CallFacts,
     ) -> aiohttp.ClientResponse:
         """The upstream's response, headers read. A connection that fails before them is
-        retried once, on the upstream the scheduler grants next (the first is marked down)."""
+        retried once, on the upstream the scheduler grants next (the first is marked down).
+        `who`: the call's class and tenant, for the upstream's headers."""
         retried = False
         while True:
             client = self.clients[grant.upstream]
@@ -251,8 +279,10 @@ class Ingress:
                 opts = body.get("stream_options") or {}
                 extra["stream_options"] = {**opts, "include_usage": True}
             data = client.prepare(raw, body, grant.rank, extra)
+            facts = replace(who, deadline_left_s=grant.deadline_left_s, rank=grant.rank)
+            headers = client.headers(facts)
             try:
-                return await client.session.post(client.url + path, data=data, headers=_JSON)
+                return await client.session.post(client.url + path, data=data, headers=headers)
             except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
                 error: aiohttp.ClientError = e
             except aiohttp.ClientError as e:
