@@ -143,7 +143,7 @@ def main() -> None:
             finally:
                 undeploy(gw)
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
     result["machine"] = {
         "cpus": os.cpu_count(),

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from hermes.gateway.config import GatewayConfig, gateway_config_from_dict
 from hermes.ray_serve.actor import ActorRemote, start_scheduler
+from hermes.ray_serve.emulator_deployment import deploy_emulated
 from hermes.ray_serve.ingress import Ingress
 from hermes.ray_serve.link import SchedulerRemote
 from hermes.ray_serve.socket_link import SocketRemote
@@ -38,6 +39,8 @@ class HermesIngress:
             cfg,
             remote,
             watch_disconnects=False,
+            # Backends that are Serve deployments (serve://APP/DEPLOYMENT): by handle.
+            serve_handles=lambda app, name: serve.get_deployment_handle(name, app),
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
@@ -50,6 +53,7 @@ class RayGateway:
     app_name: str
     scheduler: Any  # the actor's handle
     replica_urls: tuple[str, ...] = field(default=())  # with direct_ingress: one per replica
+    engines: tuple[str, ...] = field(default=())  # emulated serve:// applications it started
 
 
 # Ray Serve's direct ingress: each ingress replica serves HTTP itself, on a port of its own
@@ -102,6 +106,7 @@ def deploy(config: GatewayConfig, app_name: str = "hermes") -> RayGateway:
             raise ValueError(f"backend {b.name!r} has no URL: start its engine first")
     connect(config)
     serve.start(http_options={"host": config.host, "port": config.port})
+    engines = tuple(deploy_emulated(config))  # emulated backends that are Serve deployments
     scheduler = f"{app_name}-scheduler"
     handle = start_scheduler(config, scheduler)
     opts = config.ray
@@ -114,7 +119,7 @@ def deploy(config: GatewayConfig, app_name: str = "hermes") -> RayGateway:
     ).bind(config.model_dump(mode="json"), scheduler)
     serve.run(app, name=app_name, route_prefix="/")
     urls = replica_urls(app_name, opts.ingress_replicas, config.host) if opts.direct_ingress else ()
-    return RayGateway(f"http://{config.host}:{config.port}", app_name, handle, urls)
+    return RayGateway(f"http://{config.host}:{config.port}", app_name, handle, urls, engines)
 
 
 def replica_urls(app_name: str, replicas: int, host: str, wait_s: float = 30.0) -> tuple[str, ...]:
@@ -157,3 +162,5 @@ def undeploy(gateway: RayGateway) -> None:
         ray.get(gateway.scheduler.stop.remote(), timeout=60)
     finally:
         ray.kill(gateway.scheduler, no_restart=True)
+        for engine in gateway.engines:
+            serve.delete(engine)

@@ -14,6 +14,7 @@ from hermes.gateway.config import GatewayConfig
 from hermes.ray_serve.ingress import Ingress
 from hermes.ray_serve.protocol import HttpAnswer, HttpCall, Op, Reply
 from hermes.ray_serve.scheduler import SchedulerCore
+from hermes.ray_serve.serve_upstream import HandleFor
 
 
 class LocalRemote:
@@ -35,10 +36,16 @@ class LocalRemote:
 class LocalRayGateway:
     """An ASGI app: `replicas` ingress replicas taking calls in turn, one scheduler core."""
 
-    def __init__(self, config: GatewayConfig, replicas: int = 2) -> None:
+    def __init__(
+        self, config: GatewayConfig, replicas: int = 2, serve_handles: HandleFor | None = None
+    ) -> None:
+        """`serve_handles`: for backends that are Serve deployments (tests pass stand-ins)."""
         self.core = SchedulerCore.from_config(config)
         remote = LocalRemote(self.core)
-        self.ingresses = [Ingress(config, remote, f"local-{i}") for i in range(replicas)]
+        self.ingresses = [
+            Ingress(config, remote, f"local-{i}", serve_handles=serve_handles)
+            for i in range(replicas)
+        ]
         self._turn = itertools.cycle(self.ingresses)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
