@@ -445,9 +445,12 @@ def check_targets(s: PaperSettings, r: Mapping[str, Any]) -> list[dict[str, Any]
     tools = r.get("tools")
     if tools is not None:
         at = tools["setting"]
+        oracle = tools.get("reduction_oracle")  # what the best order we can build gives
+        bound = "" if oracle is None else f"; a clairvoyant order: {100 * oracle:+.1f} %"
         name = (
             f"policy-ordered vs FIFO tool pools, mean ACT ({at['layout']} pool of "
-            f"{at['instances']}, intensity {s.tools_intensity:g}, {at['replicas']} replicas)"
+            f"{at['instances']}, intensity {s.tools_intensity:g}, {at['replicas']} replicas"
+            f"{bound})"
         )
         out.append(_target(name, tools["reduction"], "<=", -0.20))
     out += _kv_targets(r.get("kv"))
