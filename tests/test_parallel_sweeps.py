@@ -98,8 +98,9 @@ def test_the_hermes_bench_gives_the_same_results_on_one_worker_and_two() -> None
     two = hp.run_all(_small(), workers=2)
     assert _without_wall_times(one) == _without_wall_times(two)
     # Every simulation reported once: load (2 standalone, 4), deadlines (1 standalone, 3),
-    # prewarm 3, ablation 5, tools 8.
-    assert len(heard) == 2 + 4 + 1 + 3 + 3 + 5 + 8
+    # prewarm 3, ablation 5, tools 16 (separate and shared pools, two draws, FIFO, the
+    # policy's and the clairvoyant order, and unlimited pools).
+    assert len(heard) == 2 + 4 + 1 + 3 + 3 + 5 + 16
     assert any(m.startswith("load: max_num_seqs 8, intensity 3.0, gittins") for m in heard)
 
 
