@@ -6,13 +6,14 @@ single-process gateway.
         [--skip-rates] [--skip-latency] [--skip-direct]
 
 Decisions: a scheduler actor on a local Ray (2 CPUs) with `queued` calls waiting behind the
-full slots of one upstream (512 running); each batch from the benchmark's "replica" carries B
-releases of running calls (each slot freed goes to the best-ranked waiting call: a grant) and
-B new calls (each placed in policy order), so the queue stays at its size. Calls ordered per
-second = grants per second of wall time, and per CPU second of the actor's process, by batch
-size B and batches in flight (B = 1: one actor round trip per call, what an unbatched design
-would get; "100x4": four senders of batches of 100, each sending its next when its last is
-answered, as a replica's link keeps up to 4 in flight). The same core in-process (no Ray).
+full slots of 8 upstreams (64 each: 512 running); each batch from the benchmark's "replica"
+carries B releases of running calls (each slot freed goes to the best-ranked waiting call: a
+grant) and B new calls (each placed in policy order), so the queue stays at its size. Calls
+ordered per second = grants per second of wall time, and per CPU second of the actor's
+process, by batch size B and batches in flight (B = 1: one actor round trip per call, what
+an unbatched design would get; "100x4": four senders of batches of 100, each sending its
+next when its last is answered, as a replica's link keeps up to 4 in flight). The same core
+in-process (no Ray).
 
 Latency: one client sends `calls` chat calls one after another (kept-alive connection) to an
 upstream that answers at once, through (a) the single-process gateway, (b) the Ray gateway's
@@ -54,7 +55,8 @@ from hermes.testing.blocking_upstream import BlockingUpstream
 from hermes.testing.gateway_thread import gateway_in_thread
 
 OUT = Path(__file__).resolve().parent / "results" / "ray" / "scheduler.json"
-SLOTS = 512  # the upstream's concurrency: calls running while `queued` wait (>= 4 x 100)
+# Calls running while `queued` wait: 8 upstreams (engines) of 64 slots, 512 (>= 4 x 100).
+UPSTREAMS, SLOTS = 8, 64
 # (batch size, batches in flight at once): B = 1 is one actor round trip per call; a replica
 # keeps up to 4 batches in flight (`ray_serve.link.IN_FLIGHT`).
 SHAPES = ((1, 1), (10, 1), (100, 1), (100, 4))
@@ -71,11 +73,14 @@ def config(
     direct: bool = False,
     tcp: bool = False,
 ) -> GatewayConfig:
-    backend = Backend(name="u0", kind="vllm", url=url, models=["m"], concurrency=SLOTS)
+    backends = [
+        Backend(name=f"u{i}", kind="vllm", url=url, models=["m"], concurrency=SLOTS)
+        for i in range(UPSTREAMS)
+    ]
     return GatewayConfig(
         port=port,
         policy=policy,
-        backends=[backend],
+        backends=backends,
         queue_limit=queued + 10_000,
         queue_timeout_s=3600,
         # (the new options only when asked: the benchmark also runs older code without them)
@@ -110,7 +115,7 @@ class _Driver:
         return ops
 
     async def fill(self) -> None:
-        total = SLOTS + self.queued
+        total = UPSTREAMS * SLOTS + self.queued
         while self.next_id < total:
             reply = await self.step("bench", self._submits(min(1000, total - self.next_id)))
             self.running += [g.call_id for g in reply.granted]
@@ -341,7 +346,8 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "queued": args.queued,
-        "slots": SLOTS,
+        "slots": UPSTREAMS * SLOTS,
+        "upstreams": UPSTREAMS,
         "calls_per_s": {},
         "machine": {
             "cpus": os.cpu_count(),
