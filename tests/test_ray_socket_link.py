@@ -18,6 +18,7 @@ from hermes.ray_serve.socket_link import (
     SchedulerServer,
     SocketRemote,
     frame,
+    read_frame,
 )
 
 
@@ -131,6 +132,43 @@ def test_a_broken_connection_loses_its_replicas_calls_and_the_link_queues_them_a
         assert (await asyncio.wait_for(calls[2].future, 5)).upstream == "u0"
         await link.close()
         await remote.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_replica_on_a_new_connection_is_given_up_on_its_old_one_first() -> None:
+    """The old connection's end may be seen after the new one's first step: the replica's
+    calls of the old one end before that step runs, never twice in the queue."""
+
+    async def main() -> None:
+        core = SchedulerCore.from_config(config())
+        server, _, (host, port, token) = await _served(core)
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame(token))
+            return reader, writer
+
+        def submit(i: int) -> list[object]:
+            return [0, i, "m", 1, f"a{i}", "t", "s", None, None, None]
+
+        old_r, old_w = await connect()
+        old_w.write(frame([0, "step", "r", [submit(0), submit(1)]]))
+        _, (old_epoch, granted, _) = await read_frame(old_r)
+        assert [g[0] for g in granted] == [0]
+        assert (core.stats()["queued"], core.stats()["running"]) == (1, 1)
+        # The replica comes back on a new connection, its waiting call sent again.
+        new_r, new_w = await connect()
+        new_w.write(frame([1, "step", "r", [submit(1)]]))
+        _, (new_epoch, granted, _) = await read_frame(new_r)
+        assert new_epoch != old_epoch
+        assert [g[0] for g in granted] == [1]  # call 0's slot went back with the old one
+        assert (core.stats()["queued"], core.stats()["running"]) == (0, 1)
+        assert core.lost_replicas == 1
+        assert await old_r.read() == b""  # the old connection is closed
+        for w in (old_w, new_w):
+            w.close()
         await server.close()
 
     asyncio.run(main())

@@ -73,6 +73,7 @@ class SchedulerServer:
         self.token = secrets.token_hex(16)
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
+        self._owner: dict[str, asyncio.StreamWriter] = {}  # each replica's current connection
 
     async def start(self) -> Address:
         if self._server is None:
@@ -90,7 +91,6 @@ class SchedulerServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns[writer] = asyncio.current_task()
-        replicas: set[str] = set()
         work: set[asyncio.Task[None]] = set()
         try:
             if await read_frame(reader) != self.token:
@@ -99,7 +99,7 @@ class SchedulerServer:
                 req_id, method, replica, arg = await read_frame(reader)
                 if method not in ("step", "poll"):
                     raise FrameError(f"no method {method!r}")
-                replicas.add(str(replica))
+                self._take_over(str(replica), writer)
                 # A task each, created in arrival order: a step's work runs before its first
                 # await, so steps run in the order sent; a long poll waits in its own.
                 task = asyncio.get_running_loop().create_task(
@@ -113,12 +113,27 @@ class SchedulerServer:
         finally:
             for t in work:  # answers nobody can read: what they did is undone below
                 t.cancel()
-            for name in replicas:
-                r = self.core.replicas.get(name)
-                if r is not None:
-                    self.core.lose(name, r, "its connection to the scheduler broke")
+            for name in [n for n, w in self._owner.items() if w is writer]:
+                self._lose(name)
             writer.close()
             self._conns.pop(writer, None)
+
+    def _take_over(self, replica: str, writer: asyncio.StreamWriter) -> None:
+        """`replica` speaks on `writer`. A replica opens a new connection only after its old
+        one broke; if the old one's end has not been seen here yet, the replica is given up
+        now, before the new connection's first step (its calls there would be sent again)."""
+        old = self._owner.get(replica)
+        if old is not writer:
+            if old is not None:
+                self._lose(replica)
+                old.close()
+            self._owner[replica] = writer
+
+    def _lose(self, replica: str) -> None:
+        del self._owner[replica]
+        r = self.core.replicas.get(replica)
+        if r is not None:
+            self.core.lose(replica, r, "its connection to the scheduler broke")
 
     async def _answer(
         self, writer: asyncio.StreamWriter, req_id: Any, method: str, replica: str, arg: Any
