@@ -315,9 +315,15 @@ def test_tokens_come_from_streamed_chunks_and_usage_and_never_go_back() -> None:
     feed.finished(a, "a", 100, 12, ok=True)  # type: ignore[arg-type]
     assert rec.seen[-1]["tok"] == 15  # 12 of a, 3 of b
     assert rec.calls[-1] == {"ttft": 0.5, "tpot": pytest.approx(2.0 / 11), "out": 12}
+    assert rec.seen[-1]["rt"] == 1  # b, real-time, still runs
+    feed.started(b, "a")  # type: ignore[arg-type]  # told twice: still one call
     feed.left(b, "a")  # type: ignore[arg-type]
     feed.finished(b, "a", 10, 1, ok=False)  # type: ignore[arg-type]  # usage: fewer than the chunks
     assert rec.seen[-1]["tok"] == 15
+    assert rec.seen[-1]["rt"] == 0
+    feed.left(b, "a")  # type: ignore[arg-type]  # told twice: not below none
+    feed.tick()
+    assert rec.seen[-1]["rt"] == 0
     assert len(rec.calls) == 1  # a failed call's timings are not the engine's
 
 

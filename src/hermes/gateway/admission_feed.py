@@ -102,6 +102,7 @@ class _Upstream:
     admission: Admission
     scrape: bool | None  # True: vLLM; None: probe once; False: never
     running: dict[Call, int] = field(default_factory=dict)  # call -> its tokens counted
+    rt_running: int = 0  # of `running`, the real-time calls (kept, not counted per call end)
     own_tokens: float = 0.0  # output tokens the gateway has seen from this upstream
     tokens: float = 0.0  # the series the controller gets (monotone)
     base_own: float = 0.0  # own_tokens at the last observation
@@ -193,7 +194,9 @@ class AdmissionFeed:
         every change of the calls in flight (a call shorter than a tick would be missed); a
         new limit waits for the next observation (this runs inside the grants' loop)."""
         up = self._up[upstream]
-        up.running.setdefault(call, 0)
+        if call not in up.running:
+            up.running[call] = 0
+            up.rt_running += call.rt
         self._observe(up, self.clock(), apply=False)
 
     def left(self, call: Call, upstream: str) -> None:
@@ -201,6 +204,7 @@ class AdmissionFeed:
         up = self._up[upstream]
         counted = up.running.pop(call, None)
         if counted is not None:
+            up.rt_running -= call.rt
             self._credit(up, _streamed_tokens(call) - counted, up.last_tick, self.clock())
 
     def finished(self, call: Call, upstream: str, prompt: int, completion: int, ok: bool) -> None:
@@ -265,13 +269,12 @@ class AdmissionFeed:
             up.tokens += up.own_tokens - up.base_own
             in_engine = d.busy(up.name)
         up.base_own = up.own_tokens
-        rt = sum(1 for c in up.running if c.rt)
         limit = up.admission.observe(
             now,
             in_engine=in_engine,
             waiting=d.waiting_for(up.name),
             output_tokens=int(up.tokens),
-            rt_in_engine=rt,
+            rt_in_engine=up.rt_running,
         )
         limit = max(1, limit)  # never 0: a call must not wait on an empty engine
         if apply and limit != d.limit_of(up.name):
