@@ -8,8 +8,9 @@ policies at 256 and 8 sequences, the paper's seven experiments, ranking rounds u
 applications), once per worker count given, one after the other (`--workers 1,2,1,2,1,2`
 alternates them, so that the machine's drift hits both alike). Speed-ups are against the
 median wall time of the first count's runs. Reported per run: the wall time, the load average
-before and after (on a shared machine other work competes for the same cores: the speed-up is
-only meaningful beside it), and whether its results.json is the same as the first run's apart
+before and after and what the machine gave two processes just before (`two_process_ratio`:
+on a shared machine other work competes for the same cores, so the speed-up is only
+meaningful beside them), and whether its results.json is the same as the first run's apart
 from what a clock measured (wall times and the ranking-round timings of `overhead`).
 """
 
@@ -44,9 +45,36 @@ def _comparable(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _burn(n: int = 20_000_000) -> int:
+    x = 0
+    for i in range(n):
+        x += i & 7
+    return x
+
+
+def two_process_ratio() -> float:
+    """What the machine gives two processes right now: the same CPU-bound job alone, then two
+    at once, as work done per second (2.0 on two free cores). On a machine shared with other
+    sessions this is the ceiling a two-worker speed-up can reach at that moment."""
+    import multiprocessing
+
+    start = time.perf_counter()
+    _burn()
+    one = time.perf_counter() - start
+    ctx = multiprocessing.get_context("fork")
+    start = time.perf_counter()
+    procs = [ctx.Process(target=_burn) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return 2 * one / (time.perf_counter() - start)
+
+
 def run(workers: int, args: list[str], out_dir: Path) -> dict[str, Any]:
     cmd = [str(HERMES), "bench", "hermes", *args, "--workers", str(workers)]
     cmd += ["--out", str(out_dir)]
+    ceiling = two_process_ratio()
     load_before = os.getloadavg()
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -55,6 +83,7 @@ def run(workers: int, args: list[str], out_dir: Path) -> dict[str, Any]:
         "workers": workers,
         "command": " ".join(["hermes", *cmd[1:-2]]),
         "wall_s": wall,
+        "two_process_ratio_before": ceiling,
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
@@ -177,7 +206,8 @@ def main() -> None:
     for row in rows:
         print(
             f"workers {row['workers']}: {row['wall_s']:.1f} s wall, "
-            f"speed-up {row['speedup']:.2f}, load {row['load_before'][0]:.2f} -> "
+            f"speed-up {row['speedup']:.2f}, two processes got "
+            f"{row['two_process_ratio_before']:.2f}x, load {row['load_before'][0]:.2f} -> "
             f"{row['load_after'][0]:.2f}, same results: {row['same_results_as_first']}"
         )
     for key, s in summary.items():
