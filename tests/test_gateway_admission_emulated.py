@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from hermes.gateway.config import gateway_config_from_dict
 from hermes.gateway.server import Gateway
 from hermes.testing.gateway_thread import gateway_in_thread
+from hermes.testing.ports import free_port
 from hermes.testing.prometheus_text import metric_sum
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -31,16 +31,9 @@ _MAX = 48  # max_concurrency: the controller's ceiling
 _LOAD_S = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _emulator(time_scale: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     args = ["emulate", "--model", "m", "--port", str(port), "--time-scale", time_scale]
     proc = subprocess.Popen([*_CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -16,7 +16,6 @@ import asyncio
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from hermes.testing.ports import free_port
 from hermes.testing.prometheus_text import metric_sum
 from test_gateway_faults import CHAT, outcome
 
@@ -36,13 +36,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 _CLI = [sys.executable, "-c", "from hermes.cli import main; main()"]
 _TIME_SCALE = "0.02"  # an emulated call of 16 tokens takes a few ms of wall time
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_http(url: str, timeout_s: float = 60.0) -> None:
@@ -103,8 +96,8 @@ def _cluster(
 ) -> Iterator[tuple[str, list[Upstream], subprocess.Popen[bytes], Path]]:
     """Two emulated upstreams and a gateway in front of them, each a process; yields the
     gateway's URL, the upstreams, the gateway's process and its log."""
-    ups = [Upstream(_free_port(), tmp_path / f"up{i}.log") for i in range(2)]
-    port = _free_port()
+    ups = [Upstream(free_port(), tmp_path / f"up{i}.log") for i in range(2)]
+    port = free_port()
     cfg: dict[str, Any] = {
         "port": port,
         "policy": "gittins",

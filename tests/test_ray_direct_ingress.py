@@ -7,7 +7,6 @@ replica's own port, and calls spread over both ports granted in the single-proce
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,12 +27,7 @@ from hermes.testing.asgi_thread import serving
 from hermes.testing.blocking_upstream import BlockingUpstream
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.grant_order import ARRIVALS, grant_order, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hermes.testing.ports import free_port
 
 
 def config(url: str, port: int, direct: bool = True) -> GatewayConfig:
@@ -98,7 +92,7 @@ def test_each_replica_serves_its_own_port_in_the_single_process_order(fresh_ray:
     with serving(single.app) as url, gateway_in_thread(config(url, 0, False)) as (g, base):
         expected = grant_order(base, lambda: g.dispatcher.queued, single)
     with serving(split.app) as url:
-        gw = deploy(config(url, _free_port()))
+        gw = deploy(config(url, free_port()))
         try:
             # The variables were there while Ray started, and are gone from here after.
             assert not any(k in os.environ for k in DIRECT_INGRESS_ENV)

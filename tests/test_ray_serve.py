@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import warnings
 from collections.abc import Iterator
@@ -32,16 +31,11 @@ from hermes.testing.asgi_thread import serving
 from hermes.testing.blocking_upstream import BlockingUpstream
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.grant_order import ARRIVALS, grant_order, wait_until
+from hermes.testing.ports import free_port
 from hermes.testing.recording_upstream import RecordingUpstream
+from openai_checks import streamed_completion
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-PORT = _free_port()  # Serve's proxy: one port for the Ray session
+PORT = free_port()  # Serve's proxy: one port for the Ray session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,17 +90,7 @@ def test_the_official_client_plain_and_streaming(on_ray: list[RayGateway]) -> No
             )
             assert r.usage is not None
             assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (60, 6)
-            chunks = list(
-                c.completions.create(
-                    model="m",
-                    prompt="x" * 400,
-                    max_tokens=5,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                )
-            )
-            assert len(chunks) == 6
-            assert chunks[-1].usage is not None
+            chunks = streamed_completion(c)
             assert chunks[-1].usage.prompt_tokens == 100
             with pytest.raises(openai.NotFoundError):
                 c.chat.completions.create(model="x", messages=[{"role": "user", "content": "y"}])

@@ -6,7 +6,6 @@ application's calls on one engine replica, whichever ingress replica takes them.
 
 from __future__ import annotations
 
-import socket
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,12 +24,8 @@ from hermes.gateway.config import Backend, GatewayConfig, RayOptions
 from hermes.ray_serve.deployment import RayGateway, deploy, undeploy
 from hermes.ray_serve.ingress import REPLICA_HEADER
 from hermes.testing.grant_order import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hermes.testing.ports import free_port
+from openai_checks import streamed_completion
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def gateway() -> Iterator[RayGateway]:
         time_scale=0.02,
     )
     opts = RayOptions(ingress_replicas=2, poll_s=0.5, replica_timeout_s=3.0)
-    cfg = GatewayConfig(policy="gittins", backends=[backend], ray=opts, port=_free_port())
+    cfg = GatewayConfig(policy="gittins", backends=[backend], ray=opts, port=free_port())
     try:
         gw = deploy(cfg)
         try:
@@ -75,17 +70,7 @@ def test_the_official_client_plain_and_streaming(gateway: RayGateway) -> None:
         assert r.usage is not None
         assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (60, 6)
         assert r.system_fingerprint  # the engine replica that answered
-        chunks = list(
-            c.completions.create(
-                model="m",
-                prompt="x" * 400,
-                max_tokens=5,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        assert len(chunks) == 6
-        assert chunks[-1].usage is not None
+        chunks = streamed_completion(c)
         assert chunks[-1].usage.prompt_tokens == 100
         # The same application: the same engine replica, streamed or not.
         assert {ch.system_fingerprint for ch in chunks} == {r.system_fingerprint}

@@ -22,6 +22,7 @@ from hermes.testing.asgi_thread import serving
 from hermes.testing.blocking_upstream import BlockingUpstream
 from hermes.testing.gateway_thread import gateway_in_thread
 from hermes.testing.grant_order import ARRIVALS, grant_order
+from openai_checks import streamed_completion
 
 
 def config(url: str, policy: str = "edf", kind: str = "vllm", **extra: object) -> GatewayConfig:
@@ -44,17 +45,7 @@ def test_local_ray_gateway_serves_the_official_client_plain_and_streaming(emulat
             )
             assert r.usage is not None
             assert r.usage.completion_tokens == 4
-        chunks = list(
-            c.completions.create(
-                model="m",
-                prompt="x" * 400,
-                max_tokens=5,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        assert len(chunks) == 6
-        assert chunks[-1].usage is not None
+        streamed_completion(c)
         with pytest.raises(openai.NotFoundError, match="not served here"):
             c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
         stats = gw.core.stats()

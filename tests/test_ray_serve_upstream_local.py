@@ -30,6 +30,7 @@ from hermes.ray_serve.local import LocalRayGateway
 from hermes.ray_serve.serve_upstream import ServeUpstreams, error_of, sse_bytes
 from hermes.testing.asgi_thread import serving
 from hermes.testing.grant_order import wait_until
+from openai_checks import streamed_completion
 
 HEADS = {"x-hermes-app-id": "a1", "x-hermes-app-type": "demo", "x-hermes-stage": "ask"}
 
@@ -107,17 +108,7 @@ def test_the_official_client_through_a_deployment_plain_and_streaming() -> None:
         assert r.usage is not None
         assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (60, 6)
         assert r.system_fingerprint == "emu-0"  # the deployment's answer, relayed whole
-        chunks = list(
-            c.completions.create(
-                model="m",
-                prompt="x" * 400,
-                max_tokens=5,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        assert len(chunks) == 6
-        assert chunks[-1].usage is not None
+        chunks = streamed_completion(c)
         assert chunks[-1].usage.prompt_tokens == 100
         # Usage not asked for: the usage-only event the ingress asked for is not relayed.
         plain = list(c.completions.create(model="m", prompt="y", max_tokens=3, stream=True))

@@ -17,7 +17,7 @@ from hermes.gateway.config import emulated_default
 from hermes.gateway.context import parse_context
 from hermes.replay import LLMStep, ReplayError, ReplaySettings, ToolStep, plan, prompt_text
 from hermes.testing.gateway_thread import gateway_in_thread
-from hermes.testing.llama_server import free_port
+from hermes.testing.ports import free_port
 from hermes.workloads.run_files import write_runs
 from hermes.workloads.templates import generate_runs
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["DEFAULT_MODEL_ALIAS", "LlamaServerError", "free_port", "llama_server"]
+from hermes.testing.ports import free_port
+
+__all__ = ["DEFAULT_MODEL_ALIAS", "LlamaServerError", "llama_server"]
 
 DEFAULT_MODEL_ALIAS = "tiny-llama"
 """The model name the server reports in ``/v1/models`` (it accepts any name in requests)."""
@@ -36,14 +37,6 @@ DEFAULT_MODEL_ALIAS = "tiny-llama"
 
 class LlamaServerError(RuntimeError):
     """The server exited or did not become ready in time."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(log: IO[bytes], limit: int = 4000) -> str:
