@@ -40,7 +40,8 @@ def gateway() -> Iterator[RayGateway]:
         concurrency=8,
         time_scale=0.02,
     )
-    opts = RayOptions(ingress_replicas=2, poll_s=0.5, replica_timeout_s=3.0)
+    # No replica goes silent here: a long timeout, so that a loaded machine does not look it.
+    opts = RayOptions(ingress_replicas=2, poll_s=0.5, replica_timeout_s=30.0)
     cfg = GatewayConfig(policy="gittins", backends=[backend], ray=opts, port=free_port())
     try:
         gw = deploy(cfg)
