@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -38,27 +38,21 @@ async def relay_events(
     """The upstream's events as they come, its usage-only event dropped unless asked for;
     a failure becomes an SSE error event (`late` if it fell silent too long), the client
     having had its 200. `on_end` runs when the stream ends, before the last send."""
-    wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    events = SseEvents(call.body)
     try:
-        buffer = b""
         piece = first
         while piece:  # b"": the end of the stream
-            buffer += piece
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                u = usage_of(event)
-                if u is not None:
-                    call.usage = u
-                    if not wants_usage and is_usage_only(event):
-                        continue
+            for event in events.feed(piece):
                 if not call.chunks:
                     call.first_token_s = clock()
                     metrics.ttft.observe(call.first_token_s - call.arrived_s)
                 call.chunks += 1
-                yield event + b"\n\n"
+                yield event
+            if events.usage is not None:
+                call.usage = events.usage
             piece = await resp.content.readany()
-        if buffer.strip():
-            yield buffer
+        if events.rest:
+            yield events.rest
         call.finish = "stop"
     except TimeoutError:
         metrics.upstream_errors.labels(upstream, "timeout").inc()
@@ -125,6 +119,42 @@ async def unless_disconnected(
         await asyncio.wait((task,))
     # A response done before the cancel took effect is still sent: sending it frees it.
     return None if task.cancelled() else task.result()
+
+
+class SseEvents:
+    """Server-sent events cut whole from the bytes of a stream as they come (every relay:
+    the gateway's, the Ray ingress's, a Serve deployment's), with the last usage seen; the
+    usage-only event is dropped unless the client's `body` asked for usage."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.usage: dict[str, Any] | None = None
+        self._buffer = b""
+
+    def feed(self, piece: bytes) -> Iterator[bytes]:
+        """The whole events `piece` completes, each with its blank line."""
+        self._buffer += piece
+        while b"\n\n" in self._buffer:
+            event, self._buffer = self._buffer.split(b"\n\n", 1)
+            u = usage_of(event)
+            if u is not None:
+                self.usage = u
+                if not self.wants_usage and is_usage_only(event):
+                    continue
+            yield event + b"\n\n"
+
+    @property
+    def rest(self) -> bytes:
+        """What is left after the last whole event, if more than blanks."""
+        return self._buffer if self._buffer.strip() else b""
+
+
+class RelayedStream(SseEvents):
+    """A relayed stream's events and how it ended: "abort" until it ends otherwise."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__(body)
+        self.finish = "abort"
 
 
 def usage_of(event: bytes) -> dict[str, Any] | None:

@@ -42,10 +42,9 @@ from hermes.gateway.inference_headers import CallFacts
 from hermes.gateway.middleware import BearerAuth, BodyLimit
 from hermes.gateway.relay import (
     Relay,
-    is_usage_only,
+    RelayedStream,
     unless_disconnected,
     until_disconnect,
-    usage_of,
 )
 from hermes.gateway.request_bodies import check_completion, estimate_prompt_tokens, read_json
 from hermes.gateway.tenants import Keyring, caller_of
@@ -233,7 +232,7 @@ class Ingress:
             if stream and resp.status == 200:
                 first = await self._first(client, resp)
                 client.answer_began(resp)
-                state = _StreamState(body)
+                state = RelayedStream(body)
 
                 def end() -> None:
                     resp.release()
@@ -331,25 +330,18 @@ class Ingress:
         client: UpstreamClient,
         resp: aiohttp.ClientResponse,
         first: bytes,
-        state: _StreamState,
+        state: RelayedStream,
     ) -> AsyncGenerator[bytes, None]:
         """The upstream's events as they come (its usage-only event dropped unless asked
         for); a failure becomes an SSE error event, the client having had its 200."""
         try:
-            buffer, piece = b"", first
+            piece = first
             while piece:
-                buffer += piece
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    u = usage_of(event)
-                    if u is not None:
-                        state.usage = u
-                        if not state.wants_usage and is_usage_only(event):
-                            continue
-                    yield event + b"\n\n"
+                for event in state.feed(piece):
+                    yield event
                 piece = await resp.content.readany()
-            if buffer.strip():
-                yield buffer
+            if state.rest:
+                yield state.rest
             state.finish = "stop"
         except TimeoutError:
             state.finish = "error"
@@ -357,12 +349,3 @@ class Ingress:
         except aiohttp.ClientError as e:
             state.finish = "error"
             yield sse_error(UpstreamError(f"upstream failed mid-stream: {e}"))
-
-
-class _StreamState:
-    """A relayed stream's usage and how it ended (abort until it ends otherwise)."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.usage: dict[str, Any] = {}
-        self.finish = "abort"

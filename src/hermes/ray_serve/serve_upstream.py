@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from hermes.gateway.config import GatewayConfig
 from hermes.gateway.config_parts import SERVE_SCHEME
 from hermes.gateway.errors import BadRequestError, UpstreamError, error_body, sse_error
-from hermes.gateway.relay import Relay, is_usage_only, usage_of
+from hermes.gateway.relay import Relay, RelayedStream
 from hermes.gateway.upstream import UpstreamClient, engine_priority, late
 from hermes.ray_serve.protocol import Granted, Submit
 
@@ -178,11 +178,11 @@ class ServeUpstreams:
             usage = data.get("usage") if isinstance(data, dict) else None
             release(sub.call_id, "stop", usage if isinstance(usage, dict) else {})
             return Response(json.dumps(data), media_type="application/json", headers=headers)
-        state = _Stream(body)
+        state = RelayedStream(body)
 
         def end() -> None:
             gen.cancel()
-            release(sub.call_id, state.finish, state.usage)
+            release(sub.call_id, state.finish, state.usage or {})
 
         relay = Relay(self._events(gen, first, client, state), end)
         relay.headers.update(headers)
@@ -201,30 +201,23 @@ class ServeUpstreams:
             raise UpstreamError(f"upstream {name!r} failed: {type(e).__name__}: {e}") from None
 
     async def _events(
-        self, gen: Any, first: Any, client: UpstreamClient, state: _Stream
+        self, gen: Any, first: Any, client: UpstreamClient, state: RelayedStream
     ) -> AsyncGenerator[bytes, None]:
         """The deployment's events as they come (its usage-only event dropped unless asked
         for, `[DONE]` added if it sends none); a failure becomes an SSE error event."""
         try:
-            buffer, item, done = b"", first, False
+            item, done = first, False
             while True:
-                buffer += sse_bytes(item)
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    u = usage_of(event)
-                    if u is not None:
-                        state.usage = u
-                        if not state.wants_usage and is_usage_only(event):
-                            continue
+                for event in state.feed(sse_bytes(item)):
                     done = done or event.strip() == _DONE.strip()
-                    yield event + b"\n\n"
+                    yield event
                 try:
                     async with asyncio.timeout(client.chunk_timeout_s):
                         item = await gen.__anext__()
                 except StopAsyncIteration:
                     break
-            if buffer.strip():
-                yield buffer
+            if state.rest:
+                yield state.rest
             if not done:
                 yield _DONE
             state.finish = "stop"
@@ -240,12 +233,3 @@ class ServeUpstreams:
         finally:
             with contextlib.suppress(Exception):
                 gen.cancel()
-
-
-class _Stream:
-    """A relayed stream's usage and how it ended (abort until it ends otherwise)."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.usage: dict[str, Any] = {}
-        self.finish = "abort"
