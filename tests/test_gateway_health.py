@@ -54,6 +54,7 @@ class Stallable:
         self.delay_s = delay_s
         self.stalled = False
         self.stall_on_call = False  # stalls as the next call arrives
+        self.stall_mid_stream = False  # stalls after a stream's first event
         self.requests = 0
         self.app = Starlette(
             routes=[
@@ -88,7 +89,8 @@ class Stallable:
         )
 
     async def _events(self, n: int) -> AsyncIterator[bytes]:
-        for _ in range(n):
+        for i in range(n):
+            self.stalled |= self.stall_mid_stream and i == 1
             await self._while_stalled()
             await asyncio.sleep(self.delay_s)
             chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
@@ -163,6 +165,31 @@ def test_calls_in_flight_on_a_stalled_upstream_move_to_another_replica(stream: b
         assert (a.requests, b.requests) == (1, 1)
         assert metric(gw, "hermes_upstream_up", upstream="a") == 0
         a.stalled = a.stall_on_call = False
+        assert wait_for(lambda: settled(gw))
+
+
+def test_a_stream_begun_on_an_upstream_that_stalls_ends_in_an_error_event() -> None:
+    """A stream relayed from `a` when `a` stalls, its client holding a 200 and one event: when
+    the health checks take `a` out, the stream ends at once in an SSE error event, long before
+    the chunk timeout (120 s). Before: aiohttp's close detached the body from its connection,
+    and the relay waited forever, its read timer gone with the connection."""
+    with (
+        stallable() as (a, a_url),
+        gateway(
+            {"a": a_url},
+            health_check=FAST_CHECKS,
+            upstream_first_byte_timeout_s=120,
+            upstream_chunk_timeout_s=120,
+        ) as (gw, base),
+    ):
+        a.stall_mid_stream = True
+        r = httpx.post(base + CHAT, json=body(True, 8), timeout=60)
+        assert r.status_code == 200, r.text
+        assert outcome(200, r.content, True) == "error"
+        assert r.content.count(b'"delta"') == 1
+        assert "taken out of rotation" in sse_error(r.content)["message"]
+        assert metric(gw, "hermes_upstream_up", upstream="a") == 0
+        a.stalled = a.stall_mid_stream = False
         assert wait_for(lambda: settled(gw))
 
 

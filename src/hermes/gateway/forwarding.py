@@ -5,8 +5,9 @@ connection is retried once on another replica; after them a failure is an explic
 Timeouts: the first byte (a stream's headers and first event, a whole answer's headers) must
 come within `upstream_first_byte_timeout_s`; after it, no silence may last
 `upstream_chunk_timeout_s` (`UpstreamClient.answer_began`). An upstream that the health checks
-take out has its connections closed: its calls end then, and those still without headers are
-retried elsewhere like a dropped connection."""
+take out has its connections closed: its calls end then, those still without headers retried
+elsewhere like a dropped connection, and those answering with an explicit error (a relayed
+stream with an SSE error event)."""
 
 from __future__ import annotations
 
@@ -111,9 +112,7 @@ class Forwarder:
                 continue
             try:
                 body, headers = self._request(call, upstream, stream)
-                return upstream, await client.session.post(
-                    client.url + path, data=body, headers=headers
-                )
+                return upstream, await client.post(path, body, headers)
             except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
                 error: aiohttp.ClientError = e
             except TimeoutError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,6 +101,8 @@ class UpstreamClient:
             total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=first_byte_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        # Answers still coming in, for `reset` to cut off.
+        self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
         opts = backend.inference_headers
         self.inference = opts if opts.sent_to(backend.kind) else None
 
@@ -118,9 +121,28 @@ class UpstreamClient:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
         )
 
+    async def post(
+        self, path: str, data: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """A call sent, its headers read; its body is for the caller to read and release."""
+        resp = await self.session.post(self.url + path, data=data, headers=headers)
+        self._answers.add(resp)
+        return resp
+
     async def reset(self) -> None:
         """Close every connection to the upstream, in use or idle, and start afresh: the calls
-        in flight on it fail now (a stalled upstream would hold them to their timeouts)."""
+        in flight on it fail now (a stalled upstream would hold them to their timeouts).
+
+        An answer whose body is still coming is failed first: aiohttp's close detaches a
+        connection from its body, so a read waiting on it would wait forever, its read timer
+        stopped with the connection."""
+        cut = aiohttp.ClientConnectionError(
+            f"connection closed: upstream {self.backend.name!r} was taken out of rotation"
+        )
+        for resp in list(self._answers):
+            if not resp.closed and not resp.content.is_eof():
+                resp.content.set_exception(cut)
+        self._answers.clear()
         if self._session is not None:
             old, self._session = self._session, self._new_session()
             await old.close()

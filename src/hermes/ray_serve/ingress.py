@@ -281,7 +281,7 @@ class Ingress:
             facts = replace(who, deadline_left_s=grant.deadline_left_s, rank=grant.rank)
             headers = client.headers(facts)
             try:
-                return await client.session.post(client.url + path, data=data, headers=headers)
+                return await client.post(path, data, headers)
             except aiohttp.ConnectionTimeoutError as e:  # a TimeoutError, but retried
                 error: aiohttp.ClientError = e
             except aiohttp.ClientError as e:
