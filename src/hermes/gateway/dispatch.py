@@ -25,8 +25,9 @@ has waited less; `age(now)` applies it, looking only at the oldest calls of each
 Ranking rounds: `rerank_all` gives every waiting call a new rank and rebuilds the heaps that
 moved (O(n)); `rerank_groups` re-ranks only the calls of the groups named (a call's group is
 its application in the gateway), for policies whose ranks change only when an application
-does: a moved call gets a new heap entry and its old one goes stale (O(log n) per call moved),
-and a heap is compacted once it holds more stale entries than live ones.
+does: a moved call gets a new heap entry and its old one goes stale (O(log n) per call moved;
+the heaps are rebuilt instead when most calls moved), and a model's heaps are compacted once
+they hold more stale entries than live ones.
 
 Pure: `submit`, `release`, `cancel` and `rerank` return the grants to carry out; the server
 turns them into started upstream calls. Picking the best call is a heap pop (O(log n)).
@@ -323,10 +324,19 @@ class Dispatcher:
             ranks = priorities(calls)
             if len(ranks) != len(calls):
                 raise ValueError(f"{len(ranks)} priorities for {len(calls)} waiting calls")
+            moved = []
             for w, p in zip(calls, ranks, strict=True):
-                if not w.aged and p != w.priority:
+                if p != w.priority and not w.aged:
                     w.priority = p
+                    moved.append(w)
+            if 4 * len(moved) < self._queued:
+                for w in moved:
                     heapq.heappush(self._heaps[w.model][RT if w.rt else BE], _entry(w))
+            else:  # most calls moved: rebuilding their heaps costs less than a push each
+                for model in {w.model for w in moved}:
+                    for heap in self._heaps[model]:
+                        heap[:] = [_entry(e[2]) for e in heap if e[2].entry is e]
+                        heapq.heapify(heap)
         self._compact()
         return len(calls)
 
