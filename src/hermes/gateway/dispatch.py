@@ -207,7 +207,8 @@ class Dispatcher:
         w = Waiting(key, model, priority, self._seq, rt=rt, queued_s=now, group=group)
         self._seq += 1
         cls = RT if rt else BE
-        heapq.heappush(self._heaps[model][cls], _entry(w))
+        e = w.entry = (priority, w.seq, w)  # `_entry`, inlined: every call comes through here
+        heapq.heappush(self._heaps[model][cls], e)
         if group is not None:
             self._members.setdefault(group, {})[w] = None
         if self.aging.active and priority > AGED_RANK:
@@ -352,7 +353,12 @@ class Dispatcher:
 
     def _granted(self, w: Waiting) -> None:
         w.granted = True
-        self._left(w)
+        if w.group is None:  # `_left`, inlined: every grant comes through here
+            self._queued -= 1
+            self._queued_for[w.model] -= 1
+            w.entry = None
+        else:
+            self._left(w)
         self._share.granted("rt" if w.rt else "be")
 
     def _left(self, w: Waiting) -> None:
@@ -436,7 +442,7 @@ class Dispatcher:
 
     @staticmethod
     def _prune(heap: list[tuple[float, int, Waiting]]) -> list[tuple[float, int, Waiting]]:
-        while heap and not _live(heap[0]):
+        while heap and heap[0][2].entry is not heap[0]:  # not `_live`
             heapq.heappop(heap)
         return heap
 
