@@ -36,7 +36,9 @@ LLM_STAGES = {
 }
 TOOL_STAGES = {"factool_code": "code_execution", "react_fever": "search", "unknown": "t0"}
 TYPES = tuple(LLM_STAGES)
-APPS = 6
+# 8 of them with graphs: a round over all ranks them in one pool (`RankPool`, from 8 states
+# on), a round over a few one by one; both must give the same ranks.
+APPS = 12
 # lstf ranks by slack, which moves with time: it must keep re-ranking every call.
 POLICIES = ("gittins", "srjf-mean", "plas", "vtc", "lstf")
 
@@ -101,6 +103,7 @@ def _gateway(policy_name: str, clock: _Clock, incremental: bool) -> tuple[Gatewa
 _OPS = st.lists(
     st.one_of(
         st.tuples(st.just("call"), st.integers(0, APPS - 1), st.integers(0, 1), st.integers(1, 3)),
+        st.tuples(st.just("crowd"), st.integers(0, 1)),  # a call of every application
         st.tuples(st.just("end"), st.integers(0, 20), st.integers(0, 400)),
         st.tuples(st.just("cancel"), st.integers(0, 20)),
         st.tuples(st.just("retry"), st.integers(0, 20)),
@@ -126,7 +129,10 @@ def _order(gw: Gateway) -> list[tuple[Any, ...]]:
 def _step(gw: Gateway, clock: _Clock, calls: list[Call], op: tuple[Any, ...]) -> None:
     now = clock.now
     kind = op[0]
-    if kind == "call":
+    if kind == "crowd":
+        for i in range(APPS):
+            _step(gw, clock, calls, ("call", i, op[1], 1))
+    elif kind == "call":
         i, stage, n = op[1:]
         app_type = TYPES[i % len(TYPES)]
         names = LLM_STAGES[app_type]
