@@ -4,6 +4,7 @@ new, ...) so that a shared machine's load moves both alike; the median of each f
     git worktree add /tmp/h3base 453114c        # the code before the scheduler's speed-ups
     python benchmarks/ray_scheduler_compare.py --base /tmp/h3base/src [--pairs 3]
         [--latency-pairs 2] [--base-direct] [--json OUT]
+    python benchmarks/ray_scheduler_compare.py --merge A.json B.json --json OUT  # runs pooled
 
 Each pair: the calls ordered per second (`--skip-latency`) by the old code (`PYTHONPATH`
 set to `--base`; its actor and replicas inherit it) and by this one; then `--latency-pairs`
@@ -61,29 +62,9 @@ def _medians(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {path: statistics.median(vs) for path, vs in values.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", type=Path, required=True, help="the older code's src directory")
-    ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--latency-pairs", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=OUT)
-    ap.add_argument(
-        "--base-direct",
-        action="store_true",
-        help="the older code has direct ingress and the socket link too: measure them on both",
-    )
-    args = ap.parse_args()
-    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": [], "old_lat": [], "new_lat": []}
-    for i in range(args.pairs):
-        for name, base in (("old", args.base), ("new", None)):
-            print(f"rates {name} {i + 1}/{args.pairs}", file=sys.stderr, flush=True)
-            runs[name].append(_run(base, ["--skip-latency"], args.base_direct))
-    for i in range(args.latency_pairs):
-        for name, base in (("old_lat", args.base), ("new_lat", None)):
-            print(f"latency {name} {i + 1}/{args.latency_pairs}", file=sys.stderr, flush=True)
-            runs[name].append(_run(base, ["--skip-rates"], args.base_direct))
-    report = {
-        "base": str(args.base),
+def _report(base: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "base": base,
         "medians": {
             "calls_per_s": {
                 "old": _medians(runs["old"], "calls_per_s"),
@@ -96,6 +77,52 @@ def main() -> None:
         },
         "runs": runs,
     }
+
+
+def _merged(paths: list[Path]) -> dict[str, Any]:
+    """The runs of several reports (of the same base) as one, medians over them all."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    runs = {k: [r for rep in reports for r in rep["runs"][k]] for k in reports[0]["runs"]}
+    out = _report(reports[0]["base"], runs)
+    out["merged_from"] = [str(p) for p in paths]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, help="the older code's src directory")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="run nothing: the runs of these reports as one report, medians over them all",
+    )
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--latency-pairs", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=OUT)
+    ap.add_argument(
+        "--base-direct",
+        action="store_true",
+        help="the older code has direct ingress and the socket link too: measure them on both",
+    )
+    args = ap.parse_args()
+    if args.merge:
+        merged = _merged(args.merge)
+        args.json.write_text(json.dumps(merged, indent=2) + "\n")
+        print(json.dumps(merged["medians"], indent=2))
+        return
+    if args.base is None:
+        ap.error("--base is required (unless --merge)")
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": [], "old_lat": [], "new_lat": []}
+    for i in range(args.pairs):
+        for name, base in (("old", args.base), ("new", None)):
+            print(f"rates {name} {i + 1}/{args.pairs}", file=sys.stderr, flush=True)
+            runs[name].append(_run(base, ["--skip-latency"], args.base_direct))
+    for i in range(args.latency_pairs):
+        for name, base in (("old_lat", args.base), ("new_lat", None)):
+            print(f"latency {name} {i + 1}/{args.latency_pairs}", file=sys.stderr, flush=True)
+            runs[name].append(_run(base, ["--skip-rates"], args.base_direct))
+    report = _report(str(args.base), runs)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["medians"], indent=2))
