@@ -15,7 +15,12 @@ from hermes import AppRun, LLMCall, Stage, ToolCall
 from hermes.core.demand_cost import LinearCost
 from hermes.core.demand_sampler import DemandModel, Progress
 from hermes.core.pdgraph import END, PDGraph, PDGraphFormatError, learn
+from hermes.core.pdgraph_summary import summarize
 from hermes.core.visit_hazards import MIN_VISIT_OBSERVATIONS, visit_table
+from hermes.gateway.apps import AppTracker
+from hermes.gateway.context import parse_context
+from hermes.policies.base import PolicyContext
+from hermes.policies.registry import make_policy
 from hermes.workloads.templates import generate_runs
 
 # Every thought costs 1 s of service (1000 prompt tokens at 1 ms), an act nothing: a sampled
@@ -219,3 +224,45 @@ def test_bad_visit_counts_are_refused_with_where(visit_edges: object, message: s
     d["visit_edges"] = visit_edges
     with pytest.raises(PDGraphFormatError, match=message):
         PDGraph.from_dict(d, "g")
+
+
+def test_inspect_shows_the_loop_by_visit() -> None:
+    g = graph_of([2] * 30 + [3] * 30)
+    rows = summarize(DemandModel(g, COST), samples=50)["edges_by_visit"]
+    assert set(rows) == {"act"}  # thought -> act is the same on every visit
+    assert rows["act"][0] == {"thought": 1.0}
+    assert rows["act"][1] == pytest.approx({"thought": 0.5, END: 0.5})
+    assert rows["act"][2] == {END: 1.0}
+
+
+def test_the_gateway_ranks_an_agent_near_its_end_ahead_of_one_near_its_start() -> None:
+    """Through the gateway's tracker: two agents waiting at their act (a tool stage), one on
+    its 2nd step, one on its 14th; episodes last 15 or 16 steps. A Markov graph could not tell
+    them apart; counting visits, gittins puts the one with one step or two left first."""
+    g = graph_of([15] * 30 + [16] * 30)
+    policy = make_policy("gittins", PolicyContext(models={"agent": DemandModel(g, COST)}))
+    tracker = AppTracker(cost=COST)
+    views = []
+    for app_id, steps in (("early", 2), ("late", 14)):
+        ctx = parse_context(
+            {"x-hermes-app-id": app_id, "x-hermes-app-type": "agent", "x-hermes-stage": "thought"}
+        )
+        app, _ = tracker.app_for(ctx, 0.0)
+        for step in range(steps):
+            ticket = tracker.start_call(app, "thought", 1000, float(step))
+            tracker.end_call(ticket, 1000, 1, step + 0.5)
+            tracker.tool_started(app, "act", "env", step + 0.5)
+            if step < steps - 1:
+                assert tracker.tool_finished(app, "act", step + 0.9)
+        assert app.view.stage is not None
+        assert app.view.stage.name == "act"
+        # What the visit count comes from: the stages finished, in the tracker's view.
+        now = Progress("act", 1, tuple(app.view.finished))
+        assert now.visits()["act"] == steps
+        views.append(app.view)
+    ranks = policy.rank_apps(views, 20.0)
+    assert ranks is not None
+    early, late = ranks
+    assert late < early
+    assert late == pytest.approx(1.5, abs=0.5)  # one or two thoughts (1 s each) left
+    assert early == pytest.approx(13.5, abs=0.5)
