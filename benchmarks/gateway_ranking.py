@@ -11,11 +11,12 @@
    calls, one per application, the applications caught mid-run from template runs (the
    policy's PDGraphs learned from 300 runs of each of the six templates). Timed: the first
    round (every application's remaining-demand state sampled), a round with nothing changed
-   (what the gateway does every `rank_interval_s`, since it learns attained service only when
-   calls end), and a round after every application gained service (each rank recomputed).
-   Side by side, each on a fresh policy and the same queue: the gateway's round (one batched
-   `rank_apps` over the applications waiting) and the round it ran before (the policy's
-   `priority` call by call).
+   (what the gateway does every `rank_interval_s` while no call ends or arrives), and rounds
+   after k applications gained service (k = 10, 1 %, 10 %, all: their ranks recomputed).
+   Side by side, each on a fresh policy and the same queue: the gateway's round
+   ("incremental": only the applications whose view changed since the last round), the full
+   round it ran before ("batched": one `rank_apps` over every application waiting) and the
+   one before that ("per_call": the policy's `priority` call by call).
 
 Best of `--repeat` for rounds; decisions report the median, p99 and max of single calls.
 """
@@ -142,20 +143,38 @@ def best(fn: Callable[[], object], repeat: int) -> float:
     return out
 
 
+def _changed_round(
+    gw: Gateway, calls: list[Call], round_: Callable[[], None], k: int, rng: np.random.Generator
+) -> float:
+    """One round after `k` applications gained service (their views changed, as the tracker
+    reports a call's end)."""
+    for i in rng.choice(len(calls), size=k, replace=False).tolist():
+        app = calls[i].ticket.app
+        app.view.attained_s += DECODE_STEP_S
+        gw.tracker.touch(app)
+    t = time.perf_counter()
+    round_()
+    return time.perf_counter() - t
+
+
 async def rerank(queued: int, repeat: int, seed: int) -> dict[str, Any]:
-    """The gateway's round (`rerank`: one batched `rank_apps`) beside the round it ran before
-    (the policy's `priority` call by call), each on a fresh policy and the same queue."""
+    """The gateway's round (`rerank`: over the applications that changed since the last round,
+    `rerank_groups`) beside the full round it ran before (one batched `rank_apps` over every
+    application waiting, `rerank_all`) and the round before that (the policy's `priority` call
+    by call), each on a fresh policy and the same queue."""
     cost = EngineDemandCost(load_profile("llama-2-7b", "a100"))
     runs = [r for i, a in enumerate(TEMPLATE_NAMES) for r in generate_runs(a, 300, 100 + i)]
     models = {a: DemandModel(g, cost) for a, g in learn(runs).items()}
     out: dict[str, Any] = {"queued": queued, "training_runs": len(runs)}
-    for name in ("batched", "per_call"):
+    for name in ("incremental", "batched", "per_call"):
         policy = make_policy("gittins", PolicyContext(models, cost, seed=0))
         gw = _gateway(policy, queued)
+        gw.incremental_ranks = name == "incremental"
         views = _views(queued, np.random.default_rng(seed))
         gw.calls.enqueue(_call(AppView("run", "default", 0.0), 0), 0.0)
-        for i, v in enumerate(views):
-            gw.calls.enqueue(_call(v, i), float(i))
+        calls = [_call(v, i) for i, v in enumerate(views)]
+        for i, c in enumerate(calls):
+            gw.calls.enqueue(c, float(i))
 
         def per_call(gw: Gateway = gw, policy: Any = policy) -> None:
             def rank(w: Waiting) -> float:
@@ -164,20 +183,22 @@ async def rerank(queued: int, repeat: int, seed: int) -> dict[str, Any]:
 
             gw.dispatcher.rerank(rank)
 
-        round_ = gw.rerank if name == "batched" else per_call
+        round_ = per_call if name == "per_call" else gw.rerank
         t = time.perf_counter()
         round_()  # builds every application's remaining-demand state
         first = time.perf_counter() - t
         unchanged = best(round_, repeat)
-        gained = float("inf")
-        for _ in range(repeat):
-            for v in views:
-                v.attained_s += DECODE_STEP_S
-            gained = min(gained, best(round_, 1))
+        rng = np.random.default_rng(seed + 1)
+        changed = {
+            f"{k}_changed_ms": round(
+                min(_changed_round(gw, calls, round_, k, rng) for _ in range(repeat)) * 1e3, 3
+            )
+            for k in (10, queued // 100, queued // 10, queued)
+        }
         out[name] = {
             "first_round_ms": round(first * 1e3, 2),
-            "unchanged_ms": round(unchanged * 1e3, 2),
-            "all_gained_ms": round(gained * 1e3, 2),
+            "unchanged_ms": round(unchanged * 1e3, 3),
+            **changed,
         }
     return out
 

@@ -3,13 +3,13 @@ new, ...) so that a shared machine's load moves both alike; the median of each f
 
     git worktree add /tmp/h3base 453114c        # the code before the scheduler's speed-ups
     python benchmarks/ray_scheduler_compare.py --base /tmp/h3base/src [--pairs 3]
-        [--latency-pairs 2] [--json OUT]
+        [--latency-pairs 2] [--base-direct] [--json OUT]
 
 Each pair: the calls ordered per second (`--skip-latency`) by the old code (`PYTHONPATH`
 set to `--base`; its actor and replicas inherit it) and by this one; then `--latency-pairs`
 pairs of latency runs (`--skip-rates`; the old code without direct ingress and the socket
-link, which it lacks). Every run's JSON is kept in the output beside the medians, with the
-load average before and after each.
+link, which it lacks, unless `--base-direct` says it has them). Every run's JSON is kept in
+the output beside the medians, with the load average before and after each.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "ray" / "compare.json"
 
 
-def _run(base: Path | None, flags: list[str]) -> dict[str, Any]:
+def _run(base: Path | None, flags: list[str], base_direct: bool = False) -> dict[str, Any]:
     env = dict(os.environ)
     if base is not None:
         env["PYTHONPATH"] = str(base)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, str(HERE / "ray_scheduler.py"), "--json", str(out), *flags]
-        if base is not None:
+        if base is not None and not base_direct:
             cmd.append("--skip-direct")
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         result: dict[str, Any] = json.loads(out.read_text())
@@ -67,16 +67,21 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--latency-pairs", type=int, default=2)
     ap.add_argument("--json", type=Path, default=OUT)
+    ap.add_argument(
+        "--base-direct",
+        action="store_true",
+        help="the older code has direct ingress and the socket link too: measure them on both",
+    )
     args = ap.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": [], "old_lat": [], "new_lat": []}
     for i in range(args.pairs):
         for name, base in (("old", args.base), ("new", None)):
             print(f"rates {name} {i + 1}/{args.pairs}", file=sys.stderr, flush=True)
-            runs[name].append(_run(base, ["--skip-latency"]))
+            runs[name].append(_run(base, ["--skip-latency"], args.base_direct))
     for i in range(args.latency_pairs):
         for name, base in (("old_lat", args.base), ("new_lat", None)):
             print(f"latency {name} {i + 1}/{args.latency_pairs}", file=sys.stderr, flush=True)
-            runs[name].append(_run(base, ["--skip-rates"]))
+            runs[name].append(_run(base, ["--skip-rates"], args.base_direct))
     report = {
         "base": str(args.base),
         "medians": {

@@ -10,7 +10,7 @@ import heapq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hermes.gateway.dispatch import BE, RT, Dispatcher, Grant, Upstream, Waiting, _live
+from hermes.gateway.dispatch import BE, RT, Dispatcher, Grant, Upstream, Waiting, _entry, _live
 
 MODELS = ("a", "b")
 UPSTREAMS = [
@@ -59,7 +59,7 @@ class ScanningDispatcher(Dispatcher):
                     w = entry[2]
                     if not w.aged:
                         w.priority = priority(w)  # type: ignore[operator]
-                    fresh.append((w.priority, w.seq, w))
+                    fresh.append(_entry(w))
                 heapq.heapify(fresh)
                 heap[:] = fresh
 

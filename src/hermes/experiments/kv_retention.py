@@ -78,16 +78,20 @@ def _over_draws(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def kv_experiment(
-    seed: int = 0, progress: ProgressLog = lambda m: None, sweep: Sweep[Any] | None = None
+    seed: int = 0,
+    progress: ProgressLog = lambda m: None,
+    sweep: Sweep[Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every setting by retention (and the reference), averaged over DRAWS draws; `policies`
-    is the tight setting's (the issue's headline). The runs on `sweep` (in this process
-    without one); `progress` hears each as it ends."""
+    """Every setting (SETTINGS unless given) by retention (and the reference), averaged over
+    DRAWS draws; `policies` is the tight setting's (the issue's headline), where there is one.
+    The runs on `sweep` (in this process without one); `progress` hears each as it ends."""
+    settings = SETTINGS if settings is None else settings
     kinds = (*RETENTIONS, REFERENCE)
     seeds = range(seed, seed + DRAWS)
     jobs = [
         (f"kv: {name}, {kind}, draw {s}", partial(_job, setting, kind, s))
-        for name, setting in SETTINGS.items()
+        for name, setting in settings.items()
         for kind in kinds
         for s in seeds
     ]
@@ -95,10 +99,11 @@ def kv_experiment(
         done = iter(runner.run(jobs))
     by_setting = {
         name: {kind: _over_draws([next(done) for _ in seeds]) for kind in kinds}
-        for name in SETTINGS
+        for name in settings
     }
+    tight = by_setting.get("tight", {})
     return {
-        "policies": {r: by_setting["tight"][r] for r in RETENTIONS},
+        "policies": {r: tight[r] for r in RETENTIONS if r in tight},
         "by_setting": by_setting,
         "draws": list(seeds),
     }

@@ -126,6 +126,9 @@ class AppTracker:
         self.apps: dict[str, GatewayApp] = {}
         self.folded = 0  # applications whose type was counted as OTHER_TYPE
         self._ids = count()
+        # Applications whose view changed since the last ranking round took them
+        # (`take_changed`): a round re-ranks only these when a policy ranks by views alone.
+        self._changed: dict[GatewayApp, None] = {}
 
     def __iter__(self) -> Iterator[GatewayApp]:
         return iter(self.apps.values())
@@ -242,6 +245,17 @@ class AppTracker:
 
     def forget(self, app: GatewayApp) -> None:
         self.apps.pop(app.app_id, None)
+        self._changed[app] = None  # the policy forgets it too (`on_done`)
+
+    def touch(self, app: GatewayApp) -> None:
+        """`app`'s calls are to be re-ranked at the next round (its view, or the rank one of
+        its calls was queued at, may differ from what the last round saw)."""
+        self._changed[app] = None
+
+    def take_changed(self) -> list[GatewayApp]:
+        """The applications touched since the last call, in the order first touched."""
+        changed, self._changed = list(self._changed), {}
+        return changed
 
     def idle(self, now: float, timeout_s: float) -> list[GatewayApp]:
         """Applications with no LLM call in flight and no activity for `timeout_s`. An open
@@ -282,6 +296,8 @@ class AppTracker:
         return stage
 
     def _refresh(self, app: GatewayApp) -> None:
+        # Every change to a view ends here (calls started and ended, tool stages, new stages).
+        self._changed[app] = None
         cur = app.current
         v = app.view
         if cur is None:

@@ -121,12 +121,16 @@ class CallLifecycle:
                     "retry later",
                     "model",
                 )
+        app = call.ticket.app
         try:
             waiting, grants = self.dispatcher.submit(
-                call.ticket, call.model, priority, call.rt, self.clock()
+                call.ticket, call.model, priority, call.rt, self.clock(), group=app
             )
         except QueueFullError:
             raise RateLimitError("the gateway's queue is full; retry later") from None
+        # A full round would give the call its application's rank, whatever it was queued at
+        # (a retry's -inf included): the next round re-ranks it.
+        self.tracker.touch(app)
         call.waiting = waiting
         self._calls[id(waiting)] = call
         self.grant(grants)

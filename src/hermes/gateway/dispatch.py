@@ -22,9 +22,15 @@ for a model that none has loaded wait here until one does.
 Aging (`policies.aging`): a call that has waited `max_wait_s` goes ahead of every call that
 has waited less; `age(now)` applies it, looking only at the oldest calls of each queue.
 
+Ranking rounds: `rerank_all` gives every waiting call a new rank and rebuilds the heaps that
+moved (O(n)); `rerank_groups` re-ranks only the calls of the groups named (a call's group is
+its application in the gateway), for policies whose ranks change only when an application
+does: a moved call gets a new heap entry and its old one goes stale (O(log n) per call moved;
+the heaps are rebuilt instead when most calls moved), and a model's heaps are compacted once
+they hold more stale entries than live ones.
+
 Pure: `submit`, `release`, `cancel` and `rerank` return the grants to carry out; the server
-turns them into started upstream calls. Picking the best call is a heap pop (O(log n)); a
-re-rank rebuilds the heaps in O(n).
+turns them into started upstream calls. Picking the best call is a heap pop (O(log n)).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from hermes.policies.aging import AGED_RANK, Aging
 from hermes.policies.slo_class import GrantShare, SloClassOptions
 
 RT, BE = 0, 1  # heap index per SLO class
+# A model's heaps are compacted when they hold more than twice its live calls and this many.
+_COMPACT_SLACK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,10 @@ class Waiting:
     rt: bool = False  # real-time: ahead of best-effort calls
     queued_s: float = 0.0
     aged: bool = False
+    group: Hashable = None  # whose rank it shares (`rerank_groups`); None: no group
+    # Its one live heap entry (None once granted or cancelled): any other entry of it in a
+    # heap is stale, whatever its rank, so a rank that moves and comes back is no duplicate.
+    entry: tuple[float, int, Waiting] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,8 @@ class Dispatcher:
     _busy: dict[str, int] = field(default_factory=dict)
     _limit: dict[str, int] = field(default_factory=dict)
     _queued_for: dict[str, int] = field(default_factory=dict)  # live waiting calls per model
+    # Per group, its waiting calls in the order they were queued (a dict as an ordered set).
+    _members: dict[Hashable, dict[Waiting, None]] = field(default_factory=dict)
     _healthy: dict[str, bool] = field(default_factory=dict)
     _loaded: dict[str, frozenset[str]] = field(default_factory=dict)
     _by_name: dict[str, Upstream] = field(default_factory=dict)
@@ -175,18 +189,28 @@ class Dispatcher:
     # Inputs ----------------------------------------------------------------------------------
 
     def submit(
-        self, key: Hashable, model: str, priority: float, rt: bool = False, now: float = 0.0
+        self,
+        key: Hashable,
+        model: str,
+        priority: float,
+        rt: bool = False,
+        now: float = 0.0,
+        group: Hashable = None,
     ) -> tuple[Waiting, list[Grant]]:
-        """Queue a call (`rt`: real-time) at `now`; KeyError for a model no upstream serves,
+        """Queue a call (`rt`: real-time) at `now`, in `group` (whose calls `rerank_groups`
+        re-ranks together; None: none); KeyError for a model no upstream serves,
         QueueFullError when full."""
         if model not in self._heaps:
             raise KeyError(model)
         if self._queued >= self.limit:
             raise QueueFullError(self.limit)
-        w = Waiting(key, model, priority, self._seq, rt=rt, queued_s=now)
+        w = Waiting(key, model, priority, self._seq, rt=rt, queued_s=now, group=group)
         self._seq += 1
         cls = RT if rt else BE
-        heapq.heappush(self._heaps[model][cls], (priority, w.seq, w))
+        e = w.entry = (priority, w.seq, w)  # `_entry`, inlined: every call comes through here
+        heapq.heappush(self._heaps[model][cls], e)
+        if group is not None:
+            self._members.setdefault(group, {})[w] = None
         if self.aging.active and priority > AGED_RANK:
             self._fifo[model][cls].append(w)
         self._queued += 1
@@ -210,7 +234,7 @@ class Dispatcher:
                     fifo.popleft()
                     w.aged = True
                     w.priority = AGED_RANK
-                    heapq.heappush(self._heaps[model][cls], (AGED_RANK, w.seq, w))
+                    heapq.heappush(self._heaps[model][cls], _entry(w))
                     aged.append(w)
         return aged
 
@@ -228,8 +252,7 @@ class Dispatcher:
         if call.cancelled or call.granted:
             return False
         call.cancelled = True
-        self._queued -= 1
-        self._queued_for[call.model] -= 1
+        self._left(call)
         return True
 
     def set_limit(self, upstream: str, limit: int) -> list[Grant]:
@@ -271,10 +294,7 @@ class Dispatcher:
         10,000 calls in a few list passes. A heap none of whose calls moved is kept."""
         heaps = [heap for pair in self._heaps.values() for heap in pair]
         # `_live` inlined: this runs over every waiting call each round.
-        live = [
-            [w for p, _, w in heap if not (w.cancelled or w.granted) and p == w.priority]
-            for heap in heaps
-        ]
+        live = [[e[2] for e in heap if e[2].entry is e] for heap in heaps]
         every = [w for calls in live for w in calls]
         ranks = priorities(every)
         if len(ranks) != len(every):
@@ -288,9 +308,38 @@ class Dispatcher:
                     w.priority = p
                     moved = True
             if moved:
-                rebuilt = [(w.priority, w.seq, w) for w in calls]
+                rebuilt = [_entry(w) for w in calls]
                 heapq.heapify(rebuilt)
                 heap[:] = rebuilt
+
+    def rerank_groups(
+        self, groups: Iterable[Hashable], priorities: Callable[[list[Waiting]], list[float]]
+    ) -> int:
+        """`rerank_all` for the waiting calls of `groups` alone (`priorities(calls)`, in the
+        order of `calls`; aged calls keep theirs): what a round costs when only those groups'
+        ranks can have moved. Every other call keeps its rank and its heap entry. How many
+        calls were asked about."""
+        members = self._members
+        calls = [w for g in dict.fromkeys(groups) if g in members for w in members[g]]
+        if calls:
+            ranks = priorities(calls)
+            if len(ranks) != len(calls):
+                raise ValueError(f"{len(ranks)} priorities for {len(calls)} waiting calls")
+            moved = []
+            for w, p in zip(calls, ranks, strict=True):
+                if p != w.priority and not w.aged:
+                    w.priority = p
+                    moved.append(w)
+            if 4 * len(moved) < self._queued:
+                for w in moved:
+                    heapq.heappush(self._heaps[w.model][RT if w.rt else BE], _entry(w))
+            else:  # most calls moved: rebuilding their heaps costs less than a push each
+                for model in {w.model for w in moved}:
+                    for heap in self._heaps[model]:
+                        heap[:] = [_entry(e[2]) for e in heap if e[2].entry is e]
+                        heapq.heapify(heap)
+        self._compact()
+        return len(calls)
 
     # Internals -------------------------------------------------------------------------------
 
@@ -303,10 +352,36 @@ class Dispatcher:
         return None if cls is None else RT if cls == "rt" else BE
 
     def _granted(self, w: Waiting) -> None:
+        w.granted = True
+        if w.group is None:  # `_left`, inlined: every grant comes through here
+            self._queued -= 1
+            self._queued_for[w.model] -= 1
+            w.entry = None
+        else:
+            self._left(w)
+        self._share.granted("rt" if w.rt else "be")
+
+    def _left(self, w: Waiting) -> None:
+        """`w` is no longer waiting (granted or cancelled)."""
         self._queued -= 1
         self._queued_for[w.model] -= 1
-        w.granted = True
-        self._share.granted("rt" if w.rt else "be")
+        w.entry = None  # every entry of it is stale now (and the entry's cycle is broken)
+        if w.group is not None:
+            calls = self._members[w.group]
+            del calls[w]
+            if not calls:
+                del self._members[w.group]
+
+    def _compact(self) -> None:
+        """Drop the stale entries of every model whose heaps hold more than twice its live
+        calls (and `_COMPACT_SLACK`): moved ranks and cancelled calls leave entries behind
+        that only a pop would otherwise clear. O(models), plus O(n) amortised over the
+        entries that went stale."""
+        for model, heaps in self._heaps.items():
+            if sum(map(len, heaps)) > 2 * self._queued_for[model] + _COMPACT_SLACK:
+                for heap in heaps:
+                    heap[:] = [e for e in heap if e[2].entry is e]
+                    heapq.heapify(heap)
 
     def _sync(self, name: str) -> None:
         """Keep `_open` true to `name`'s room and loaded models (after any change to them)."""
@@ -367,16 +442,21 @@ class Dispatcher:
 
     @staticmethod
     def _prune(heap: list[tuple[float, int, Waiting]]) -> list[tuple[float, int, Waiting]]:
-        while heap and not _live(heap[0]):
+        while heap and heap[0][2].entry is not heap[0]:  # not `_live`
             heapq.heappop(heap)
         return heap
 
 
+def _entry(w: Waiting) -> tuple[float, int, Waiting]:
+    """A new heap entry for `w` at its priority, which makes any earlier one stale."""
+    e = w.entry = (w.priority, w.seq, w)
+    return e
+
+
 def _live(entry: tuple[float, int, Waiting]) -> bool:
-    """A heap entry of a call still waiting, at its current priority (an aged call's entry at
-    its old rank is stale)."""
-    w = entry[2]
-    return not (w.cancelled or w.granted) and entry[0] == w.priority
+    """A heap entry of a call still waiting, and its latest one (an entry at a rank it had
+    before is stale)."""
+    return entry[2].entry is entry
 
 
 def _checked_limit(upstream: str, limit: int) -> int:

@@ -69,6 +69,12 @@ class PolicyContext:
 class Policy(Protocol):
     name: str
     dynamic: bool  # ranks change with attained service: the shell re-ranks periodically
+    # An application's rank is a function of its `AppView` (and its calls' `CallInfo`) alone,
+    # given what the policy heard through `on_arrival` / `on_done`: it moves only when the
+    # shell changes the view, so a round may re-rank just the applications that changed.
+    # False (the default) where it also moves with `now` (deadlines, slack): every round
+    # re-ranks every call.
+    view_ranked: bool
 
     def priority(self, call: CallInfo, app: AppView | None, now: float) -> float: ...
 
@@ -87,6 +93,7 @@ class BasePolicy:
 
     name = "base"
     dynamic = False
+    view_ranked = False
 
     def rank_apps(self, apps: Sequence[AppView], now: float) -> list[float] | None:
         return None

@@ -35,6 +35,7 @@ class EDF(BasePolicy):
 class LSTF(BasePolicy):
     name = "lstf"
     dynamic = True
+    view_ranked = False  # slack shrinks with `now`: every round re-ranks every call
 
     def __init__(self, ctx: PolicyContext) -> None:
         self._demand = AppDemand(ctx)

@@ -21,6 +21,9 @@ class _DemandRanked(BasePolicy):
     least attained service for types or stages without a PDGraph."""
 
     dynamic = True
+    # The state is cached per application and (stage, unfinished calls) (`AppDemand`): a
+    # graph that learns moves no rank until the application's view changes.
+    view_ranked = True
 
     def __init__(self, ctx: PolicyContext) -> None:
         self._demand = AppDemand(ctx)

@@ -31,6 +31,7 @@ def stage_cost(stage: Stage, cost: DemandCost) -> float:
 class Oracle(BasePolicy):
     name = "oracle"
     dynamic = True
+    view_ranked = True  # the run's stages left, less the current stage's service
 
     def __init__(self, ctx: PolicyContext) -> None:
         self._cost = ctx.cost or LinearCost()

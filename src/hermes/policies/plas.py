@@ -9,6 +9,7 @@ from hermes.policies.base import AppView, BasePolicy, CallInfo
 class PLAS(BasePolicy):
     name = "plas"
     dynamic = True
+    view_ranked = True  # total attained service
 
     def priority(self, call: CallInfo, app: AppView | None, now: float) -> float:
         return call.arrival_s if app is None else app.total_attained_s

@@ -15,6 +15,7 @@ from hermes.policies.base import AppView, BasePolicy, CallInfo
 class VTC(BasePolicy):
     name = "vtc"
     dynamic = True
+    view_ranked = True  # tokens served, over a lift fixed at arrival
 
     def __init__(self) -> None:
         self._lift: dict[Hashable, int] = {}
