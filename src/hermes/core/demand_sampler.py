@@ -3,13 +3,16 @@
 ``DemandModel`` answers two questions in seconds of service (through a ``DemandCost``): the
 total demand of a fresh application, and the remaining demand of one in progress. It walks many
 paths through the graph at once, vectorised over walkers: at each step every walker at a node
-draws a fan-out, that many calls, and its next stage.
+draws a fan-out, that many calls, and its next stage, with the probabilities of its visit
+number of that node (``visit_hazards``): each walker counts its visits, starting from the
+application's own, so a loop's remainder depends on how far the application has come.
 
 Randomness comes only from the ``numpy.random.Generator`` the caller passes in.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +42,13 @@ class Progress:
         if self.unfinished_calls is not None and self.unfinished_calls < 0:
             raise ValueError(f"unfinished_calls must be >= 0, got {self.unfinished_calls}")
 
+    def visits(self) -> Counter[str]:
+        """Visits so far per stage, the current one included (its visit number)."""
+        seen = Counter(s.name for s in self.finished)
+        if self.stage is not None:
+            seen[self.stage] += 1
+        return seen
+
 
 @dataclass(frozen=True, slots=True)
 class DemandState:
@@ -48,11 +58,16 @@ class DemandState:
     stage: str | None
     unfinished_calls: int | None
     conditioned: tuple[tuple[str, frozenset[int]], ...]
+    # Visits so far of each stage whose next-stage probabilities depend on the visit number,
+    # capped where they stop changing; empty for a graph without such stages.
+    visits: tuple[tuple[str, int], ...] = ()
 
     def label(self) -> str:
         """A text that is the same in every process (frozenset order is not), for seeding."""
         cond = [(target, sorted(runs)) for target, runs in self.conditioned]
-        return repr((self.stage, self.unfinished_calls, cond))
+        if not self.visits:  # the label of graphs without visit-dependent stages is unchanged
+            return repr((self.stage, self.unfinished_calls, cond))
+        return repr((self.stage, self.unfinished_calls, cond, self.visits))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,8 @@ class _Snapshot:
     index: Mapping[str, int]
     pools: tuple[_Pool | None, ...]
     next_nodes: tuple[IntArray, ...]
+    # Per node: cumulative next-stage probabilities, one row per visit number (the last row
+    # serves every later visit); shape (depth, len(next_nodes)).
     next_cum: tuple[FloatArray, ...]
     max_steps: int
 
@@ -109,11 +126,9 @@ def _snapshot(graph: PDGraph, cost: DemandCost) -> _Snapshot:
     next_nodes: list[IntArray] = []
     next_cum: list[FloatArray] = []
     for name in names:
-        counts: Mapping[str, int] = graph.edges.get(name, {})
-        dsts = sorted(counts, key=lambda d: index[d])
-        weights = np.array([counts[d] for d in dsts], dtype=np.float64)
-        next_nodes.append(np.array([index[d] for d in dsts], dtype=np.int64))
-        next_cum.append(np.cumsum(weights) / weights.sum() if weights.size else weights)
+        table = graph.visit_table(name)
+        next_nodes.append(np.array([index[d] for d in table.dsts], dtype=np.int64))
+        next_cum.append(np.cumsum(table.rows, axis=1))
     # Loops end with probability 1 in a learned graph, but a walker is cut off after this many
     # steps so that a pathological graph cannot hang the caller.
     max_steps = 4 * graph.longest_run + 16
@@ -166,12 +181,21 @@ class DemandModel:
 
     def state(self, progress: Progress, refine: bool = True) -> DemandState:
         """Two progresses with equal states have the same remaining-demand distribution."""
+        snap = self._fresh()
         cond = self.conditioning(progress, refine)
+        seen = progress.visits()
+        names = list(snap.index)
+        visits = tuple(
+            (names[i], min(seen[names[i]], cum.shape[0]))
+            for i, cum in enumerate(snap.next_cum)
+            if cum.shape[0] > 1
+        )
         return DemandState(
             self.graph.version,
             progress.stage,
             progress.unfinished_calls,
             tuple(sorted(cond.items())),
+            visits,
         )
 
     def total(self, n: int, rng: np.random.Generator) -> FloatArray:
@@ -221,7 +245,12 @@ class DemandModel:
             pool = pools[i]
             if pool is not None:
                 pools[i] = pool.restricted_to(runs)
-        return _walk(snap, pools, start, progress.unfinished_calls, n, rng, critical_path)
+        visits = np.zeros(len(snap.pools), dtype=np.int64)
+        visits[0] = 1  # START, left once
+        for name, count in progress.visits().items():
+            if name in snap.index:
+                visits[snap.index[name]] = count
+        return _walk(snap, pools, start, progress.unfinished_calls, n, rng, critical_path, visits)
 
 
 def _walk(
@@ -232,9 +261,13 @@ def _walk(
     n: int,
     rng: np.random.Generator,
     critical_path: bool = False,
+    visits0: IntArray | None = None,
 ) -> FloatArray:
     demand = np.zeros(n, dtype=np.float64)
     cur = np.full(n, start, dtype=np.int64)
+    # Each walker's visits per node, kept only where some node's probabilities depend on them.
+    counted = visits0 is not None and any(c.shape[0] > 1 for c in snap.next_cum)
+    visits = np.tile(visits0, (n, 1)) if counted and visits0 is not None else None
     for step in range(snap.max_steps):
         live = cur != snap.end
         if not live.any():
@@ -261,7 +294,15 @@ def _walk(
             dsts, cum = snap.next_nodes[node], snap.next_cum[node]
             if dsts.size == 0:
                 cur[idx] = snap.end
+                continue
+            r = rng.random(idx.size)
+            if cum.shape[0] == 1 or visits is None:
+                pick = np.searchsorted(cum[0], r, side="right")
             else:
-                pick = np.searchsorted(cum, rng.random(idx.size), side="right")
-                cur[idx] = dsts[np.minimum(pick, dsts.size - 1)]
+                rows = np.minimum(visits[idx, node], cum.shape[0]) - 1
+                pick = (cum[rows] <= r[:, None]).sum(axis=1)
+            nxt = dsts[np.minimum(pick, dsts.size - 1)]
+            cur[idx] = nxt
+            if visits is not None:
+                visits[idx, nxt] += 1
     return demand

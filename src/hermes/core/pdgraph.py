@@ -1,8 +1,10 @@
 """The Probabilistic Demand Graph (PDGraph) of one application type.
 
 Nodes are stages (functional units) with their backend; edges carry empirical transition
-counts, including loops and the end. Each node keeps sliding windows of what its visits
-showed: fan-out per visit and, per call, prompt and completion tokens or tool seconds. Each
+counts, including loops and the end, in aggregate and by how many times the run had visited
+the source stage (``visit_edges``: a loop's exit hazard per iteration, ``visit_hazards``). Each
+node keeps sliding windows of what its visits showed: fan-out per visit and, per call, prompt
+and completion tokens or tool seconds. Each
 sample carries the sequence number of the run it came from, so that a later stage can be
 conditioned on what earlier stages of the same application showed (``refinement``).
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from hermes.core.prefix_learning import StagePrefix, detected, passed, resend_checks
 from hermes.core.runs import AppRun, LLMCall, Stage, StageKind
+from hermes.core.visit_hazards import VisitTable, visit_table
 
 START = "<start>"
 END = "<end>"
@@ -130,6 +133,8 @@ class PDGraph:
         self.prefix_fraction = prefix_fraction
         self.nodes: dict[str, Node] = {}
         self.edges: dict[str, Counter[str]] = {}
+        # src -> k -> where runs went after their k-th visit of src (k from 1).
+        self.visit_edges: dict[str, dict[int, Counter[str]]] = {}
         self.runs: deque[RunRecord] = deque(maxlen=window)
         self.runs_seen = 0
         self.longest_run = 0
@@ -144,6 +149,7 @@ class PDGraph:
             raise ValueError(f"run {run.run_id!r} is of app {run.app!r}, not {self.app!r}")
         seq = self.runs_seen
         prev = START
+        visits: Counter[str] = Counter({START: 1})
         for stage in run.stages:
             node = self.nodes.get(stage.name)
             if node is None:
@@ -164,15 +170,20 @@ class PDGraph:
                     )
                 else:
                     node.calls.append((seq, call.duration_s, 0.0))
-            self.edges.setdefault(prev, Counter())[stage.name] += 1
+            self._count(prev, visits[prev], stage.name)
+            visits[stage.name] += 1
             prev = stage.name
         for name, resent, prompt in resend_checks(run):
             self.nodes[name].resends.append((seq, float(resent), float(prompt)))
-        self.edges.setdefault(prev, Counter())[END] += 1
+        self._count(prev, visits[prev], END)
         self.runs.append(RunRecord(seq, stage_features(run.stages)))
         self.runs_seen += 1
         self.longest_run = max(self.longest_run, len(run.stages))
         self.version += 1
+
+    def _count(self, src: str, visit: int, dst: str) -> None:
+        self.edges.setdefault(src, Counter())[dst] += 1
+        self.visit_edges.setdefault(src, {}).setdefault(visit, Counter())[dst] += 1
 
     def observe_all(self, runs: Iterable[AppRun]) -> None:
         for run in runs:
@@ -180,13 +191,24 @@ class PDGraph:
 
     # ---- queries -------------------------------------------------------------------------------
 
-    def transition_probabilities(self, src: str) -> dict[str, float]:
-        """Empirical P(next stage | current stage ``src``), ``END`` included."""
+    def transition_probabilities(self, src: str, visit: int | None = None) -> dict[str, float]:
+        """Empirical P(next stage | current stage ``src``), ``END`` included; given ``visit``,
+        on the run's visit-th visit of ``src`` (``visit_table``'s row)."""
         counts = self.edges.get(src)
         if not counts:
             return {}
+        if visit is not None:
+            return self.visit_table(src).probabilities(visit)
         total = sum(counts.values())
         return {dst: n / total for dst, n in counts.items()}
+
+    def visit_table(self, src: str) -> VisitTable:
+        """Next-stage probabilities of ``src`` by visit number, destinations in graph order."""
+        counts = self.edges.get(src, Counter())
+        by_visit = self.visit_edges.get(src, {})
+        order = {name: i for i, name in enumerate([*self.nodes, END])}
+        seen = set(counts).union(*by_visit.values())
+        return visit_table(sorted(seen, key=lambda d: order[d]), counts, by_visit)
 
     def successors(self) -> dict[str, dict[str, float]]:
         return {src: self.transition_probabilities(src) for src in self.edges}
@@ -226,6 +248,10 @@ class PDGraph:
                 for name, n in self.nodes.items()
             },
             "edges": {src: dict(dsts) for src, dsts in self.edges.items()},
+            "visit_edges": {
+                src: {str(k): dict(dsts) for k, dsts in sorted(by_visit.items())}
+                for src, by_visit in self.visit_edges.items()
+            },
             "runs": [
                 {
                     "seq": r.seq,
@@ -273,17 +299,9 @@ class PDGraph:
             )
             g.nodes[name] = node
         for src, raw in _mapping(d.get("edges"), f"{where}.edges").items():
-            dsts = _mapping(raw, f"{where}.edges.{src}")
-            counts: Counter[str] = Counter()
-            for dst, count in dsts.items():
-                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                    raise PDGraphFormatError(
-                        f"{where}.edges.{src}.{dst}: expected a count, got {count!r}"
-                    )
-                if dst != END and dst not in g.nodes:
-                    raise PDGraphFormatError(f"{where}.edges.{src}.{dst}: no such node")
-                counts[dst] = count
-            g.edges[src] = counts
+            g.edges[src] = _counts(raw, g, f"{where}.edges.{src}")
+        # Absent in files written before visits were counted: the aggregate counts are used.
+        g.visit_edges = _visit_edges(d.get("visit_edges", {}), g, f"{where}.visit_edges")
         runs = d.get("runs")
         if not isinstance(runs, list):
             raise PDGraphFormatError(f"{where}.runs: expected a list")
@@ -337,6 +355,34 @@ def _fraction(d: Mapping[str, Any], key: str, where: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise PDGraphFormatError(f"{where}.{key}: expected a number in [0, 1], got {v!r}")
     return v
+
+
+def _counts(obj: Any, g: PDGraph, where: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for dst, count in _mapping(obj, where).items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise PDGraphFormatError(f"{where}.{dst}: expected a count, got {count!r}")
+        if dst != END and dst not in g.nodes:
+            raise PDGraphFormatError(f"{where}.{dst}: no such node")
+        counts[dst] = count
+    return counts
+
+
+def _visit_edges(obj: Any, g: PDGraph, where: str) -> dict[str, dict[int, Counter[str]]]:
+    out: dict[str, dict[int, Counter[str]]] = {}
+    for src, raw in _mapping(obj, where).items():
+        if src != START and src not in g.nodes:
+            raise PDGraphFormatError(f"{where}.{src}: no such node")
+        by_visit: dict[int, Counter[str]] = {}
+        for k, counts in _mapping(raw, f"{where}.{src}").items():
+            # A visit is a stage of some run: no number beyond the longest run's length.
+            if not (isinstance(k, str) and k.isdigit() and 1 <= int(k) <= g.longest_run + 1):
+                raise PDGraphFormatError(
+                    f"{where}.{src}.{k}: expected a visit number from 1 to {g.longest_run + 1}"
+                )
+            by_visit[int(k)] = _counts(counts, g, f"{where}.{src}.{k}")
+        out[src] = by_visit
+    return out
 
 
 def _row(obj: Any, width: int, where: str) -> list[float]:

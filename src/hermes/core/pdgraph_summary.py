@@ -65,6 +65,14 @@ def summarize(model: DemandModel, *, samples: int = 2000, seed: int = 0) -> dict
         "end": END,
         "nodes": nodes,
         "edges": graph.successors(),
+        # Where the next stage depends on the visit number (loops): one entry per visit, the
+        # last serving every later one.
+        "edges_by_visit": {
+            src: [graph.transition_probabilities(src, k) for k in range(1, depth + 1)]
+            for src in graph.edges
+            for depth in [graph.visit_table(src).depth]
+            if depth > 1
+        },
         "correlations": [
             {
                 "source": c.source,

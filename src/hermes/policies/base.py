@@ -35,7 +35,9 @@ class AppView:
 
     `attained_s` is the service (demand-cost seconds) attained by the current stage's
     unfinished calls; `total_attained_s` counts every call so far. `run` is the whole recorded
-    run: only the clairvoyant `oracle` bound may read its future.
+    run: only the clairvoyant `oracle` bound may read its future. `finished` lists the stages
+    done, in order: refinement conditions on them, and they count the application's visits of
+    each stage (`Progress.visits`), by which a PDGraph's loops predict what is left.
     """
 
     app_id: Hashable

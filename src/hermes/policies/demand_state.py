@@ -29,6 +29,8 @@ class AppDemand:
 
     def state(self, app: AppView) -> RankState | None:
         """The app's rank state, or None when its type or stage has no PDGraph to go by."""
+        # The stage index moves with every stage, so it covers the visit counts too (a loop's
+        # next visit is a new stage); the ranker keys its shared states on the counts.
         key = (app.stage_index, app.unfinished_calls)
         hit = self._cache.get(app.app_id)
         if hit is not None and hit[0] == key:

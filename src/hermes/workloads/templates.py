@@ -3,7 +3,9 @@
 What is fitted to what:
 
 - Stage sequence and branching: the "Transitions" lines, read as aggregate frequencies (exits over
-  visits across many runs). Loops stop at the observed maximum; see ``_step_exit_prob``.
+  visits across many runs). Loops stop at the observed maximum; see ``step_exit_prob``. The
+  ALFWorld agent's loop is as long as its runs' per-run llm calls say (mean, p50, p95, max),
+  which the aggregate frequency (1 / mean) also meets; see ``LoopLength``.
 - Fan-out: 1 + beta-binomial on 1..max with the table's fan-out mean and max; the spread is chosen
   so that the per-run "llm calls" p50/p95 come out close to the table's.
 - Per-call prompt and completion tokens, tool seconds: a shifted lognormal (mirrored when the mean
@@ -29,10 +31,10 @@ from hermes.workloads.template_dists import (
     CallDist,
     FanOut,
     Fitted,
+    LoopLength,
     PackedGroups,
     loop_length,
     seconds,
-    step_exit_prob,
     tokens,
 )
 
@@ -189,6 +191,11 @@ _FEVER_COMPLETION = tokens(37.1, 36, 44)
 _FEVER_SEARCH = _ToolSpec("search", "search", seconds(2.089, 1.872, 3.311, 7.208))
 _FEVER_NEXT = {"search": 0.535, "end": 0.461, "thought": 0.005}  # after a thought; sums to 1.001
 _FEVER_MAX_THOUGHTS = 4
+# Open: the table's per-run llm calls (p95 3) say this loop is narrower too than one that
+# exits with the same probability after every thought (p95 4, 22 % of runs at the cap), but a
+# LoopLength(2.17, 2, 3, 4) leaves too few late calls for `hermes learn` to detect the history
+# resend from token counts (the resent part must explain half the prompts' variance); its
+# search is unlimited, so no tool queue depends on it.
 
 
 def _react_fever(rng: np.random.Generator) -> list[Stage]:
@@ -214,17 +221,18 @@ def _react_fever(rng: np.random.Generator) -> list[Stage]:
 
 _ALFW_COMPLETION = tokens(14.9, 7, 31)
 _ALFW_ACT = _ToolSpec("act", "env", seconds(0.1655, 0.1708, 0.2062, 0.5025))
-_ALFW_END_AFTER_ACT = 0.064
-_ALFW_MAX_THOUGHTS = 43
+# Steps (thought, act) per run: the table's per-run llm calls, mean 15.7, p50 15, p95 25, max 43
+# (one call per thought). Its act -> end frequency, 0.064, is 1 / 15.7: an aggregate that any
+# length with this mean meets. A Markov loop with that exit probability after every step would
+# be geometric, p50 11 and p95 43: far wider than the runs.
+_ALFW_STEPS = LoopLength(mean=15.7, p50=15, p95=25, cap=43)
 _ALFW_PROMPT_MEAN = 2023
-# Conflict: a Markov loop's length is geometric, wider than the table's per-run counts (p50 12,
-# p95 43 thoughts against 15 and 25); the transition line and the per-call statistics win.
 # The prompt resends the history: the few-shot examples of the episode's task kind (ReAct's
 # alfworld_3prompts, two examples per kind; their sizes in characters below), the task, then
 # each step's action (the completion) and observation. The few-shot prefixes keep the kinds'
 # relative sizes and are scaled so that the per-call mean is the table's; the task and
 # observation sizes are set, by simulating this loop, so that the per-call p50 and p90 (2017,
-# 2380) come out within 1.5%: the measured prompts grow by little more than the completion.
+# 2380) come out within 2%: the measured prompts grow by little more than the completion.
 _ALFW_FEW_SHOT_CHARS = {
     "put": 3284,
     "clean": 4413,
@@ -234,15 +242,14 @@ _ALFW_FEW_SHOT_CHARS = {
     "puttwo": 4371,
 }
 _ALFW_TASK = tokens(175, 170, 240)
-_ALFW_OBSERVATION = tokens(3, 2, 6)
+_ALFW_OBSERVATION = tokens(12, 8, 24)
 
 
 @cache
 def _alfw_few_shot() -> dict[str, int]:
     """Each task kind's prefix in tokens, scaled to make the per-call mean the table's."""
-    h = step_exit_prob(_ALFW_END_AFTER_ACT, _ALFW_MAX_THOUGHTS)
-    reach = (1 - h) ** np.arange(_ALFW_MAX_THOUGHTS)  # P(the episode has a step k), k = 0, 1, ...
-    mean_step = float(np.dot(np.arange(_ALFW_MAX_THOUGHTS), reach) / reach.sum())
+    reach = _ALFW_STEPS.survival()  # P(the episode has a step k), k = 0, 1, ...
+    mean_step = float(np.dot(np.arange(reach.size), reach) / reach.sum())
     growth = _ALFW_COMPLETION.mean + _ALFW_OBSERVATION.mean
     prefix_mean = _ALFW_PROMPT_MEAN - _ALFW_TASK.mean - growth * mean_step
     scale = prefix_mean / float(np.mean(list(_ALFW_FEW_SHOT_CHARS.values())))
@@ -250,7 +257,7 @@ def _alfw_few_shot() -> dict[str, int]:
 
 
 def _react_alfw(rng: np.random.Generator) -> list[Stage]:
-    steps = loop_length(rng, _ALFW_END_AFTER_ACT, _ALFW_MAX_THOUGHTS)
+    steps = _ALFW_STEPS.sample(rng)
     kind = list(_ALFW_FEW_SHOT_CHARS)[int(rng.integers(len(_ALFW_FEW_SHOT_CHARS)))]
     prefix = _alfw_few_shot()[kind]
     first = prefix + _ints(_ALFW_TASK.sample(rng, 1))[0]
