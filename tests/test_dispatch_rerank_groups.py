@@ -106,3 +106,24 @@ def test_ranks_that_move_back_and_forth_leave_no_duplicates_and_the_heap_bounded
     assert granted == sorted(calls, key=lambda w: w.seq)  # ranks 1 + seq: queue order
     assert d.queued == 0
     assert d.waiting() == []
+
+
+def test_a_retried_call_keeps_its_place_at_the_front_through_ranking_rounds() -> None:
+    """A call queued again after its upstream failed (-inf: it was granted once already) goes
+    first; a round, whole or over its group, must not give it its application's rank again
+    (before: the next round did, and it waited behind every better-ranked call)."""
+    for incremental in (False, True):
+        d = Dispatcher([Upstream("u", frozenset({"m"}), 1)])
+        d.submit("running", "m", 0.0)
+        ahead = [d.submit(i, "m", float(i), group=i)[0] for i in range(5)]
+        retried = d.submit("retry", "m", float("-inf"), group=9)[0]
+
+        def ranks(ws: list[Waiting]) -> list[float]:
+            return [100.0 if w.group == 9 else float(w.key) for w in ws]  # type: ignore[arg-type]
+
+        if incremental:
+            d.rerank_groups([9, *range(5)], ranks)
+        else:
+            d.rerank_all(ranks)
+        granted = [d.release("u")[0].call for _ in range(6)]
+        assert granted == [retried, *ahead]

@@ -128,8 +128,8 @@ class CallLifecycle:
             )
         except QueueFullError:
             raise RateLimitError("the gateway's queue is full; retry later") from None
-        # A full round would give the call its application's rank, whatever it was queued at
-        # (a retry's -inf included): the next round re-ranks it.
+        # The next round gives the call its application's rank (a retry's -inf stays: it
+        # goes first, having been granted once already).
         self.tracker.touch(app)
         call.waiting = waiting
         self._calls[id(waiting)] = call

@@ -60,8 +60,9 @@ class Upstream:
 
 @dataclass(slots=True, eq=False)
 class Waiting:
-    """A queued call. `priority` is the policy's rank (lower first), or `AGED_RANK` once
-    aged."""
+    """A queued call. `priority` is the policy's rank (lower first), `AGED_RANK` once aged,
+    or -inf for a retry (granted once already, it goes first); ranking rounds leave the last
+    two as they are."""
 
     key: Hashable
     model: str
@@ -285,13 +286,16 @@ class Dispatcher:
 
     def rerank(self, priority: Callable[[Waiting], float]) -> None:
         """Give every waiting call a new priority (dynamic policies, once per round); aged
-        calls keep theirs."""
-        self.rerank_all(lambda calls: [w.priority if w.aged else priority(w) for w in calls])
+        and retried calls keep theirs."""
+        self.rerank_all(
+            lambda calls: [w.priority if w.priority <= AGED_RANK else priority(w) for w in calls]
+        )
 
     def rerank_all(self, priorities: Callable[[list[Waiting]], list[float]]) -> None:
         """`rerank` with the new priorities of all the waiting calls asked at once
-        (`priorities(calls)`, in the order of `calls`; aged calls keep theirs): a round over
-        10,000 calls in a few list passes. A heap none of whose calls moved is kept."""
+        (`priorities(calls)`, in the order of `calls`; aged and retried calls keep theirs): a
+        round over 10,000 calls in a few list passes. A heap none of whose calls moved is
+        kept."""
         heaps = [heap for pair in self._heaps.values() for heap in pair]
         # `_live` inlined: this runs over every waiting call each round.
         live = [[e[2] for e in heap if e[2].entry is e] for heap in heaps]
@@ -304,7 +308,7 @@ class Dispatcher:
             moved = len(calls) != len(heap)  # stale entries go
             for w in calls:
                 p = next(new)
-                if not w.aged and p != w.priority:
+                if p != w.priority and w.priority > AGED_RANK:  # aged or retried: kept
                     w.priority = p
                     moved = True
             if moved:
@@ -316,9 +320,9 @@ class Dispatcher:
         self, groups: Iterable[Hashable], priorities: Callable[[list[Waiting]], list[float]]
     ) -> int:
         """`rerank_all` for the waiting calls of `groups` alone (`priorities(calls)`, in the
-        order of `calls`; aged calls keep theirs): what a round costs when only those groups'
-        ranks can have moved. Every other call keeps its rank and its heap entry. How many
-        calls were asked about."""
+        order of `calls`; aged and retried calls keep theirs): what a round costs when only
+        those groups' ranks can have moved. Every other call keeps its rank and its heap entry.
+        How many calls were asked about."""
         members = self._members
         calls = [w for g in dict.fromkeys(groups) if g in members for w in members[g]]
         if calls:
@@ -327,7 +331,7 @@ class Dispatcher:
                 raise ValueError(f"{len(ranks)} priorities for {len(calls)} waiting calls")
             moved = []
             for w, p in zip(calls, ranks, strict=True):
-                if p != w.priority and not w.aged:
+                if p != w.priority and w.priority > AGED_RANK:  # aged or retried: kept
                     w.priority = p
                     moved.append(w)
             if 4 * len(moved) < self._queued:
