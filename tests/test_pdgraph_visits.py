@@ -130,17 +130,24 @@ def test_a_deterministic_loop_of_k_steps_has_exactly_k_minus_j_left_after_step_j
 def test_with_geometric_episodes_the_remainder_does_not_depend_on_the_step(
     p_end: float, seed: int
 ) -> None:
-    lengths = np.random.default_rng(seed).geometric(p_end, 3000).tolist()
-    g = graph_of(lengths)
-    means = []
+    lengths = np.random.default_rng(seed).geometric(p_end, 3000)
+    g = graph_of(lengths.tolist())
+    truth = (1 - p_end) / p_end  # a geometric loop's remainder, the same at every step
     for step in (1, 3, 6):
         left = thoughts_left(g, at_act(step), n=6000, seed=step)
-        means.append(left.mean())
-        # Sampling error of 6000 draws of a geometric remainder (sd about its mean).
-        expect = (1 - p_end) / p_end
-        se = expect / np.sqrt(6000) + 0.02 * expect  # plus the hazards' estimation error
-        assert abs(left.mean() - expect) <= 4 * se, (step, left.mean(), expect)
-    assert max(means) - min(means) <= 0.12 * ((1 - p_end) / p_end)
+        # What the runs that got this far had left: the walk reproduces it, up to its own
+        # sampling error and a little for the pooled tail of rarely reached visits.
+        reached = lengths[lengths >= step] - step
+        mc = left.std() / np.sqrt(left.size)
+        assert abs(left.mean() - reached.mean()) <= 4 * mc + 0.03 * reached.mean(), (
+            step,
+            left.mean(),
+            reached.mean(),
+        )
+        # And that is the geometric remainder, within what the runs that reached the step
+        # (fewer for later steps: 344 of 3,000 reach step 6 at p_end 0.35) can tell.
+        data = reached.std() / np.sqrt(reached.size)
+        assert abs(left.mean() - truth) <= 4 * (data + mc) + 0.03 * truth, (step, left.mean())
 
 
 def test_narrow_episodes_give_a_later_step_a_shorter_remainder() -> None:
