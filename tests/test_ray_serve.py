@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # Ray's own deprecations, at its import
 from hermes.emulator.server import emulated_app
 from hermes.gateway.config import Backend, GatewayConfig, RayOptions
 from hermes.gateway.inference_headers import FAIRNESS_ID, OBJECTIVE, TTFT_SLO
-from hermes.ray_serve.deployment import RayGateway, deploy, undeploy
+from hermes.ray_serve.deployment import RayGateway, deploy, local_ray_settings, undeploy
 from hermes.ray_serve.ingress import REPLICA_HEADER
 from hermes.testing.asgi_thread import serving
 from hermes.testing.blocking_upstream import BlockingUpstream
@@ -40,7 +40,8 @@ PORT = free_port()  # Serve's proxy: one port for the Ray session
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hermes")
+    with local_ray_settings():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hermes")
     try:
         yield
     finally:
@@ -51,10 +52,21 @@ def local_ray() -> Iterator[None]:
 
 
 def config(
-    url: str, policy: str = "edf", concurrency: int = 1, kind: Any = "vllm", **extra: Any
+    url: str,
+    policy: str = "edf",
+    concurrency: int = 1,
+    kind: Any = "vllm",
+    replica_timeout_s: float = 3.0,
+    scheduler_timeout_s: float = 30.0,
+    **extra: Any,
 ) -> GatewayConfig:
     backend = Backend(name="u0", kind=kind, url=url, models=["m"], concurrency=concurrency)
-    opts = RayOptions(ingress_replicas=2, poll_s=0.5, replica_timeout_s=3.0)
+    opts = RayOptions(
+        ingress_replicas=2,
+        poll_s=0.5,
+        replica_timeout_s=replica_timeout_s,
+        scheduler_timeout_s=scheduler_timeout_s,
+    )
     extra.setdefault("port", PORT)
     return GatewayConfig(policy=policy, backends=[backend], ray=opts, **extra)
 
@@ -164,8 +176,9 @@ def test_a_killed_ingress_replica_loses_only_its_own_calls(on_ray: list[RayGatew
             t.join(120)
         ok = [replica for status, replica in results if status == 200]
         assert len(results) == 16
-        # Every call the survivor held completed; only the victim's failed.
-        assert ok.count(survivor) == held[survivor]
+        # Every call the survivor held completed; the victim's failed, or Serve's proxy sent
+        # them on to the survivor (it did once, on a busy machine).
+        assert ok.count(survivor) >= held[survivor]
         assert len(ok) >= held[survivor]
         assert 16 - len(ok) <= held[victim]
         wait_until(lambda: stats(gw)["lost_replicas"] == 1, what="the victim given up")
@@ -184,7 +197,12 @@ def test_a_restarted_scheduler_requeues_waiting_calls_and_relearns(
     upstream = BlockingUpstream(is_open=True)
     store = str(tmp_path / "runs.sqlite")
     with serving(upstream.app) as url:
-        gw = deploy(config(url, "gittins", run_store=store, app_idle_timeout_s=0.5))
+        # Long timeouts: on a busy machine the actor's restart can take longer than 30 s, and
+        # the waiting calls would get their explicit 503 instead of going back in the queue.
+        cfg = config(
+            url, "gittins", 1, "vllm", 30.0, 120.0, run_store=store, app_idle_timeout_s=0.5
+        )
+        gw = deploy(cfg)
         on_ray.append(gw)
         heads = {"x-hermes-app-id": "a1", "x-hermes-app-type": "demo", "x-hermes-stage": "s"}
         body = {"model": "m", "messages": [{"role": "user", "content": "learn me"}]}

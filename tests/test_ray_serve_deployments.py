@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # Ray's own deprecations, at its import
     serve = pytest.importorskip("ray.serve")
 
 from hermes.gateway.config import Backend, GatewayConfig, RayOptions
-from hermes.ray_serve.deployment import RayGateway, deploy, undeploy
+from hermes.ray_serve.deployment import RayGateway, deploy, local_ray_settings, undeploy
 from hermes.ray_serve.ingress import REPLICA_HEADER
 from hermes.testing.grant_order import wait_until
 from hermes.testing.ports import free_port
@@ -31,7 +31,8 @@ from openai_checks import streamed_completion
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[RayGateway]:
     """The gateway on a local Ray, its backend the emulator as a 2-replica Serve deployment."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hermes")
+    with local_ray_settings():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="hermes")
     backend = Backend(
         name="llm",
         kind="emulated",

@@ -67,6 +67,12 @@ DIRECT_INGRESS_ENV = {
 }
 
 
+# Ray Serve's settings for a Ray that `hermes` starts itself. Serve's controller kills a proxy
+# that is not ready 5 s after it is created, and `serve.start` then fails; a fresh worker
+# importing Serve and uvicorn takes longer than that on a busy 2-core machine.
+LOCAL_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+
+
 @contextlib.contextmanager
 def _environment(extra: dict[str, str]) -> Iterator[None]:
     """`extra` set (what is set already wins) while Ray starts, restored after."""
@@ -80,13 +86,21 @@ def _environment(extra: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
 
 
+@contextlib.contextmanager
+def local_ray_settings(direct_ingress: bool = False) -> Iterator[None]:
+    """Serve's settings for a Ray started here (LOCAL_ENV, and DIRECT_INGRESS_ENV where
+    asked), in the environment while it starts: `with local_ray_settings(): ray.init(...)`."""
+    with _environment(LOCAL_ENV | (DIRECT_INGRESS_ENV if direct_ingress else {})):
+        yield
+
+
 def connect(config: GatewayConfig) -> None:
     """Join the configured cluster, or start a local Ray in-process; a no-op if Ray is up."""
     if ray.is_initialized():
         return
     opts = config.ray
-    local_direct = opts.direct_ingress and opts.address is None
-    with _environment(DIRECT_INGRESS_ENV if local_direct else {}):
+    local = opts.address is None
+    with local_ray_settings(opts.direct_ingress) if local else contextlib.nullcontext():
         ray.init(
             address=opts.address,
             num_cpus=opts.num_cpus if opts.address is None else None,
